@@ -1,0 +1,702 @@
+"""A local Binance on 127.0.0.1: replays raw journals over Binance's websocket and REST protocol.
+
+What a real `ccxt.pro.binance` client needs, and nothing pretends beyond it:
+
+- REST `GET /api/v3/ping`, `/api/v3/time`, `/api/v3/exchangeInfo` (only the recorded symbols),
+  `/api/v3/depth` (served from a book the simulator maintains by applying every diff it has
+  replayed, so `lastUpdateId` is the last replayed `u` and a resync snapshot is always consistent
+  with the stream), `/api/v3/trades` (recent replayed trades).
+- Websocket on `/ws[/...]` (raw payloads, as Binance's raw streams) and `/stream[/...]`
+  (combined-stream frames `{"stream":..,"data":..}`), with `SUBSCRIBE` / `UNSUBSCRIBE` /
+  `LIST_SUBSCRIPTIONS` and Binance's `{"result":null,"id":N}` answers.
+- Faults on command (Python methods or `POST /_sim/fault` with a JSON body): drop every
+  connection, skip N diffs of a symbol (a sequence gap: the simulator's own book still applies
+  them), go silent for S seconds, send a malformed frame, answer the next depth snapshot with
+  429/418 + Retry-After, restart (close everything, refuse connections for a while, come back).
+
+Replay pacing follows the recorded receive times divided by `speed` (`speed=None` is "max": as
+fast as the sockets take it). The replay clock only runs while at least one client is subscribed,
+and starts once every recorded stream has a subscriber (or `start_grace_s` after the first
+SUBSCRIBE), so a capture that connects late or reconnects loses nothing the exchange did not
+deliberately drop. Frames are sent byte-for-byte as recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from capture.journal import iter_journal_lines
+
+log = logging.getLogger("mdpipe.exchange_sim")
+
+_QUOTES = ("USDT", "FDUSD", "USDC", "TUSD", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
+
+FAULT_KINDS = ("drop", "skip", "silence", "malformed", "snapshot_429", "snapshot_418", "restart")
+
+
+@dataclass(slots=True)
+class _Event:
+    recv_ns: int
+    sym: str  # lowercase exchange id, e.g. 'btcusdt'
+    stream: str
+    kind: str  # 'depth' | 'trade' | 'bookTicker' | 'other'
+    frame: str  # the recorded combined-stream frame text
+    data: dict[str, Any] | None = None  # parsed payload, only for depth diffs and trades
+
+
+@dataclass
+class _SymbolState:
+    sym: str
+    snapshot_id: int | None = None
+    bids: dict[str, str] = field(default_factory=dict)
+    asks: dict[str, str] = field(default_factory=dict)
+    last_u: int | None = None
+    skip_diffs: int = 0
+    snapshot_error: tuple[int, float] | None = None  # (status, retry_after_s) for the next depth
+    recent_trades: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))
+    sent_trade_ids: list[int] = field(default_factory=list)
+    sent_diffs: int = 0
+    skipped_update_ids: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def last_update_id(self) -> int:
+        ids = [x for x in (self.snapshot_id, self.last_u) if x is not None]
+        return max(ids) if ids else 0
+
+    def apply_diff(self, d: dict[str, Any]) -> None:
+        u = int(d["u"])
+        if self.snapshot_id is not None and u <= self.snapshot_id:
+            return  # already contained in the recorded snapshot
+        for side, levels in ((self.bids, d["b"]), (self.asks, d["a"])):
+            for px, qty in levels:
+                if float(qty) == 0.0:
+                    side.pop(px, None)
+                else:
+                    side[px] = qty
+        self.last_u = u
+
+    def depth(self, limit: int) -> dict[str, Any]:
+        bids = sorted(self.bids.items(), key=lambda kv: -float(kv[0]))[:limit]
+        asks = sorted(self.asks.items(), key=lambda kv: float(kv[0]))[:limit]
+        return {
+            "lastUpdateId": self.last_update_id,
+            "bids": [[p, q] for p, q in bids],
+            "asks": [[p, q] for p, q in asks],
+        }
+
+
+@dataclass
+class _Conn:
+    ws: web.WebSocketResponse
+    wrapped: bool
+    streams: set[str] = field(default_factory=set)
+    sent: int = 0
+
+
+def load_recording(paths: Sequence[str | Path]) -> tuple[list[_Event], dict[str, _SymbolState]]:
+    """Parse journals into one receive-time-ordered event list plus each symbol's first snapshot.
+
+    Several files of one symbol are read in the order given as one stream; REST snapshot lines
+    (bare `{"lastUpdateId":..}`) seed the simulator's book and are not streamed.
+    """
+    events: list[_Event] = []
+    states: dict[str, _SymbolState] = {}
+    for path in paths:
+        file_sym: str | None = None
+        pending_snapshot: dict[str, Any] | None = None
+        for recv_ns, text, line_no in iter_journal_lines(path):
+            if text.startswith('{"stream":"'):
+                stream = text[11 : text.index('"', 11)]
+                sym, _, rest = stream.partition("@")
+                file_sym = sym
+                if rest.startswith("depth"):
+                    kind = "depth"
+                elif rest == "trade":
+                    kind = "trade"
+                elif rest == "bookTicker":
+                    kind = "bookTicker"
+                else:
+                    kind = "other"
+                data = json.loads(text)["data"] if kind in ("depth", "trade") else None
+                events.append(_Event(recv_ns, sym, stream, kind, text, data))
+            elif text.startswith('{"lastUpdateId"'):
+                pending_snapshot = json.loads(text)
+            else:
+                raise ValueError(f"{path}:{line_no}: not a combined-stream frame or REST snapshot")
+            if pending_snapshot is not None and file_sym is not None:
+                st = states.setdefault(file_sym, _SymbolState(file_sym))
+                if st.snapshot_id is None:
+                    st.snapshot_id = int(pending_snapshot["lastUpdateId"])
+                    st.bids = {p: q for p, q in pending_snapshot["bids"]}
+                    st.asks = {p: q for p, q in pending_snapshot["asks"]}
+                pending_snapshot = None
+        if file_sym is not None:
+            states.setdefault(file_sym, _SymbolState(file_sym))
+    # stable: equal receive times keep file order
+    events.sort(key=lambda e: e.recv_ns)
+    return events, states
+
+
+def _exchange_info_symbol(sym_upper: str) -> dict[str, Any]:
+    base, quote = sym_upper, ""
+    for q in _QUOTES:
+        if sym_upper.endswith(q) and len(sym_upper) > len(q):
+            base, quote = sym_upper[: -len(q)], q
+            break
+    return {
+        "symbol": sym_upper,
+        "status": "TRADING",
+        "baseAsset": base,
+        "baseAssetPrecision": 8,
+        "quoteAsset": quote,
+        "quotePrecision": 8,
+        "quoteAssetPrecision": 8,
+        "baseCommissionPrecision": 8,
+        "quoteCommissionPrecision": 8,
+        "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+        "icebergAllowed": True,
+        "ocoAllowed": True,
+        "quoteOrderQtyMarketAllowed": True,
+        "allowTrailingStop": True,
+        "cancelReplaceAllowed": True,
+        "isSpotTradingAllowed": True,
+        "isMarginTradingAllowed": True,
+        "filters": [
+            {
+                "filterType": "PRICE_FILTER",
+                "minPrice": "0.01000000",
+                "maxPrice": "1000000.00000000",
+                "tickSize": "0.01000000",
+            },
+            {
+                "filterType": "LOT_SIZE",
+                "minQty": "0.00001000",
+                "maxQty": "9000.00000000",
+                "stepSize": "0.00001000",
+            },
+            {"filterType": "NOTIONAL", "minNotional": "5.00000000", "maxNotional": "9000000.0"},
+        ],
+        "permissions": [],
+        "permissionSets": [["SPOT", "MARGIN"]],
+        "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+        "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+    }
+
+
+class ExchangeSim:
+    """The simulated exchange. `await start()`, inject faults, `await stop()`.
+
+    Parameters
+    ----------
+    recordings: journal files to replay (several files of one symbol: in order, one stream)
+    speed: replay speed factor against recorded receive times; None replays as fast as possible
+    port: TCP port on 127.0.0.1; 0 picks a free one (see `.port` after start)
+    start_grace_s: start replaying this long after the first SUBSCRIBE even if some recorded
+        stream has no subscriber yet
+    """
+
+    def __init__(
+        self,
+        recordings: Sequence[str | Path],
+        *,
+        speed: float | None = 1.0,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        start_grace_s: float = 5.0,
+        limit_events: int | None = None,
+    ) -> None:
+        if not recordings:
+            raise ValueError("ExchangeSim needs at least one recording file")
+        if speed is not None and not speed > 0:
+            raise ValueError(f"speed must be > 0 or None for max speed, got {speed!r}")
+        if start_grace_s < 0:
+            raise ValueError(f"start_grace_s must be >= 0, got {start_grace_s!r}")
+        self.recordings = [Path(p) for p in recordings]
+        self.speed = speed
+        self.host = host
+        self.port = port
+        self.start_grace_s = start_grace_s
+        self.events, self.symbols = load_recording(self.recordings)
+        if limit_events is not None:
+            self.events = self.events[:limit_events]
+        self.all_streams = {e.stream for e in self.events}
+        self._conns: list[_Conn] = []
+        self._runner: web.AppRunner | None = None
+        self._replay_task: asyncio.Task[None] | None = None
+        self._pos = 0
+        self._first_subscribe_at: float | None = None
+        self._subscribed_event = asyncio.Event()
+        self._silent_until = 0.0
+        self._silence_lose = False
+        self._down_until = 0.0
+        self._pending_malformed: list[str] = []
+        self.finished = asyncio.Event()
+        self.started = asyncio.Event()
+        self.frames_sent = 0
+        self.faults_applied: list[dict[str, Any]] = []
+        self.snapshot_requests = 0
+        self._clock_ms: int = 0  # recorded exchange time of the last replayed event
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}/stream"
+
+    def unified_symbols(self) -> list[str]:
+        out = []
+        for sym in sorted(self.symbols):
+            info = _exchange_info_symbol(sym.upper())
+            out.append(f"{info['baseAsset']}/{info['quoteAsset']}")
+        return out
+
+    def capture_command(self) -> str:
+        return (
+            f"mdpipe capture --venue binance --symbols {','.join(self.unified_symbols())} "
+            f"--ws-url {self.ws_url} --rest-url {self.rest_url}"
+        )
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/api/v3/ping", self._ping)
+        app.router.add_get("/api/v3/time", self._time)
+        app.router.add_get("/api/v3/exchangeInfo", self._exchange_info)
+        app.router.add_get("/api/v3/depth", self._depth)
+        app.router.add_get("/api/v3/trades", self._trades)
+        app.router.add_post("/_sim/fault", self._fault_http)
+        app.router.add_get("/_sim/status", self._status_http)
+        for path in ("/ws", "/ws/{tail:.*}", "/stream", "/stream/{tail:.*}"):
+            app.router.add_get(path, self._ws)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = site._server
+        if self.port == 0 and server is not None:
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._replay_task = asyncio.create_task(self._replay(), name="exchange-sim-replay")
+
+    async def stop(self) -> None:
+        if self._replay_task is not None:
+            self._replay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replay_task
+        await self._close_all(code=1001)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _close_all(self, code: int = 1006, abort: bool = False) -> None:
+        conns, self._conns = self._conns, []
+        for c in conns:
+            if abort and c.ws._req is not None and c.ws._req.transport is not None:
+                c.ws._req.transport.abort()
+            else:
+                with contextlib.suppress(Exception):
+                    await c.ws.close(code=code)
+
+    # ---- faults (Python API) ---------------------------------------------------------------
+
+    async def fault(self, kind: str, **kw: Any) -> dict[str, Any]:
+        """Inject a fault; see FAULT_KINDS. Returns what was done (also kept in faults_applied)."""
+        now = time.monotonic()
+        rec: dict[str, Any] = {"kind": kind, **kw, "at_event": self._pos}
+        if kind == "drop":
+            await self._close_all(abort=bool(kw.get("abort", True)))
+        elif kind == "skip":
+            st = self._sym_state(kw["symbol"])
+            st.skip_diffs += int(kw.get("count", 1))
+        elif kind == "silence":
+            self._silent_until = now + float(kw.get("seconds", 1.0))
+            self._silence_lose = bool(kw.get("lose", False))
+        elif kind == "malformed":
+            text = kw.get("text") or '{"stream":"btcusdt@trade","data":{"e":"trade","t":'
+            self._pending_malformed.append(str(text))
+        elif kind in ("snapshot_429", "snapshot_418"):
+            status = 429 if kind == "snapshot_429" else 418
+            retry = float(kw.get("retry_after", 1.0))
+            targets = [self._sym_state(kw["symbol"])] if kw.get("symbol") else self.symbols.values()
+            for st in targets:
+                st.snapshot_error = (status, retry)
+        elif kind == "restart":
+            self._down_until = now + float(kw.get("down_s", 1.0))
+            await self._close_all(code=1012)
+        else:
+            raise ValueError(f"unknown fault kind {kind!r}; expected one of {FAULT_KINDS}")
+        self.faults_applied.append(rec)
+        log.info("fault injected: %s", rec)
+        return rec
+
+    def _sym_state(self, symbol: str) -> _SymbolState:
+        sym = symbol.replace("/", "").replace("-", "").lower()
+        if sym not in self.symbols:
+            raise ValueError(f"symbol {symbol!r} is not in the recording ({sorted(self.symbols)})")
+        return self.symbols[sym]
+
+    # ---- REST ------------------------------------------------------------------------------
+
+    def _down(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _unavailable(self) -> web.Response:
+        return web.json_response({"code": -1001, "msg": "Internal error; restarting."}, status=503)
+
+    async def _ping(self, request: web.Request) -> web.Response:
+        return self._unavailable() if self._down() else web.json_response({})
+
+    def server_time_ms(self) -> int:
+        """The recorded exchange clock at the replay position (frames are sent unmodified)."""
+        return self._clock_ms or int(time.time() * 1000)
+
+    async def _time(self, request: web.Request) -> web.Response:
+        if self._down():
+            return self._unavailable()
+        return web.json_response({"serverTime": self.server_time_ms()})
+
+    async def _exchange_info(self, request: web.Request) -> web.Response:
+        if self._down():
+            return self._unavailable()
+        body = {
+            "timezone": "UTC",
+            "serverTime": self.server_time_ms(),
+            "rateLimits": [
+                {
+                    "rateLimitType": "REQUEST_WEIGHT",
+                    "interval": "MINUTE",
+                    "intervalNum": 1,
+                    "limit": 6000,
+                }
+            ],
+            "exchangeFilters": [],
+            "symbols": [_exchange_info_symbol(s.upper()) for s in sorted(self.symbols)],
+        }
+        return web.json_response(body)
+
+    def _bad_symbol(self) -> web.Response:
+        return web.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)
+
+    async def _depth(self, request: web.Request) -> web.Response:
+        if self._down():
+            return self._unavailable()
+        sym = request.query.get("symbol", "").lower()
+        st = self.symbols.get(sym)
+        if st is None:
+            return self._bad_symbol()
+        self.snapshot_requests += 1
+        if st.snapshot_error is not None:
+            status, retry = st.snapshot_error
+            st.snapshot_error = None
+            msg = "Too many requests." if status == 429 else "IP banned until later."
+            return web.json_response(
+                {"code": -1003, "msg": msg}, status=status, headers={"Retry-After": f"{retry:g}"}
+            )
+        try:
+            limit = min(int(request.query.get("limit", "100")), 5000)
+        except ValueError:
+            return web.json_response(
+                {"code": -1100, "msg": "Illegal characters in limit."}, status=400
+            )
+        return web.json_response(st.depth(limit))
+
+    async def _trades(self, request: web.Request) -> web.Response:
+        if self._down():
+            return self._unavailable()
+        st = self.symbols.get(request.query.get("symbol", "").lower())
+        if st is None:
+            return self._bad_symbol()
+        limit = min(int(request.query.get("limit", "500")), 1000)
+        trades = list(st.recent_trades)[-limit:]
+        return web.json_response(
+            [
+                {
+                    "id": t["t"],
+                    "price": t["p"],
+                    "qty": t["q"],
+                    "quoteQty": f"{float(t['p']) * float(t['q']):.8f}",
+                    "time": t["T"],
+                    "isBuyerMaker": t["m"],
+                    "isBestMatch": t.get("M", True),
+                }
+                for t in trades
+            ]
+        )
+
+    async def _fault_http(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            kind = body.pop("kind")
+            rec = await self.fault(kind, **body)
+        except (ValueError, KeyError, TypeError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(rec)
+
+    async def _status_http(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "position": self._pos,
+            "events": len(self.events),
+            "finished": self.finished.is_set(),
+            "frames_sent": self.frames_sent,
+            "connections": len(self._conns),
+            "snapshot_requests": self.snapshot_requests,
+            "symbols": {
+                s: {
+                    "last_update_id": st.last_update_id,
+                    "trades_sent": len(st.sent_trade_ids),
+                    "diffs_sent": st.sent_diffs,
+                    "skipped": st.skipped_update_ids,
+                }
+                for s, st in self.symbols.items()
+            },
+        }
+
+    # ---- websocket -------------------------------------------------------------------------
+
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        if self._down():
+            return self._unavailable()
+        ws = web.WebSocketResponse(autoping=True, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        conn = _Conn(ws=ws, wrapped=request.path.startswith("/stream"))
+        tail = request.match_info.get("tail", "")
+        if "@" in tail:  # raw single-stream path /ws/btcusdt@trade
+            conn.streams.update(tail.split("/"))
+        qs = request.query.get("streams")
+        if qs:
+            conn.streams.update(qs.split("/"))
+        self._conns.append(conn)
+        if conn.streams:
+            self._on_subscribe()
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                await self._handle_client_message(conn, msg.data)
+        finally:
+            if conn in self._conns:
+                self._conns.remove(conn)
+        return ws
+
+    async def _handle_client_message(self, conn: _Conn, text: str) -> None:
+        try:
+            req = json.loads(text)
+            method = req["method"]
+            rid = req.get("id")
+        except (ValueError, KeyError, TypeError):
+            await conn.ws.send_str(json.dumps({"code": 2, "msg": "Invalid request"}))
+            return
+        params = req.get("params") or []
+        if method == "SUBSCRIBE":
+            conn.streams.update(str(p) for p in params)
+            await conn.ws.send_str(json.dumps({"result": None, "id": rid}))
+            self._on_subscribe()
+        elif method == "UNSUBSCRIBE":
+            conn.streams.difference_update(str(p) for p in params)
+            await conn.ws.send_str(json.dumps({"result": None, "id": rid}))
+        elif method == "LIST_SUBSCRIPTIONS":
+            await conn.ws.send_str(json.dumps({"result": sorted(conn.streams), "id": rid}))
+        else:
+            await conn.ws.send_str(
+                json.dumps({"error": {"code": 1, "msg": "Unknown method"}, "id": rid})
+            )
+
+    def _on_subscribe(self) -> None:
+        if self._first_subscribe_at is None:
+            self._first_subscribe_at = time.monotonic()
+        self._subscribed_event.set()
+
+    def _subscribed_streams(self) -> set[str]:
+        out: set[str] = set()
+        for c in self._conns:
+            out |= c.streams
+        return out
+
+    # ---- replay ----------------------------------------------------------------------------
+
+    async def _wait_ready(self) -> float:
+        """Block while nobody listens (start condition, reconnects, restarts); returns time waited."""
+        t0 = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now < self._down_until:
+                await asyncio.sleep(self._down_until - now)
+                continue
+            subscribed = self._subscribed_streams()
+            if not self.started.is_set():
+                grace_over = (
+                    self._first_subscribe_at is not None
+                    and now - self._first_subscribe_at >= self.start_grace_s
+                )
+                if subscribed and (self.all_streams <= subscribed or grace_over):
+                    self.started.set()
+                    return time.monotonic() - t0
+            elif subscribed:
+                return time.monotonic() - t0
+            self._subscribed_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._subscribed_event.wait(), timeout=0.05)
+
+    async def _replay(self) -> None:
+        events = self.events
+        await self._wait_ready()
+        rec0 = events[0].recv_ns if events else 0
+        wall0 = time.monotonic()
+        since_yield = 0
+        while self._pos < len(events):
+            waited = await self._wait_ready()
+            now = time.monotonic()
+            if now < self._silent_until:
+                if not self._silence_lose:
+                    await asyncio.sleep(self._silent_until - now)
+                    waited += self._silent_until - now
+            wall0 += waited
+            ev = events[self._pos]
+            if self.speed is not None:
+                target = wall0 + (ev.recv_ns - rec0) / 1e9 / self.speed
+                delay = target - time.monotonic()
+                if delay > 0.0005:
+                    await asyncio.sleep(delay)
+                    continue  # re-check faults and subscribers after sleeping
+            if self._pending_malformed:
+                bad = self._pending_malformed.pop(0)
+                for c in list(self._conns):
+                    if c.streams:
+                        await self._send(c, bad, as_recorded=True)
+            self._pos += 1
+            await self._emit(ev, silent=time.monotonic() < self._silent_until)
+            since_yield += 1
+            if since_yield >= 64:
+                since_yield = 0
+                await asyncio.sleep(0)
+        self.finished.set()
+        log.info("replay finished: %d events, %d frames sent", len(events), self.frames_sent)
+
+    async def _emit(self, ev: _Event, silent: bool) -> None:
+        st = self.symbols[ev.sym]
+        if ev.data is not None and "E" in ev.data:
+            self._clock_ms = int(ev.data["E"])
+        if ev.kind == "depth":
+            assert ev.data is not None
+            st.apply_diff(ev.data)
+            if st.skip_diffs > 0:
+                st.skip_diffs -= 1
+                st.skipped_update_ids.append((int(ev.data["U"]), int(ev.data["u"])))
+                return
+        elif ev.kind == "trade":
+            assert ev.data is not None
+            st.recent_trades.append(ev.data)
+        if silent:
+            return
+        delivered = False
+        for c in list(self._conns):
+            if ev.stream in c.streams:
+                delivered = await self._send(c, ev.frame, as_recorded=c.wrapped) or delivered
+        if delivered:
+            if ev.kind == "trade":
+                assert ev.data is not None
+                st.sent_trade_ids.append(int(ev.data["t"]))
+            elif ev.kind == "depth":
+                st.sent_diffs += 1
+
+    async def _send(self, c: _Conn, frame: str, as_recorded: bool) -> bool:
+        if c.ws.closed:
+            return False
+        text = frame if as_recorded else _unwrap(frame)
+        try:
+            await c.ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            return False
+        c.sent += 1
+        self.frames_sent += 1
+        return True
+
+
+def _unwrap(frame: str) -> str:
+    """The raw-stream payload of a combined frame, sliced so the bytes stay as recorded."""
+    i = frame.find(',"data":')
+    if frame.startswith('{"stream":"') and i > 0 and frame.endswith("}"):
+        return frame[i + 8 : -1]
+    return json.dumps(json.loads(frame)["data"], separators=(",", ":"))
+
+
+async def serve(
+    recordings: Sequence[str | Path],
+    *,
+    speed: float | None = 1.0,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    print_fn: Any = print,
+    exit_when_finished: bool = False,
+) -> None:
+    """Run the simulator until cancelled (the `mdpipe exchange-sim` command)."""
+    sim = ExchangeSim(recordings, speed=speed, port=port, host=host)
+    await sim.start()
+    # the first line is the exact command that connects a capture to this exchange
+    print_fn(sim.capture_command())
+    print_fn(
+        f"# exchange-sim: {len(sim.events)} events of {', '.join(sorted(sim.symbols))} at "
+        f"speed {'max' if speed is None else speed}; faults: curl -X POST "
+        f'{sim.rest_url}/_sim/fault -d \'{{"kind":"skip","symbol":"ETH/USDT","count":3}}\''
+    )
+    try:
+        if exit_when_finished:
+            await sim.finished.wait()
+        else:
+            await asyncio.Event().wait()
+    finally:
+        await sim.stop()
+
+
+def parse_speed(text: str) -> float | None:
+    if text.lower() in ("max", "inf", "0"):
+        return None
+    value = float(text)
+    if value <= 0:
+        raise ValueError(f"--speed must be > 0 or 'max', got {text!r}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m capture.exchange_sim --recording FILE... [--speed X] [--port N]`."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="mdpipe exchange-sim", description=__doc__.split("\n")[0])
+    p.add_argument("--recording", nargs="+", required=True, help="raw journal files (gz or plain)")
+    p.add_argument("--speed", default="1", help="replay speed factor, or 'max' (default 1)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port on 127.0.0.1 (0: any free)")
+    p.add_argument("--exit-when-finished", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        asyncio.run(
+            serve(
+                args.recording,
+                speed=parse_speed(args.speed),
+                port=args.port,
+                print_fn=lambda s: print(s, flush=True),
+                exit_when_finished=args.exit_when_finished,
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
