@@ -561,10 +561,9 @@ class ExchangeSim:
         while self._pos < len(events):
             waited = await self._wait_ready()
             now = time.monotonic()
-            if now < self._silent_until:
-                if not self._silence_lose:
-                    await asyncio.sleep(self._silent_until - now)
-                    waited += self._silent_until - now
+            if now < self._silent_until and not self._silence_lose:
+                await asyncio.sleep(self._silent_until - now)
+                waited += self._silent_until - now
             wall0 += waited
             ev = events[self._pos]
             if self.speed is not None:
@@ -683,7 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--exit-when-finished", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             serve(
                 args.recording,
@@ -693,8 +692,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 exit_when_finished=args.exit_when_finished,
             )
         )
-    except KeyboardInterrupt:
-        pass
     return 0
 
 
