@@ -1,0 +1,172 @@
+"""The ``mdpipe`` command. Each subcommand is a thin wrapper over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from mdpipe.lake import Lake
+
+console = Console()
+err_console = Console(stderr=True)
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "data" / "binance-spot-2024-08-08"
+
+
+def _lake_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lake", default=None, help="lake directory (default: $MDPIPE_LAKE or ./lake)")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from mdpipe.ingest import ImportError_, import_paths
+
+    lake = Lake.resolve(args.lake)
+    try:
+        report = import_paths(args.paths, lake, venue=args.venue, progress=sys.stderr.isatty())
+    except ImportError_ as e:
+        err_console.print(f"[red]error:[/red] {e}")
+        return 2
+    print_import_report(report, lake)
+    return 0 if report.ok else 1
+
+
+def print_import_report(report, lake: Lake) -> None:  # type: ignore[no-untyped-def]
+    table = Table(title=f"imported into {lake.root}")
+    for col in ("table", "venue", "symbol", "date", "rows written"):
+        table.add_column(col, justify="right" if col == "rows written" else "left")
+    for p, n in sorted(
+        report.written.items(), key=lambda kv: (kv[0].table, kv[0].symbol, kv[0].date)
+    ):
+        table.add_row(p.table, p.venue, p.symbol, p.date, f"{n:,}")
+    console.print(table)
+    msgs = sum(report.counts.get(k, 0) for k in ("depth", "trade", "agg_trade", "bbo", "snapshot"))
+    secs = max(report.seconds, 1e-9)
+    console.print(
+        f"{len(report.files)} file(s), {report.lines:,} lines, {msgs:,} messages in "
+        f"{report.seconds:.2f} s ({msgs / secs:,.0f} msg/s, {report.bytes_read / secs / 1e6:.1f} MB/s)"
+    )
+    for venue, syms in report.sync.items():
+        for sym, st in syms.items():
+            first = st["first_applied"]
+            console.print(
+                f"book sync {venue} {sym}: {st['snapshots']} snapshot(s), {st['applied']:,} diffs "
+                f"applied, {st['dropped']} dropped"
+                + (
+                    f", first applied U={first[1]} <= {first[0] + 1} <= u={first[2]}"
+                    if first
+                    else ""
+                )
+            )
+    gaps = report.gaps
+    if gaps is not None and gaps.height:
+        console.print(f"[yellow]{gaps.height} gap(s) recorded:[/yellow]")
+        for row in gaps.head(20).iter_rows(named=True):
+            console.print(f"  {row['symbol']} {row['kind']}: {row['detail']}")
+    else:
+        console.print("gaps: none")
+    if report.errors:
+        err_console.print(f"[red]{len(report.errors)} problem(s); the valid part was kept:[/red]")
+        for e in report.errors[:30]:
+            err_console.print(f"  {e}")
+        if len(report.errors) > 30:
+            err_console.print(f"  ... and {len(report.errors) - 30} more")
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    lake = Lake.resolve(args.lake)
+    path = lake.build_catalog()
+    console.print(f"catalog rebuilt: {path}")
+    console.print(f'query it: duckdb {path} "select symbol, count(*) from trades group by all"')
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from mdpipe.summary import print_summary
+
+    print_summary(Lake.resolve(args.lake), console)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mdpipe.ingest import import_paths
+    from mdpipe.summary import print_summary
+
+    lake = Lake.resolve(args.lake)
+    console.rule("[bold]mdpipe demo: importing the bundled Binance recordings")
+    report = import_paths(sorted(BUNDLED.glob("*.gz")), lake, progress=sys.stderr.isatty())
+    print_import_report(report, lake)
+    if not report.ok:
+        return 1
+    rc = 0
+    try:
+        from mdpipe.run import run_pipeline  # the Dagster pipeline, when present
+    except ImportError:
+        run_pipeline = None  # type: ignore[assignment]
+    if run_pipeline is not None:
+        console.rule("[bold]materialising every asset through Dagster")
+        rc = run_pipeline(lake, console=console)
+    console.rule("[bold]summary")
+    print_summary(lake, console)
+    return rc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mdpipe", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("import", help="import recordings and trade dumps into the lake")
+    p.add_argument("paths", nargs="+", help="journal files (.gz or plain), CSV/zip dumps, folders")
+    p.add_argument(
+        "--venue",
+        choices=["binance", "binanceusdm"],
+        default=None,
+        help="force the venue instead of detecting it from the content",
+    )
+    _lake_arg(p)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("catalog", help="rebuild lake/mdpipe.duckdb (a view per table)")
+    _lake_arg(p)
+    p.set_defaults(func=cmd_catalog)
+
+    p = sub.add_parser("summary", help="what the lake holds")
+    _lake_arg(p)
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("demo", help="import the bundled recording, run the pipeline, summarise")
+    _lake_arg(p)
+    p.set_defaults(func=cmd_demo)
+
+    for register in _plugins():
+        register(sub)
+    return ap
+
+
+def _plugins():  # type: ignore[no-untyped-def]
+    """Subcommands that live in other packages (capture, pipeline, alerts) register here."""
+    import importlib
+
+    out = []
+    for mod in ("capture.cli", "mdpipe.run", "mdpipe.alerts.cli"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name and (e.name == mod or mod.startswith(e.name + ".")):
+                continue
+            raise
+        out.append(m.register_cli)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,778 @@
+"""Binance spot (``binance``) and USD-M futures (``binanceusdm``) normalizer.
+
+Messages handled (combined-stream frames, bare events, and REST depth snapshots)::
+
+    {"stream":"btcusdt@depth@100ms","data":{"e":"depthUpdate","E":ms,"s":"BTCUSDT","U":first,
+        "u":last,"b":[["px","qty"],...],"a":[...]}}            futures add "T" and "pu"
+    {"stream":"btcusdt@trade","data":{"e":"trade","E":ms,"s":"BTCUSDT","t":id,"p":"px","q":"qty",
+        "T":ms,"m":buyer_is_maker,"M":true}}
+    {"stream":"btcusdt@aggTrade","data":{"e":"aggTrade","E":ms,"s":"BTCUSDT","a":id,"p":"px",
+        "q":"qty","f":first_id,"l":last_id,"T":ms,"m":buyer_is_maker}}
+    {"stream":"btcusdt@bookTicker","data":{"u":id,"s":"BTCUSDT","b":"px","B":"qty","a":"px",
+        "A":"qty"}}                                             futures add "e", "E", "T"
+    {"lastUpdateId":id,"bids":[["px","qty"],...],"asks":[...]}  GET /api/v3/depth (spot)
+    {"lastUpdateId":id,"E":ms,"T":ms,"bids":...,"asks":...}     GET /fapi/v1/depth (futures)
+    {"stream":"btcusdt@depthSnapshot","data":{<REST snapshot>}} the capture journal's wrapper,
+                                                                which names the snapshot's symbol
+
+Book sync follows Binance's documented procedure. Spot: buffer diffs until the snapshot; drop
+diffs with ``u <= lastUpdateId``; the first applied diff has ``U <= lastUpdateId + 1 <= u``;
+every next one has ``U == previous u + 1``. Futures: drop ``u < lastUpdateId``; first applied
+``U <= lastUpdateId <= u``; then ``pu == previous u``. Anything else is a sequence gap: a
+``gaps`` row is written and no book row is emitted until the next snapshot.
+
+``m = true`` means the buyer was the maker, so the taker (the ``side`` we store) sold.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from mdpipe.lake import SCHEMAS, date_of_ns, day_start_ns, empty_frame
+from mdpipe.venues import NORMALIZERS, Batch, LineError, RawLines
+
+MS = 1_000_000  # ns per ms
+# Longest first, so that e.g. FDUSD wins over USD.
+QUOTE_ASSETS = (
+    "FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USDP", "DAI", "BTC", "ETH", "BNB", "EUR", "TRY",
+    "BRL", "JPY", "GBP", "AUD", "USD", "XRP", "DOGE",
+)  # fmt: skip
+MAX_BUFFERED_DIFFS = 20_000  # about half an hour of depth@100ms per symbol without a snapshot
+
+_LEVELS = pl.List(pl.List(pl.String))
+DEPTH = pl.Struct(
+    {"e": pl.String, "E": pl.Int64, "T": pl.Int64, "s": pl.String, "U": pl.Int64,
+     "u": pl.Int64, "pu": pl.Int64, "b": _LEVELS, "a": _LEVELS}
+)  # fmt: skip
+TRADE = pl.Struct(
+    {"E": pl.Int64, "s": pl.String, "t": pl.Int64, "p": pl.String, "q": pl.String,
+     "T": pl.Int64, "m": pl.Boolean}
+)  # fmt: skip
+AGG_TRADE = pl.Struct(
+    {"E": pl.Int64, "s": pl.String, "a": pl.Int64, "p": pl.String, "q": pl.String,
+     "f": pl.Int64, "l": pl.Int64, "T": pl.Int64, "m": pl.Boolean}
+)  # fmt: skip
+BOOK_TICKER = pl.Struct(
+    {"u": pl.Int64, "E": pl.Int64, "T": pl.Int64, "s": pl.String, "b": pl.String,
+     "B": pl.String, "a": pl.String, "A": pl.String}
+)  # fmt: skip
+SNAPSHOT = pl.Struct(
+    {"lastUpdateId": pl.Int64, "E": pl.Int64, "T": pl.Int64, "bids": _LEVELS, "asks": _LEVELS}
+)
+
+_WRAPPED = r'^\{"stream":"([A-Za-z0-9_.-]+)@([A-Za-z0-9@]+)","data":'
+_CHANNEL_KIND = {
+    "depth": "depth",
+    "depth@100ms": "depth",
+    "depth@250ms": "depth",
+    "depth@500ms": "depth",
+    "depth@0ms": "depth",
+    "trade": "trade",
+    "aggTrade": "agg_trade",
+    "bookTicker": "bbo",
+    "depthSnapshot": "snapshot",
+}
+_EVENT_KIND = {
+    "depthUpdate": "depth",
+    "trade": "trade",
+    "aggTrade": "agg_trade",
+    "bookTicker": "bbo",
+}
+_REQUIRED = {
+    "depth": ("E", "s", "U", "u", "b", "a"),
+    "trade": ("s", "t", "p", "q", "T", "m"),
+    "agg_trade": ("s", "a", "p", "q", "f", "l", "T", "m"),
+    "bbo": ("u", "s", "b", "B", "a", "A"),
+    "snapshot": ("lastUpdateId", "bids", "asks"),
+}
+_DTYPES = {
+    "depth": DEPTH,
+    "trade": TRADE,
+    "agg_trade": AGG_TRADE,
+    "bbo": BOOK_TICKER,
+    "snapshot": SNAPSHOT,
+}
+EXPECTED = (
+    "expected a Binance combined-stream frame (depth, trade, aggTrade, bookTicker), a bare "
+    "event of those kinds, or a REST depth snapshot"
+)
+
+
+def unified_symbol(raw: str, venue: str) -> str:
+    """``BTCUSDT`` -> ``BTC/USDT`` (spot) or ``BTC/USDT:USDT`` (USD-M)."""
+    raw = raw.upper()
+    for q in QUOTE_ASSETS:
+        if raw.endswith(q) and len(raw) > len(q):
+            base = raw[: -len(q)]
+            return f"{base}/{q}:{q}" if venue == "binanceusdm" else f"{base}/{q}"
+    raise ValueError(f"cannot split Binance symbol {raw!r} into base and quote")
+
+
+# ---------------------------------------------------------------------------------------------
+# Book sync: a small state machine over event headers (ids only), shared by import and capture.
+# It runs once per depth event, not per level row, so it stays in plain Python.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GapInfo:
+    ev: int
+    detail: str
+    prev_update_id: int | None
+    next_update_id: int | None
+
+
+@dataclass
+class BookSync:
+    """Binance's book-sync procedure for one symbol. Events are identified by a number ``ev``;
+    the caller keeps their rows and emits them in the order :meth:`on_diff` and
+    :meth:`on_snapshot` return."""
+
+    futures: bool
+    synced: bool = False
+    first_pending: bool = False
+    last_u: int = -1
+    buffer: list[tuple[int, int, int, int]] = field(default_factory=list)  # ev, U, u, pu
+    dropped: int = 0
+    applied: int = 0
+    snapshots: int = 0
+    first_applied: tuple[int, int, int] | None = None  # (lastUpdateId, U, u) of the last sync
+
+    def on_snapshot(self, ev: int, last_id: int) -> tuple[list[int], list[GapInfo]]:
+        """Apply a snapshot: returns the events to emit (the snapshot first, then buffered diffs
+        that follow it) and any gap found while replaying the buffer."""
+        self.synced, self.first_pending, self.last_u = True, True, last_id
+        self.snapshots += 1
+        out, gaps = [ev], []
+        pending, self.buffer = self.buffer, []
+        for b_ev, U, u, pu in pending:
+            o, g = self.on_diff(b_ev, U, u, pu)
+            out.extend(o)
+            gaps.extend(g)
+        return out, gaps
+
+    def on_diff(self, ev: int, U: int, u: int, pu: int) -> tuple[list[int], list[GapInfo]]:
+        if not self.synced:
+            self.buffer.append((ev, U, u, pu))
+            if len(self.buffer) > MAX_BUFFERED_DIFFS:
+                self.buffer.pop(0)
+                self.dropped += 1
+            return [], []
+        last = self.last_u
+        if self.first_pending:
+            if (u < last) if self.futures else (u <= last):
+                self.dropped += 1
+                return [], []
+            ok = (U <= last <= u) if self.futures else (U <= last + 1 <= u)
+            if not ok:
+                rule = "U <= lastUpdateId <= u" if self.futures else "U <= lastUpdateId+1 <= u"
+                return [], [
+                    self._gap(
+                        ev,
+                        U,
+                        u,
+                        pu,
+                        f"first diff after snapshot breaks {rule}: "
+                        f"lastUpdateId={last}, U={U}, u={u}",
+                    )
+                ]
+        else:
+            if self.futures:
+                if pu != last:
+                    if u <= last:
+                        self.dropped += 1
+                        return [], []
+                    return [], [
+                        self._gap(ev, U, u, pu, f"expected pu={last}, got pu={pu} (U={U}, u={u})")
+                    ]
+            elif U != last + 1:
+                if u <= last:
+                    self.dropped += 1
+                    return [], []
+                return [], [
+                    self._gap(
+                        ev,
+                        U,
+                        u,
+                        pu,
+                        f"expected U={last + 1}, got U={U} ({U - last - 1} update ids missing)",
+                    )
+                ]
+        if self.first_pending:
+            self.first_applied = (last, U, u)
+        self.first_pending = False
+        self.last_u = u
+        self.applied += 1
+        return [ev], []
+
+    def _gap(self, ev: int, U: int, u: int, pu: int, detail: str) -> GapInfo:
+        prev = self.last_u
+        self.reset()
+        self.buffer.append((ev, U, u, pu))  # it may apply on top of the next snapshot
+        return GapInfo(ev, detail + "; book rows stop until the next snapshot", prev, U)
+
+    def reset(self) -> None:
+        self.synced, self.first_pending = False, False
+
+
+@dataclass
+class _SymbolState:
+    sync: BookSync
+    book: pl.DataFrame | None = None  # side, price, qty of the synced book; None when unknown
+    book_date: str | None = None
+    last_update_id: int | None = None
+    last_recv_ns: int = 0
+    last_exch_ns: int | None = None
+    pending_rows: pl.DataFrame | None = None  # level rows of buffered (undecided) diffs
+    last_trade_id: int | None = None
+    first_diff: tuple[int, int] | None = None  # (exch ts, U) of the first diff, for no_snapshot
+    got_snapshot: bool = False
+
+
+_LEVEL_COLS = {
+    "ev": pl.Int64,
+    "exch_ts_ns": pl.Int64,
+    "recv_ts_ns": pl.Int64,
+    "update_id": pl.Int64,
+    "side": pl.String,
+    "price": pl.Float64,
+    "qty": pl.Float64,
+    "is_snapshot": pl.Boolean,
+}
+
+
+class BinanceNormalizer:
+    """Stateful, streaming: feed slices of lines in arrival order, then call :meth:`finish`."""
+
+    def __init__(self, venue: str = "binance") -> None:
+        if venue not in ("binance", "binanceusdm"):
+            raise ValueError(
+                f"BinanceNormalizer handles 'binance' and 'binanceusdm', not {venue!r}"
+            )
+        self.venue = venue
+        self.futures = venue == "binanceusdm"
+        self._symbols: dict[str, _SymbolState] = {}
+        self._next_ev = 0
+
+    # -- public -------------------------------------------------------------------------------
+    def awaiting_snapshot(self) -> list[str]:
+        return [s for s, st in self._symbols.items() if not st.sync.synced]
+
+    def sync_stats(self) -> dict[str, dict[str, object]]:
+        """Per symbol: diffs applied and dropped, the first applied diff, snapshots seen."""
+        return {
+            sym: {
+                "applied": st.sync.applied,
+                "dropped": st.sync.dropped,
+                "first_applied": st.sync.first_applied,
+                "snapshots": st.sync.snapshots,
+                "synced": st.sync.synced,
+            }
+            for sym, st in self._symbols.items()
+        }
+
+    def is_synced(self, symbol: str) -> bool:
+        st = self._symbols.get(symbol)
+        return bool(st and st.sync.synced)
+
+    def force_resync(self, symbol: str, ts_ns: int, reason: str, kind: str = "resync") -> Batch:
+        """Drop the book of ``symbol`` (e.g. it crossed, or the connection was replaced): a gap row
+        is written and book rows stop until the next snapshot."""
+        st = self._state(symbol)
+        batch = Batch()
+        prev = st.last_update_id
+        st.sync.reset()
+        st.book = None
+        batch.add("gaps", _gap_rows(self.venue, symbol, [(ts_ns, kind, reason, prev, None)]))
+        batch.count(kind)
+        return batch
+
+    def feed(self, lines: RawLines) -> Batch:
+        batch = Batch()
+        n = lines.text.len()
+        if n == 0:
+            return batch
+        df = pl.DataFrame(
+            {
+                "recv": lines.recv_ts_ns.cast(pl.Int64),
+                "text": lines.text.str.strip_chars_end(),
+                "line": lines.line_no.cast(pl.Int64),
+            }
+        ).with_columns(ev=pl.int_range(self._next_ev, self._next_ev + n, dtype=pl.Int64))
+        self._next_ev += n
+        df = _classify(df)
+        bad = df.filter(pl.col("kind").is_null())
+        for row in bad.iter_rows(named=True):
+            batch.errors.append(
+                LineError(lines.source, row["line"], f"unknown message: {EXPECTED}", row["text"])
+            )
+        batch.count("control", df.filter(pl.col("kind") == "control").height)
+        decoded: dict[str, pl.DataFrame] = {}
+        for kind in ("depth", "trade", "agg_trade", "bbo", "snapshot"):
+            part = df.filter(pl.col("kind") == kind)
+            if part.height:
+                decoded[kind] = self._decode(kind, part, lines, batch)
+                batch.count(kind, decoded[kind].height)
+        if "trade" in decoded:
+            self._trades(decoded["trade"], batch)
+        if "agg_trade" in decoded:
+            self._agg_trades(decoded["agg_trade"], batch)
+        if "bbo" in decoded:
+            self._bbo(decoded["bbo"], batch)
+        self._book(decoded.get("depth"), decoded.get("snapshot"), lines, batch)
+        return batch
+
+    def finish(self) -> Batch:
+        """End of input: symbols that never received a snapshot get a ``no_snapshot`` gap."""
+        batch = Batch()
+        for sym, st in self._symbols.items():
+            if not st.got_snapshot and st.first_diff is not None:
+                ts, first_u = st.first_diff
+                n = len(st.sync.buffer) + st.sync.dropped
+                batch.add(
+                    "gaps",
+                    _gap_rows(
+                        self.venue,
+                        sym,
+                        [
+                            (
+                                ts,
+                                "no_snapshot",
+                                f"no REST depth snapshot in the input: {n} depth diffs not applied, no book "
+                                "rows written (trades are imported)",
+                                None,
+                                first_u,
+                            )
+                        ],
+                    ),
+                )
+                batch.count("no_snapshot")
+            st.pending_rows = None
+        return batch
+
+    # -- internals ------------------------------------------------------------------------------
+    def _state(self, symbol: str) -> _SymbolState:
+        st = self._symbols.get(symbol)
+        if st is None:
+            st = self._symbols[symbol] = _SymbolState(BookSync(self.futures))
+        return st
+
+    def _decode(self, kind: str, part: pl.DataFrame, lines: RawLines, batch: Batch) -> pl.DataFrame:
+        dtype = _DTYPES[kind]
+        try:
+            dec = part["data"].str.json_decode(dtype)
+        except Exception:  # invalid JSON somewhere in the column: find the lines (slow path)
+            valid = []
+            for line, text in zip(part["line"], part["data"], strict=True):
+                try:
+                    json.loads(text)
+                    valid.append(True)
+                except ValueError as e:
+                    valid.append(False)
+                    batch.errors.append(
+                        LineError(lines.source, line, f"malformed JSON ({e})", text)
+                    )
+            part = part.filter(pl.Series(valid))
+            dec = part["data"].str.json_decode(dtype)
+        out = part.drop("data").with_columns(dec.struct.unnest())
+        missing = pl.any_horizontal([pl.col(c).is_null() for c in _REQUIRED[kind]])
+        incomplete = out.filter(missing)
+        for row in incomplete.iter_rows(named=True):
+            absent = [c for c in _REQUIRED[kind] if row[c] is None]
+            batch.errors.append(
+                LineError(
+                    lines.source,
+                    row["line"],
+                    f"{kind} message lacks field(s) {', '.join(absent)}",
+                    row["text"],
+                )
+            )
+        return out.filter(~missing)
+
+    def _symbol_col(self, df: pl.DataFrame) -> pl.DataFrame:
+        raws = df["s"].unique().to_list()
+        mapping = {r: unified_symbol(r, self.venue) for r in raws}
+        return df.with_columns(symbol=pl.col("s").replace_strict(mapping, return_dtype=pl.String))
+
+    def _trades(self, t: pl.DataFrame, batch: Batch) -> None:
+        t = self._symbol_col(t)
+        for (sym,), g in t.group_by("symbol", maintain_order=True):
+            st = self._state(str(sym))
+            start = st.last_trade_id if st.last_trade_id is not None else -1
+            ids = g["t"]
+            prev_max = ids.cum_max().shift(1, fill_value=start).clip(lower_bound=start)
+            fresh = ids > prev_max
+            gap_rows = []
+            jumps = g.filter(fresh & (ids > prev_max + 1) & (prev_max >= 0))
+            jump_prev = prev_max.filter(fresh & (ids > prev_max + 1) & (prev_max >= 0))
+            for (tid, ts), prev in zip(jumps.select("t", "T").iter_rows(), jump_prev, strict=True):
+                gap_rows.append(
+                    (
+                        ts * MS,
+                        "sequence_gap",
+                        f"trade ids {prev + 1}..{tid - 1} missing ({tid - prev - 1} trades)",
+                        prev,
+                        tid,
+                    )
+                )
+            batch.add("gaps", _gap_rows(self.venue, str(sym), gap_rows))
+            batch.count("duplicate_trades", int((~fresh).sum()))
+            g = g.filter(fresh)
+            if g.height:
+                st.last_trade_id = int(g["t"].max())  # type: ignore[arg-type]
+            batch.add(
+                "trades",
+                g.select(
+                    venue=pl.lit(self.venue),
+                    symbol=pl.col("symbol"),
+                    exch_ts_ns=pl.col("T") * MS,
+                    recv_ts_ns=pl.col("recv"),
+                    trade_id=pl.col("t"),
+                    price=pl.col("p").cast(pl.Float64),
+                    qty=pl.col("q").cast(pl.Float64),
+                    side=pl.when(pl.col("m")).then(pl.lit("sell")).otherwise(pl.lit("buy")),
+                ),
+            )
+
+    def _agg_trades(self, t: pl.DataFrame, batch: Batch) -> None:
+        t = self._symbol_col(t)
+        batch.add(
+            "agg_trades",
+            t.select(
+                venue=pl.lit(self.venue),
+                symbol=pl.col("symbol"),
+                exch_ts_ns=pl.col("T") * MS,
+                recv_ts_ns=pl.col("recv"),
+                agg_trade_id=pl.col("a"),
+                first_trade_id=pl.col("f"),
+                last_trade_id=pl.col("l"),
+                price=pl.col("p").cast(pl.Float64),
+                qty=pl.col("q").cast(pl.Float64),
+                side=pl.when(pl.col("m")).then(pl.lit("sell")).otherwise(pl.lit("buy")),
+            ),
+        )
+
+    def _bbo(self, q: pl.DataFrame, batch: Batch) -> None:
+        q = self._symbol_col(q)
+        batch.add(
+            "bbo",
+            q.select(
+                venue=pl.lit(self.venue),
+                symbol=pl.col("symbol"),
+                exch_ts_ns=pl.coalesce(pl.col("T"), pl.col("E")) * MS,
+                recv_ts_ns=pl.col("recv"),
+                update_id=pl.col("u"),
+                bid=pl.col("b").cast(pl.Float64),
+                bid_qty=pl.col("B").cast(pl.Float64),
+                ask=pl.col("a").cast(pl.Float64),
+                ask_qty=pl.col("A").cast(pl.Float64),
+            ),
+        )
+
+    def _book(
+        self,
+        depth: pl.DataFrame | None,
+        snaps: pl.DataFrame | None,
+        lines: RawLines,
+        batch: Batch,
+    ) -> None:
+        heads: list[pl.DataFrame] = []
+        levels: list[pl.DataFrame] = []
+        if depth is not None and depth.height:
+            depth = self._symbol_col(depth)
+            exch = pl.coalesce(pl.col("T"), pl.col("E")) * MS
+            heads.append(
+                depth.select(
+                    "ev",
+                    "line",
+                    "symbol",
+                    "recv",
+                    exch_ts_ns=exch,
+                    U="U",
+                    u="u",
+                    pu=pl.col("pu").fill_null(-1),
+                    snap_id=pl.lit(None, pl.Int64),
+                )
+            )
+            for side, col in (("bid", "b"), ("ask", "a")):
+                levels.append(
+                    depth.select("ev", "recv", "u", exch.alias("exch_ts_ns"), col)
+                    .explode(col)
+                    .drop_nulls(col)
+                    .select(
+                        "ev",
+                        "exch_ts_ns",
+                        recv_ts_ns="recv",
+                        update_id="u",
+                        side=pl.lit(side),
+                        price=pl.col(col).list.get(0).cast(pl.Float64),
+                        qty=pl.col(col).list.get(1).cast(pl.Float64),
+                        is_snapshot=pl.lit(False),
+                    )
+                )
+        if snaps is not None and snaps.height:
+            snaps = self._snapshot_symbols(snaps, lines, batch)
+            exch = pl.coalesce(pl.col("T"), pl.col("E")) * MS
+            heads.append(
+                snaps.select(
+                    "ev",
+                    "line",
+                    "symbol",
+                    "recv",
+                    exch_ts_ns=exch,
+                    U=pl.lit(None, pl.Int64),
+                    u=pl.lit(None, pl.Int64),
+                    pu=pl.lit(None, pl.Int64),
+                    snap_id="lastUpdateId",
+                )
+            )
+            for side, col in (("bid", "bids"), ("ask", "asks")):
+                levels.append(
+                    snaps.select("ev", "recv", "lastUpdateId", exch.alias("exch_ts_ns"), col)
+                    .explode(col)
+                    .drop_nulls(col)
+                    .select(
+                        "ev",
+                        "exch_ts_ns",
+                        recv_ts_ns="recv",
+                        update_id="lastUpdateId",
+                        side=pl.lit(side),
+                        price=pl.col(col).list.get(0).cast(pl.Float64),
+                        qty=pl.col(col).list.get(1).cast(pl.Float64),
+                        is_snapshot=pl.lit(True),
+                    )
+                )
+        if not heads:
+            return
+        head = pl.concat(heads, how="vertical_relaxed").sort("ev")
+        level = (
+            pl.concat(levels, how="vertical_relaxed")
+            if levels
+            else pl.DataFrame(schema=_LEVEL_COLS)
+        )
+        bad_level = level.filter(pl.col("price").is_null() | pl.col("qty").is_null())
+        if bad_level.height:
+            bad_heads = head.filter(pl.col("ev").is_in(bad_level["ev"].implode()))
+            for line in bad_heads["line"].to_list():
+                batch.errors.append(
+                    LineError(
+                        lines.source, line, "book level is not a [price, qty] pair of decimals"
+                    )
+                )
+            level = level.filter(~pl.col("ev").is_in(bad_level["ev"].implode()))
+            head = head.filter(~pl.col("ev").is_in(bad_level["ev"].implode()))
+        for (sym,), h in head.group_by("symbol", maintain_order=True):
+            lv = level.filter(pl.col("ev").is_in(h["ev"].implode()))
+            self._book_symbol(str(sym), h, lv, batch)
+
+    def _snapshot_symbols(self, snaps: pl.DataFrame, lines: RawLines, batch: Batch) -> pl.DataFrame:
+        hint = lines.symbol_hint
+        sym = pl.col("stream_symbol")
+        if hint is not None:
+            sym = sym.fill_null(pl.lit(hint.lower()))
+        snaps = snaps.with_columns(sym.alias("stream_symbol"))
+        orphan = snaps.filter(pl.col("stream_symbol").is_null())
+        for row in orphan.iter_rows(named=True):
+            batch.errors.append(
+                LineError(
+                    lines.source,
+                    row["line"],
+                    "REST depth snapshot with no symbol: the file holds several symbols (or none); "
+                    'wrap it as {"stream":"<symbol>@depthSnapshot","data":{...}}',
+                )
+            )
+        snaps = snaps.filter(pl.col("stream_symbol").is_not_null())
+        return self._symbol_col(snaps.with_columns(s=pl.col("stream_symbol").str.to_uppercase()))
+
+    def _book_symbol(self, sym: str, head: pl.DataFrame, lv: pl.DataFrame, batch: Batch) -> None:
+        st = self._state(sym)
+        order: list[int] = []
+        gaps: list[tuple[int, str, str, int | None, int | None]] = []
+        snap_ts: dict[int, int] = {}
+        exch_of = {}
+        for ev, recv, exch, U, u, pu, snap_id in head.select(
+            "ev", "recv", "exch_ts_ns", "U", "u", "pu", "snap_id"
+        ).iter_rows():
+            if snap_id is None:
+                exch_of[ev] = exch
+                if st.first_diff is None:
+                    st.first_diff = (exch, U)
+                st.last_exch_ns = exch
+                out, g = st.sync.on_diff(ev, U, u, pu)
+            else:
+                st.got_snapshot = True
+                # A spot snapshot carries no time: it is stamped with the latest exchange time
+                # known when it arrived (the last diff's E), or its receive time if none.
+                snap_ts[ev] = exch if exch is not None else (st.last_exch_ns or recv)
+                out, g = st.sync.on_snapshot(ev, snap_id)
+            order.extend(out)
+            for gi in g:
+                order.append(-1 - len(gaps))  # marker: gap number
+                ts = exch_of.get(gi.ev, st.last_exch_ns or recv)
+                gaps.append((ts, "sequence_gap", gi.detail, gi.prev_update_id, gi.next_update_id))
+        if snap_ts:
+            lv = lv.with_columns(
+                exch_ts_ns=pl.when(pl.col("is_snapshot"))
+                .then(pl.col("ev").replace_strict(snap_ts, default=None, return_dtype=pl.Int64))
+                .otherwise(pl.col("exch_ts_ns"))
+            )
+        all_rows = lv if st.pending_rows is None else pl.concat([st.pending_rows, lv])
+        buffered = {b[0] for b in st.sync.buffer}
+        st.pending_rows = all_rows.filter(pl.col("ev").is_in(list(buffered))) if buffered else None
+        batch.add("gaps", _gap_rows(self.venue, sym, gaps))
+        batch.count("sequence_gap", len(gaps))
+        if not order:
+            return
+        pos = pl.DataFrame({"ev": [e for e in order if e >= 0]}, schema={"ev": pl.Int64})
+        pos = pos.with_row_index("pos")
+        rows = all_rows.join(pos, on="ev", how="inner").sort("pos", maintain_order=True)
+        # Split the applied sequence at gap markers: the book is unknown from a gap to the next
+        # snapshot, so day checkpoints are only written where the book is known.
+        segment_starts: list[int] = []
+        count = 0
+        for e in order:
+            if e < 0:
+                segment_starts.append(count)
+            else:
+                count += 1
+        out_frames = []
+        bounds = [0, *segment_starts, len(pos)]
+        ev_pos = pos["ev"]
+        for i in range(len(bounds) - 1):
+            lo, hi = bounds[i], bounds[i + 1]
+            if i > 0:
+                st.book = None  # a gap happened before this segment
+            if lo == hi:
+                continue
+            seg_evs = ev_pos[lo:hi]
+            seg = rows.filter(pl.col("ev").is_in(seg_evs.implode()))
+            out_frames.append(self._with_checkpoints(sym, st, seg))
+        if segment_starts and segment_starts[-1] == len(pos):
+            st.book = None
+        for f in out_frames:
+            batch.add("book", f.with_columns(venue=pl.lit(self.venue), symbol=pl.lit(sym)))
+
+    def _with_checkpoints(self, sym: str, st: _SymbolState, seg: pl.DataFrame) -> pl.DataFrame:
+        """Insert a snapshot of the synced book at each UTC day boundary the segment crosses, so
+        every date partition of ``book`` can be replayed on its own."""
+        seg = seg.with_columns(
+            date=pl.from_epoch(pl.col("exch_ts_ns"), time_unit="ns").dt.strftime("%Y-%m-%d")
+        )
+        pieces = []
+        for (date,), part in seg.group_by("date", maintain_order=True):
+            date = str(date)
+            starts_with_snapshot = bool(part["is_snapshot"][0])
+            if (
+                st.book is not None
+                and st.book_date is not None
+                and date > st.book_date
+                and not starts_with_snapshot
+            ):
+                ck = st.book.select(
+                    exch_ts_ns=pl.lit(day_start_ns(date), pl.Int64),
+                    recv_ts_ns=pl.lit(int(part["recv_ts_ns"][0]), pl.Int64),
+                    update_id=pl.lit(st.last_update_id, pl.Int64),
+                    side="side",
+                    price="price",
+                    qty="qty",
+                    is_snapshot=pl.lit(True),
+                )
+                pieces.append(ck)
+            pieces.append(part.drop("ev", "pos", "date"))
+            st.book = _fold_book(st.book, part)
+            st.book_date = date
+            st.last_update_id = int(part["update_id"][-1])
+            st.last_recv_ns = int(part["recv_ts_ns"][-1])
+        return pl.concat(pieces, how="vertical_relaxed")
+
+
+def _fold_book(book: pl.DataFrame | None, rows: pl.DataFrame) -> pl.DataFrame:
+    """The book after applying ``rows`` (applied order) to ``book``: vectorised, last write per
+    (side, price) wins, a snapshot run replaces everything before it, zero sizes are removals."""
+    snap = rows["is_snapshot"]
+    if snap.any():
+        starts = rows.with_row_index("i").filter(
+            pl.col("is_snapshot")
+            & ~(
+                pl.col("is_snapshot").shift(1).fill_null(False)
+                & (pl.col("update_id") == pl.col("update_id").shift(1))
+            )
+        )
+        rows = rows.slice(int(starts["i"][-1]))
+        book = None
+    cur = rows.select("side", "price", "qty")
+    if book is not None:
+        cur = pl.concat([book, cur])
+    out = cur.unique(["side", "price"], keep="last", maintain_order=True).filter(pl.col("qty") > 0)
+    return out.sort(["side", "price"], descending=[False, False])
+
+
+def _classify(df: pl.DataFrame) -> pl.DataFrame:
+    """Find each line's kind, symbol (lower case) and data JSON text, without parsing it."""
+    wrapped = df["text"].str.extract_groups(_WRAPPED)
+    df = df.with_columns(
+        stream_symbol=wrapped.struct.field("1").str.to_lowercase(),
+        channel=wrapped.struct.field("2"),
+    )
+    is_wrapped = pl.col("channel").is_not_null()
+    prefix_len = pl.col("stream_symbol").str.len_bytes() + pl.col("channel").str.len_bytes() + 21
+    data = (
+        pl.when(is_wrapped)
+        .then(pl.col("text").str.slice(prefix_len, pl.col("text").str.len_chars() - prefix_len - 1))
+        .otherwise(pl.col("text"))
+    )
+    event = pl.col("text").str.extract(r'^\{"e":"([A-Za-z]+)"', 1)
+    kind = (
+        pl.when(is_wrapped)
+        .then(pl.col("channel").replace_strict(_CHANNEL_KIND, default=None, return_dtype=pl.String))
+        .when(event.is_not_null())
+        .then(event.replace_strict(_EVENT_KIND, default=None, return_dtype=pl.String))
+        .when(pl.col("text").str.starts_with('{"lastUpdateId":'))
+        .then(pl.lit("snapshot"))
+        .when(pl.col("text").str.contains(r'^\{"u":\d+,"s":"'))
+        .then(pl.lit("bbo"))
+        .when(pl.col("text").str.contains(r'^\{"result":.*"id":'))
+        .then(pl.lit("control"))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    return df.with_columns(data=data, kind=kind)
+
+
+def _gap_rows(
+    venue: str, symbol: str, rows: list[tuple[int, str, str, int | None, int | None]]
+) -> pl.DataFrame:
+    if not rows:
+        return empty_frame("gaps")
+    ts, kind, detail, prev, nxt = zip(*rows, strict=True)
+    return pl.DataFrame(
+        {
+            "venue": [venue] * len(rows),
+            "symbol": [symbol] * len(rows),
+            "ts_ns": list(ts),
+            "kind": list(kind),
+            "detail": list(detail),
+            "prev_update_id": list(prev),
+            "next_update_id": list(nxt),
+        },
+        schema=SCHEMAS["gaps"],
+    )
+
+
+def date_partitions(df: pl.DataFrame, ts_col: str) -> dict[str, pl.DataFrame]:
+    """Split rows by the UTC date of ``ts_col`` (nulls fall back to ``recv_ts_ns``)."""
+    if df.height == 0:
+        return {}
+    ts = pl.col(ts_col)
+    if "recv_ts_ns" in df.columns and ts_col != "recv_ts_ns":
+        ts = pl.coalesce(ts, pl.col("recv_ts_ns"))
+    keyed = df.with_columns(_date=pl.from_epoch(ts, time_unit="ns").dt.strftime("%Y-%m-%d"))
+    return {str(d): g.drop("_date") for (d,), g in keyed.group_by("_date", maintain_order=True)}
+
+
+NORMALIZERS["binance"] = lambda: BinanceNormalizer("binance")
+NORMALIZERS["binanceusdm"] = lambda: BinanceNormalizer("binanceusdm")
+
+__all__ = ["BinanceNormalizer", "BookSync", "date_of_ns", "date_partitions", "unified_symbol"]

@@ -1,0 +1,30 @@
+"""Shared fixtures: the bundled real recordings and a lake with them imported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mdpipe.ingest import import_paths
+from mdpipe.lake import Lake
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "binance-spot-2024-08-08"
+RECORDINGS = sorted(DATA.glob("*.gz"))
+BTC_FILES = [DATA / "btcusdt_20240808.gz", DATA / "btcusdt_20240809.gz"]
+ETH_FILES = [DATA / "ethusdt_20240808.gz", DATA / "ethusdt_20240809.gz"]
+
+
+@pytest.fixture(scope="session")
+def recordings() -> list[Path]:
+    return RECORDINGS
+
+
+@pytest.fixture(scope="session")
+def lake_with_recordings(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    """A lake with the four bundled recordings imported (shared: do not write into it)."""
+    lake = Lake(tmp_path_factory.mktemp("lake"))
+    report = import_paths(RECORDINGS, lake)
+    assert report.ok, report.errors
+    return lake
