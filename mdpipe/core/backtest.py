@@ -1,0 +1,362 @@
+"""Event-driven tick backtester over signals: one position per market at a time.
+
+The loop walks the book events (rows sharing a timestamp form one event) and applies, in this
+order at each event time `t`:
+
+1. time exit: an open position whose deadline (entry time + `max_holding_seconds`) is before
+   `t` is closed at the book state at the deadline (the previous event), like a timer firing;
+2. barrier exit: otherwise the mid of this event is checked against the profit and stop
+   barriers (both in one event: the stop wins), and a touch closes at this event's book;
+3. entry: when flat, the earliest signal not yet consumed with `signal_ts < t` that arrived
+   while flat (`signal_ts >= time of the last exit`) opens a position at this event, i.e. the
+   first book event strictly after the signal. Signals arriving while a position or an entry
+   is pending are skipped (counted in `n_skipped`).
+
+Prices, barriers and costs are exactly those of `mdpipe.core.labels` (entry at ask/bid with
+slippage, exit at bid/ask with slippage, taker fee on both legs), so a trade's return equals
+the label of the signal that opened it (tested). Sizing: each trade commits
+`position_fraction` of the equity at entry. Equity is marked to market at every event at its
+liquidation value (exit costs included). A position still open when the data ends before its
+deadline is closed at the last book and flagged `censored`.
+
+Barrier touches by trade prices are not implemented here (mid only); `backtest` raises for
+`barrier_price='trade'`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from mdpipe.core.config import BacktestConfig
+from mdpipe.core.labels import BARRIER_NAMES, BARRIER_PROFIT, BARRIER_STOP, BARRIER_TIME, PricePath
+
+F64Array = npt.NDArray[np.float64]
+I64Array = npt.NDArray[np.int64]
+
+SECONDS_PER_YEAR = 365.0 * 86_400.0  # crypto spot trades every day of the year
+
+TRADES_SCHEMA: dict[str, pl.DataType] = {
+    "signal_id": pl.String(),
+    "signal_ts_ns": pl.Int64(),
+    "direction": pl.Int8(),
+    "entry_ts_ns": pl.Int64(),
+    "exit_ts_ns": pl.Int64(),
+    "t_end_ns": pl.Int64(),
+    "entry_price": pl.Float64(),
+    "exit_price": pl.Float64(),
+    "qty": pl.Float64(),
+    "pnl": pl.Float64(),
+    "ret": pl.Float64(),
+    "barrier": pl.String(),
+    "censored": pl.Boolean(),
+    "equity_after": pl.Float64(),
+}
+
+
+@numba.njit(cache=True)
+def _backtest_kernel(
+    ts: I64Array,
+    bid: F64Array,
+    ask: F64Array,
+    mid: F64Array,
+    end_ns: int,
+    sig_ts: I64Array,
+    sig_side: I64Array,
+    horizon_ns: int,
+    pt: float,
+    sl: float,
+    slip: float,
+    fee: float,
+    capital: float,
+    fraction: float,
+) -> tuple[I64Array, F64Array, I64Array, I64Array, I64Array, F64Array]:
+    n = ts.shape[0]
+    m = sig_ts.shape[0]
+    # per event-group outputs
+    eq_idx = np.empty(n, np.int64)
+    equity = np.empty(n, np.float64)
+    pos_out = np.empty(n, np.int64)
+    # per trade: signal, entry idx, exit idx, t_end, barrier, censored
+    tr_i = np.empty((m, 6), np.int64)
+    tr_f = np.empty((m, 5), np.float64)  # entry_px, exit_px, qty, pnl, equity_after
+    nt = 0
+    ng = 0
+    cash = capital
+    side = 0
+    qty = 0.0
+    entry_px = 0.0
+    m0 = 0.0
+    deadline = 0
+    cur_sig = -1
+    entry_idx = -1
+    last_exit_t = np.iinfo(np.int64).min
+    p = 0
+    prev_state = -1
+    j = 0
+    while j < n:
+        tj = ts[j]
+        k = j
+        while k < n and ts[k] == tj:
+            k += 1
+        state = k - 1
+        exited_here = False
+        # 1. time exit at the deadline's book state (the previous event)
+        if side != 0 and tj > deadline:
+            x = prev_state
+            xp = bid[x] * (1.0 - slip) if side > 0 else ask[x] * (1.0 + slip)
+            pnl = side * qty * (xp - entry_px) - fee * qty * (entry_px + xp)
+            cash += pnl
+            tr_i[nt, 0] = cur_sig
+            tr_i[nt, 1] = entry_idx
+            tr_i[nt, 2] = x
+            tr_i[nt, 3] = deadline
+            tr_i[nt, 4] = BARRIER_TIME
+            tr_i[nt, 5] = 0
+            tr_f[nt, 0] = entry_px
+            tr_f[nt, 1] = xp
+            tr_f[nt, 2] = qty
+            tr_f[nt, 3] = pnl
+            tr_f[nt, 4] = cash
+            nt += 1
+            side = 0
+            last_exit_t = deadline
+        # 2. barrier exit on this event's mids
+        if side != 0:
+            got_pt = False
+            got_sl = False
+            for q in range(j, k):
+                r = side * (mid[q] / m0 - 1.0)
+                if r <= -sl:
+                    got_sl = True
+                elif r >= pt:
+                    got_pt = True
+            if got_pt or got_sl:
+                x = state
+                xp = bid[x] * (1.0 - slip) if side > 0 else ask[x] * (1.0 + slip)
+                pnl = side * qty * (xp - entry_px) - fee * qty * (entry_px + xp)
+                cash += pnl
+                tr_i[nt, 0] = cur_sig
+                tr_i[nt, 1] = entry_idx
+                tr_i[nt, 2] = x
+                tr_i[nt, 3] = tj
+                tr_i[nt, 4] = BARRIER_STOP if got_sl else BARRIER_PROFIT
+                tr_i[nt, 5] = 0
+                tr_f[nt, 0] = entry_px
+                tr_f[nt, 1] = xp
+                tr_f[nt, 2] = qty
+                tr_f[nt, 3] = pnl
+                tr_f[nt, 4] = cash
+                nt += 1
+                side = 0
+                last_exit_t = tj
+                exited_here = True
+        # 3. entry at the first event strictly after a signal that arrived while flat
+        if side == 0:
+            while p < m and sig_ts[p] < last_exit_t:
+                p += 1
+            if p < m and sig_ts[p] < tj and not exited_here:
+                cur_sig = p
+                side = sig_side[p]
+                entry_idx = state
+                m0 = mid[state]
+                entry_px = ask[state] * (1.0 + slip) if side > 0 else bid[state] * (1.0 - slip)
+                qty = fraction * cash / entry_px
+                deadline = tj + horizon_ns
+                while p < m and sig_ts[p] < tj:
+                    p += 1
+                # signals before the entry event were pending with this one: consumed
+                last_exit_t = tj
+        # mark to market at liquidation value
+        if side != 0:
+            xp = bid[state] * (1.0 - slip) if side > 0 else ask[state] * (1.0 + slip)
+            equity[ng] = cash + side * qty * (xp - entry_px) - fee * qty * (entry_px + xp)
+        else:
+            equity[ng] = cash
+        eq_idx[ng] = state
+        pos_out[ng] = side
+        ng += 1
+        prev_state = state
+        j = k
+    # end of data with an open position
+    if side != 0:
+        x = n - 1
+        censored = 0 if deadline <= end_ns else 1
+        # a deadline inside the known data: the last event is the book state at the deadline
+        xp = bid[x] * (1.0 - slip) if side > 0 else ask[x] * (1.0 + slip)
+        pnl = side * qty * (xp - entry_px) - fee * qty * (entry_px + xp)
+        cash += pnl
+        tr_i[nt, 0] = cur_sig
+        tr_i[nt, 1] = entry_idx
+        tr_i[nt, 2] = x
+        tr_i[nt, 3] = deadline
+        tr_i[nt, 4] = BARRIER_TIME
+        tr_i[nt, 5] = censored
+        tr_f[nt, 0] = entry_px
+        tr_f[nt, 1] = xp
+        tr_f[nt, 2] = qty
+        tr_f[nt, 3] = pnl
+        tr_f[nt, 4] = cash
+        nt += 1
+    return eq_idx[:ng], equity[:ng], pos_out[:ng], tr_i[:nt], tr_f[:nt].copy(), np.array([cash])
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    trades: pl.DataFrame  # TRADES_SCHEMA
+    equity: pl.DataFrame  # ts_ns, equity, position (one row per book event time)
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+def sharpe_ratio(ts_ns: npt.ArrayLike, equity: npt.ArrayLike, *, interval_ns: int) -> float:
+    """Annualised Sharpe of an equity curve: equity sampled every `interval_ns` (last value at
+    or before each sample time), simple returns per interval, mean / std (ddof=1) times
+    sqrt(seconds per 365-day year / interval seconds); no risk-free rate (intraday). NaN with
+    fewer than two returns or zero variance."""
+    t = np.asarray(ts_ns, dtype=np.int64)
+    e = np.asarray(equity, dtype=np.float64)
+    if t.size < 2 or interval_ns <= 0:
+        return math.nan
+    grid = np.arange(t[0], t[-1] + 1, interval_ns, dtype=np.int64)
+    if grid[-1] != t[-1]:
+        grid = np.r_[grid, t[-1]]
+    sampled = e[np.searchsorted(t, grid, side="right") - 1]
+    rets = np.diff(sampled) / sampled[:-1]
+    if rets.size < 2:
+        return math.nan
+    sd = float(np.std(rets, ddof=1))
+    if not sd > 0:
+        return math.nan
+    return float(np.mean(rets) / sd * math.sqrt(SECONDS_PER_YEAR / (interval_ns / 1e9)))
+
+
+def max_drawdown(equity: npt.ArrayLike) -> float:
+    """Largest peak-to-trough fall as a fraction of the peak (0.05 = 5 %); 0 when none."""
+    e = np.asarray(equity, dtype=np.float64)
+    if e.size == 0:
+        return math.nan
+    peak = np.maximum.accumulate(e)
+    return float(np.max((peak - e) / peak))
+
+
+def backtest(
+    path: PricePath,
+    signals: pl.DataFrame,
+    config: BacktestConfig,
+    *,
+    start_ns: int | None = None,
+    end_ns: int | None = None,
+    profit_target_pct: float | None = None,
+    stop_loss_pct: float | None = None,
+    max_holding_ns: int | None = None,
+) -> BacktestResult:
+    """Run the signals (`ts_ns, direction`, optional `signal_id`) through the book `path`.
+
+    `start_ns` / `end_ns` restrict the Sharpe sampling and the exposure to a window (e.g. a
+    test fold's span) so that flat time outside it does not dilute them; trades always run on
+    the whole path (a label may end after the window). The barrier overrides exist for the always-in-the-market baseline. Summary
+    keys: net_pnl, net_return, n_trades, n_skipped, win_rate, sharpe, max_drawdown, exposure
+    (share of equity samples with a position), final_equity.
+    """
+    if config.barrier_price != "mid":
+        raise ValueError("the backtester checks barriers on the mid only (barrier_price='mid')")
+    sig = signals.sort("ts_ns", maintain_order=True)
+    sig_ts = np.ascontiguousarray(sig["ts_ns"].to_numpy().astype(np.int64))
+    sig_side = np.ascontiguousarray(sig["direction"].to_numpy().astype(np.int64))
+    if sig_side.size and not np.all(np.abs(sig_side) == 1):
+        raise ValueError("direction must be +1 or -1")
+    ids = (
+        sig["signal_id"].cast(pl.String).to_list()
+        if "signal_id" in sig.columns
+        else [str(i) for i in range(sig.height)]
+    )
+    ts, bid, ask, mid = path.ts_ns, path.bid, path.ask, path.mid
+    eq_idx, equity, pos, tr_i, tr_f, _ = _backtest_kernel(
+        np.ascontiguousarray(ts),
+        np.ascontiguousarray(bid),
+        np.ascontiguousarray(ask),
+        np.ascontiguousarray(mid),
+        int(path.end_ns),
+        sig_ts,
+        sig_side,
+        int(config.max_holding_ns if max_holding_ns is None else max_holding_ns),
+        float(config.profit_target_pct if profit_target_pct is None else profit_target_pct),
+        float(config.stop_loss_pct if stop_loss_pct is None else stop_loss_pct),
+        float(config.slippage),
+        float(config.fee_rate),
+        float(config.initial_capital),
+        float(config.position_fraction),
+    )
+    if tr_i.shape[0]:
+        si = tr_i[:, 0]
+        entry_px, exit_px, qty, pnl, eq_after = (tr_f[:, c] for c in range(5))
+        trades = pl.DataFrame(
+            {
+                "signal_id": pl.Series([ids[i] for i in si.tolist()], dtype=pl.String),
+                "signal_ts_ns": pl.Series(sig_ts[si], dtype=pl.Int64),
+                "direction": pl.Series(sig_side[si], dtype=pl.Int8),
+                "entry_ts_ns": pl.Series(ts[tr_i[:, 1]], dtype=pl.Int64),
+                "exit_ts_ns": pl.Series(ts[tr_i[:, 2]], dtype=pl.Int64),
+                "t_end_ns": pl.Series(tr_i[:, 3], dtype=pl.Int64),
+                "entry_price": entry_px,
+                "exit_price": exit_px,
+                "qty": qty,
+                "pnl": pnl,
+                "ret": pnl / (qty * entry_px),
+                "barrier": pl.Series(np.asarray(BARRIER_NAMES)[tr_i[:, 4]], dtype=pl.String),
+                "censored": pl.Series(tr_i[:, 5].astype(bool)),
+                "equity_after": eq_after,
+            }
+        )
+    else:
+        trades = pl.DataFrame(schema=TRADES_SCHEMA)
+    eq = pl.DataFrame(
+        {
+            "ts_ns": pl.Series(ts[eq_idx], dtype=pl.Int64),
+            "equity": pl.Series(equity, dtype=pl.Float64),
+            "position": pl.Series(pos, dtype=pl.Int8),
+        }
+    )
+    cap = config.initial_capital
+    ets = eq["ts_ns"].to_numpy()
+    w_lo = 0 if start_ns is None else int(np.searchsorted(ets, start_ns, side="left"))
+    w_hi = ets.size if end_ns is None else int(np.searchsorted(ets, end_ns, side="right"))
+    w_eq, w_pos, w_ts = equity[w_lo:w_hi], pos[w_lo:w_hi], ets[w_lo:w_hi]
+    final = float(equity[-1]) if equity.size else cap
+    wins = trades.filter(pl.col("pnl") > 0).height
+    summary = {
+        "net_pnl": final - cap,
+        "net_return": final / cap - 1.0,
+        "n_trades": float(trades.height),
+        "n_skipped": float(sig.height - trades.height),
+        "win_rate": wins / trades.height if trades.height else math.nan,
+        "sharpe": sharpe_ratio(
+            w_ts, w_eq, interval_ns=round(config.sharpe_interval_seconds * 1e9)
+        ),
+        "max_drawdown": max_drawdown(equity) if equity.size else math.nan,
+        "exposure": float(np.mean(w_pos != 0)) if w_pos.size else math.nan,
+        "final_equity": final,
+    }
+    return BacktestResult(trades=trades, equity=eq, summary=summary)
+
+
+def buy_and_hold(path: PricePath, config: BacktestConfig) -> BacktestResult:
+    """The always-in-the-market baseline: long from the first book event to the last one, same
+    costs and sizing as the strategy (one round trip)."""
+    if len(path) < 2:
+        raise ValueError("buy_and_hold needs at least two book events")
+    t0 = int(path.ts_ns[0])
+    sig = pl.DataFrame({"ts_ns": [t0 - 1], "direction": [1], "signal_id": ["always_in"]})
+    return backtest(
+        path,
+        sig,
+        config,
+        profit_target_pct=math.inf,
+        stop_loss_pct=math.inf,
+        max_holding_ns=int(path.ts_ns[-1]) - t0,
+    )
