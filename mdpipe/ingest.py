@@ -165,7 +165,7 @@ def _split_lines(text: str, first_line: int) -> pl.DataFrame:
 def _parse_journal(df: pl.DataFrame, source: str, errors: list[LineError]) -> pl.DataFrame:
     """``<receive time> <JSON>`` -> recv_ts_ns (ns; µs and ms detected), text, line."""
     df = df.filter(pl.col("raw").str.strip_chars().str.len_bytes() > 0)
-    parts = df["raw"].str.split_exact(" ", 1)
+    parts = df["raw"].str.splitn(" ", 2)
     df = df.with_columns(
         ts=parts.struct.field("field_0").str.to_integer(strict=False),
         text=parts.struct.field("field_1"),
@@ -469,6 +469,7 @@ def import_paths(
     finally:
         if bar:
             bar.stop()
+    report.errors.sort(key=lambda e: (e.source, e.line))
     if catalog and report.written:
         lake.build_catalog()
     report.seconds = time.perf_counter() - t0

@@ -10,7 +10,7 @@ This module is the only writer of lake files. Layout (DESIGN.md, a contract)::
 
 Every file appears under its final name in one ``os.replace`` after its bytes are fsynced, so a
 reader (DuckDB, polars, another process) never sees a half-written file and a crashed writer
-leaves at most a ``.tmp-*`` file, which readers ignore. Files hold the ``venue`` and ``symbol``
+leaves at most a ``.tmp-*.partial`` file, which no ``*.parquet`` glob matches. Files hold the ``venue`` and ``symbol``
 columns themselves (the unified symbol ``BTC/USDT``; the path uses ``BTC-USDT``), so readers do
 not use hive partitioning for those columns.
 """
@@ -166,7 +166,7 @@ def _fsync_dir(path: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}.partial")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -301,7 +301,7 @@ class Lake:
             raise ValueError(f"unsafe lake file name {name!r}")
         final = self.partition_dir(table, venue, symbol, date) / name
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}")
+        tmp = final.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}.partial")
         conform(table, df).write_parquet(tmp, compression="zstd", statistics=True)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -416,7 +416,8 @@ class PartitionWriter:
         self.part = part
         self.dir = lake.partition_dir(part.table, part.venue, part.symbol, part.date)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.dir / f"{TMP_PREFIX}{uuid.uuid4().hex}.parquet"
+        # Not named *.parquet: globbing readers (DuckDB views) must never pick it up.
+        self.tmp = self.dir / f"{TMP_PREFIX}{uuid.uuid4().hex}.partial"
         self._writer: pq.ParquetWriter | None = None
         self.rows = 0
         self.schema: pa.Schema | None = (

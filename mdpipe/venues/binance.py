@@ -307,7 +307,7 @@ class BinanceNormalizer:
         bad = df.filter(pl.col("kind").is_null())
         for row in bad.iter_rows(named=True):
             batch.errors.append(
-                LineError(lines.source, row["line"], f"unknown message: {EXPECTED}", row["text"])
+                LineError(lines.source, row["line"], _why_unknown(row["text"]), row["text"])
             )
         batch.count("control", df.filter(pl.col("kind") == "control").height)
         decoded: dict[str, pl.DataFrame] = {}
@@ -708,6 +708,14 @@ def _fold_book(book: pl.DataFrame | None, rows: pl.DataFrame) -> pl.DataFrame:
         cur = pl.concat([book, cur])
     out = cur.unique(["side", "price"], keep="last", maintain_order=True).filter(pl.col("qty") > 0)
     return out.sort(["side", "price"], descending=[False, False])
+
+
+def _why_unknown(text: str) -> str:
+    try:
+        json.loads(text)
+    except ValueError as e:
+        return f"malformed JSON ({e}); {EXPECTED}"
+    return f"unknown message: {EXPECTED}"
 
 
 def _classify(df: pl.DataFrame) -> pl.DataFrame:
