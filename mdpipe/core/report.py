@@ -1,0 +1,620 @@
+"""Self-contained HTML evaluation reports (one file, opens offline) and their PNGs.
+
+Plots are drawn with matplotlib's object API (`Figure` + the Agg canvas, never pyplot) so that
+rendering does not touch global backend state and works in worker processes and threads. Each
+plot is written as a PNG next to the report and embedded in the HTML as a base64 data URI; the
+HTML has no scripts and no external references.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from mdpipe.core.labels import PricePath
+from mdpipe.core.metrics import Evaluation
+
+PLOT_NAMES = (
+    "price_signals",
+    "score_distribution",
+    "roc_pr",
+    "equity_drawdown",
+    "confusion",
+    "calibration",
+    "per_detector",
+    "data_quality",
+)
+
+SIDE_BY_SIDE_METRICS = (
+    "threshold",
+    "n_signals",
+    "n_acted",
+    "precision",
+    "precision_at_10",
+    "precision_at_50",
+    "precision_at_100",
+    "recall",
+    "fpr",
+    "false_alarms_per_hour",
+    "roc_auc",
+    "average_precision",
+    "lead_time_barrier_s",
+    "lead_time_move_s",
+    "net_pnl",
+    "sharpe",
+    "max_drawdown",
+    "win_rate",
+    "n_trades",
+    "calibration_spearman",
+)
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;
+color:#1d2330;max-width:1400px}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #dde;padding-bottom:4px}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}
+th,td{border:1px solid #d5d9e2;padding:3px 7px;text-align:right}
+th{background:#f1f3f8}td.l,th.l{text-align:left}
+img{max-width:100%;border:1px solid #e4e7ee;margin:6px 0}
+.note{color:#5a6275;font-size:12px}.kv td{text-align:left}
+"""
+
+
+def _new_figure(w: float = 11.0, h: float = 4.0) -> Figure:
+    fig = Figure(figsize=(w, h), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _no_data(ax: Any, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what}", ha="center", va="center", transform=ax.transAxes, color="#888")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _seconds_axis(ts_ns: np.ndarray, t0: int) -> np.ndarray:
+    return (np.asarray(ts_ns, dtype=np.float64) - t0) / 1e9
+
+
+def _decimate(n: int, max_points: int = 20_000) -> np.ndarray:
+    step = max(1, n // max_points)
+    idx = np.arange(0, n, step)
+    if n and idx[-1] != n - 1:
+        idx = np.r_[idx, n - 1]
+    return idx
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        if math.isinf(v):
+            return "∞" if v > 0 else "−∞"
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.3g}"
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def html_table(df: pl.DataFrame, *, max_rows: int = 200) -> str:
+    cols = df.columns
+    head = "".join(f'<th class="l">{html.escape(c)}</th>' for c in cols)
+    body = []
+    for row in df.head(max_rows).iter_rows():
+        cells = "".join(
+            f'<td class="l">{_fmt(v)}</td>' if isinstance(v, str) else f"<td>{_fmt(v)}</td>"
+            for v in row
+        )
+        body.append(f"<tr>{cells}</tr>")
+    more = f'<p class="note">{df.height - max_rows} more rows not shown</p>' if df.height > max_rows else ""
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are read by the UI and other users
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- the plots
+
+
+def plot_price_signals(path: PricePath, signals: pl.DataFrame | None, t0: int) -> Figure:
+    fig = _new_figure(11, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    if len(path) == 0:
+        _no_data(ax, "prices")
+        return fig
+    idx = _decimate(len(path))
+    ax.plot(_seconds_axis(path.ts_ns[idx], t0), path.mid[idx], lw=0.7, color="#34495e", label="mid")
+    if signals is not None and signals.height:
+        ts = signals["ts_ns"].to_numpy()
+        y = np.interp(ts.astype(np.float64), path.ts_ns.astype(np.float64), path.mid)
+        d = signals["direction"].to_numpy()
+        hit = signals["label"].to_numpy() == 1
+        for side, marker, color in ((1, "^", "#1a9850"), (-1, "v", "#d73027")):
+            m = d == side
+            ax.scatter(
+                _seconds_axis(ts[m & hit], t0), y[m & hit], marker=marker, s=28, color=color,
+                label=f"{'long' if side > 0 else 'short'} signal, hit",
+            )
+            ax.scatter(
+                _seconds_axis(ts[m & ~hit], t0), y[m & ~hit], marker=marker, s=28,
+                facecolors="none", edgecolors=color, label=f"{'long' if side > 0 else 'short'} signal, miss",
+            )
+    ax.set_xlabel("seconds since partition start")
+    ax.set_ylabel("mid price")
+    ax.set_title("Price with signals (filled: profit barrier hit)")
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+def plot_score_distribution(signals: pl.DataFrame | None) -> Figure:
+    fig = _new_figure(6, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    if signals is None or signals.height == 0:
+        _no_data(ax, "signals")
+        return fig
+    s = signals["score"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    hit = signals["label"].to_numpy() == 1
+    ok = np.isfinite(s)
+    if not ok.any():
+        _no_data(ax, "scores")
+        return fig
+    bins = np.histogram_bin_edges(s[ok], bins=30)
+    ax.hist(s[ok & hit], bins=bins, alpha=0.6, color="#1a9850", label="hit (label +1)")
+    ax.hist(s[ok & ~hit], bins=bins, alpha=0.6, color="#d73027", label="miss (label 0/-1)")
+    ax.set_xlabel("score")
+    ax.set_ylabel("signals")
+    ax.set_title("Score distribution")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_roc_pr(curves: Mapping[tuple[int, str, str], Mapping[str, Any]]) -> Figure:
+    fig = _new_figure(11, 4.5)
+    ax_roc = fig.add_subplot(1, 2, 1)
+    ax_pr = fig.add_subplot(1, 2, 2)
+    styles = {
+        (-1, "full", "detector"): ("detector (all signals)", "#2c7bb6", "-"),
+        (-1, "out_of_sample", "detector"): ("detector, out-of-sample", "#fdae61", "-"),
+        (-1, "full", "random"): ("random baseline", "#999999", "--"),
+    }
+    drawn = False
+    for key, (name, color, ls) in styles.items():
+        c = curves.get(key)
+        if not c or c.get("roc") is None:
+            continue
+        fpr, tpr, _ = c["roc"]
+        if np.isnan(fpr).any() or np.isnan(tpr).any():
+            continue
+        ax_roc.plot(fpr, tpr, ls, color=color, label=name)
+        precision, recall, _ = c["pr"]
+        ax_pr.step(recall, precision, ls, where="post", color=color, label=name)
+        drawn = True
+    if not drawn:
+        _no_data(ax_roc, "ROC (needs grid labels of both classes)")
+        _no_data(ax_pr, "PR curve")
+        return fig
+    ax_roc.plot([0, 1], [0, 1], ":", color="#bbb")
+    ax_roc.set_xlabel("false positive rate")
+    ax_roc.set_ylabel("true positive rate")
+    ax_roc.set_title("ROC (grid points, both directions)")
+    ax_roc.legend(fontsize=8)
+    ax_pr.set_xlabel("recall")
+    ax_pr.set_ylabel("precision")
+    ax_pr.set_ylim(0, 1.02)
+    ax_pr.set_title("Precision-recall")
+    ax_pr.legend(fontsize=8)
+    return fig
+
+
+def plot_equity_drawdown(
+    curves: Mapping[tuple[int, str, str], Mapping[str, Any]], t0: int
+) -> Figure:
+    fig = _new_figure(11, 5.5)
+    ax_eq = fig.add_subplot(2, 1, 1)
+    ax_dd = fig.add_subplot(2, 1, 2, sharex=ax_eq)
+    styles = {
+        (-1, "full", "detector"): ("detector", "#2c7bb6"),
+        (-1, "full", "random"): ("random baseline", "#999999"),
+        (-1, "full", "always_in"): ("always in the market", "#7b3294"),
+    }
+    drawn = False
+    for key, (name, color) in styles.items():
+        c = curves.get(key)
+        if not c or c.get("backtest") is None or c["backtest"].equity.height == 0:
+            continue
+        eq = c["backtest"].equity
+        idx = _decimate(eq.height)
+        ts = eq["ts_ns"].to_numpy()[idx]
+        e = eq["equity"].to_numpy()
+        peak = np.maximum.accumulate(e)
+        dd = ((peak - e) / peak)[idx]
+        ax_eq.plot(_seconds_axis(ts, t0), e[idx], color=color, lw=1, label=name)
+        ax_dd.fill_between(_seconds_axis(ts, t0), -dd * 100, 0, color=color, alpha=0.35, label=name)
+        drawn = True
+    if not drawn:
+        _no_data(ax_eq, "equity curve")
+        _no_data(ax_dd, "drawdown")
+        return fig
+    ax_eq.set_ylabel("equity (quote)")
+    ax_eq.set_title("Equity (marked to market at liquidation value) and drawdown")
+    ax_eq.legend(fontsize=8)
+    ax_dd.set_ylabel("drawdown %")
+    ax_dd.set_xlabel("seconds since partition start")
+    return fig
+
+
+def plot_confusion(cm: Mapping[str, int] | None) -> Figure:
+    fig = _new_figure(4.5, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    if not cm:
+        _no_data(ax, "confusion matrix")
+        return fig
+    m = np.array([[cm["tp"], cm["fn"]], [cm["fp"], cm["tn"]]], dtype=float)
+    ax.imshow(m, cmap="Blues")
+    for (i, j), v in np.ndenumerate(m):
+        ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=13,
+                color="white" if v > m.max() / 2 else "black")
+    ax.set_xticks([0, 1], ["predicted +", "predicted −"])
+    ax.set_yticks([0, 1], ["actual +", "actual −"])
+    ax.set_title("Confusion matrix (grid points)")
+    return fig
+
+
+def plot_calibration(curves: Mapping[tuple[int, str, str], Mapping[str, Any]]) -> Figure:
+    fig = _new_figure(6, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    cal = (curves.get((-1, "full", "detector")) or {}).get("calibration")
+    if cal is None or cal.height == 0:
+        _no_data(ax, "scores to calibrate")
+        return fig
+    ax.plot(cal["mean_score"].to_numpy(), cal["hit_rate"].to_numpy(), "o-", color="#2c7bb6")
+    for x, y, n in zip(cal["mean_score"], cal["hit_rate"], cal["count"], strict=True):
+        ax.annotate(str(n), (x, y), fontsize=7, textcoords="offset points", xytext=(3, 3))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("mean score of the bin (score quantile bins)")
+    ax.set_ylabel("hit rate (profit barrier first)")
+    ax.set_title("Score calibration (labels: signals per bin)")
+    return fig
+
+
+def plot_per_detector(metrics: pl.DataFrame) -> Figure:
+    fig = _new_figure(11, 3.8)
+    rows = metrics.filter(
+        (pl.col("fold") == -1) & (pl.col("sample") == "full")
+        & (((pl.col("strategy") == "detector") & (pl.col("signal_type") != "all"))
+           | (pl.col("strategy") == "random"))
+    )
+    ax1 = fig.add_subplot(1, 3, 1)
+    ax2 = fig.add_subplot(1, 3, 2)
+    ax3 = fig.add_subplot(1, 3, 3)
+    if rows.height == 0:
+        for ax in (ax1, ax2, ax3):
+            _no_data(ax, "detectors")
+        return fig
+    names = [
+        "random" if st == "random" else t
+        for st, t in zip(rows["strategy"], rows["signal_type"], strict=True)
+    ]
+    x = np.arange(len(names))
+    colors = ["#999999" if n == "random" else "#2c7bb6" for n in names]
+    for ax, col, title in (
+        (ax1, "n_signals", "signals"),
+        (ax2, "precision", "precision"),
+        (ax3, "net_pnl", "net PnL (own backtest)"),
+    ):
+        ax.bar(x, rows[col].fill_nan(0).fill_null(0).to_numpy(), color=colors)
+        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(title)
+    return fig
+
+
+def plot_data_quality(
+    path: PricePath, gaps: pl.DataFrame | None, clock_offsets: pl.DataFrame | None, t0: int
+) -> Figure:
+    fig = _new_figure(11, 4)
+    ax1 = fig.add_subplot(1, 2, 1)
+    ax2 = fig.add_subplot(1, 2, 2)
+    if len(path) > 1:
+        dt = np.diff(path.ts_ns) / 1e9
+        idx = _decimate(dt.size)
+        ax1.plot(_seconds_axis(path.ts_ns[1:][idx], t0), dt[idx], lw=0.6, color="#34495e",
+                 label="time between book events")
+        ax1.set_yscale("log")
+    if gaps is not None and gaps.height:
+        for t in _seconds_axis(gaps["ts_ns"].to_numpy(), t0):
+            ax1.axvline(t, color="#d73027", lw=0.8, alpha=0.7)
+        ax1.plot([], [], color="#d73027", label=f"recorded gaps ({gaps.height})")
+    if len(path) > 1 or (gaps is not None and gaps.height):
+        ax1.set_xlabel("seconds since partition start")
+        ax1.set_ylabel("seconds")
+        ax1.set_title("Event spacing and gaps")
+        ax1.legend(fontsize=8)
+    else:
+        _no_data(ax1, "book events")
+    if clock_offsets is not None and clock_offsets.height:
+        ax2.plot(
+            _seconds_axis(clock_offsets["ts_ns"].to_numpy(), t0),
+            clock_offsets["offset_ms"].to_numpy(), ".", ms=2, color="#2c7bb6",
+        )
+        ax2.set_xlabel("seconds since partition start")
+        ax2.set_ylabel("exchange time − receive time (ms)")
+        ax2.set_title("Clock offset")
+    else:
+        _no_data(ax2, "clock offsets supplied")
+    return fig
+
+
+# ---------------------------------------------------------------- assembling
+
+
+def side_by_side(metrics: pl.DataFrame) -> pl.DataFrame:
+    """In-sample next to out-of-sample per fold (metrics as rows), detector rows only."""
+    cv = metrics.filter(
+        (pl.col("strategy") == "detector")
+        & (pl.col("signal_type") == "all")
+        & pl.col("sample").is_in(["in_sample", "out_of_sample", "full"])
+    ).sort("fold", "sample")
+    if cv.height == 0:
+        return pl.DataFrame({"metric": list(SIDE_BY_SIDE_METRICS)})
+    cols: dict[str, list[Any]] = {"metric": list(SIDE_BY_SIDE_METRICS)}
+    for row in cv.iter_rows(named=True):
+        fold = "all" if row["fold"] == -1 else f"fold {row['fold']}"
+        sample = {"in_sample": "IS", "out_of_sample": "OOS", "full": "full"}[row["sample"]]
+        cols[f"{fold} {sample}"] = [
+            float(row[m]) if row.get(m) is not None else math.nan for m in SIDE_BY_SIDE_METRICS
+        ]
+    return pl.DataFrame(cols)
+
+
+def _data_quality_table(
+    path: PricePath, gaps: pl.DataFrame | None, clock_offsets: pl.DataFrame | None
+) -> pl.DataFrame:
+    items: list[tuple[str, str]] = [("book events", f"{len(path)}")]
+    if len(path) > 1:
+        dt = np.diff(path.ts_ns) / 1e9
+        items.append(("longest silence between book events (s)", f"{dt.max():.3f}"))
+    if gaps is not None:
+        items.append(("recorded gaps", f"{gaps.height}"))
+        if gaps.height and "kind" in gaps.columns:
+            for kind, n in gaps.group_by("kind").len().sort("kind").iter_rows():
+                items.append((f"  gaps of kind {kind}", f"{n}"))
+    else:
+        items.append(("recorded gaps", "not supplied"))
+    if clock_offsets is not None and clock_offsets.height:
+        off = clock_offsets["offset_ms"].to_numpy()
+        items.append(
+            ("clock offset ms (min / median / max)", f"{off.min():.1f} / {np.median(off):.1f} / {off.max():.1f}")
+        )
+    else:
+        items.append(("clock offset", "not supplied"))
+    return pl.DataFrame(items, schema={"item": pl.String, "value": pl.String}, orient="row")
+
+
+def _img(name: str, png: bytes, caption: str) -> str:
+    b64 = base64.b64encode(png).decode("ascii")
+    return (
+        f'<figure id="fig-{name}"><img alt="{html.escape(caption)}" '
+        f'src="data:image/png;base64,{b64}"><figcaption class="note">{html.escape(caption)}'
+        "</figcaption></figure>"
+    )
+
+
+def write_report(
+    evaluation: Evaluation,
+    path: PricePath,
+    out_dir: str | os.PathLike[str],
+    *,
+    title: str = "mdpipe evaluation",
+    gaps: pl.DataFrame | None = None,
+    clock_offsets: pl.DataFrame | None = None,
+    file_name: str = "report.html",
+) -> Path:
+    """Write `<out_dir>/<file_name>` (self-contained HTML) and `<out_dir>/<plot>.png` for every
+    name in `PLOT_NAMES`; returns the HTML path. Files are replaced atomically.
+
+    `gaps`: optional frame with `ts_ns` (and `kind`); `clock_offsets`: optional frame with
+    `ts_ns, offset_ms` (exchange minus receive time)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = evaluation.metrics
+    curves = evaluation.curves
+    sig = evaluation.signals
+    t0 = int(path.ts_ns[0]) if len(path) else 0
+    full_c = curves.get((-1, "full", "detector")) or {}
+    figs = {
+        "price_signals": (plot_price_signals(path, sig, t0), "Mid price with the signals overlaid"),
+        "score_distribution": (plot_score_distribution(sig), "Score distribution, hits vs misses"),
+        "roc_pr": (plot_roc_pr(curves), "ROC and precision-recall curves on the label grid"),
+        "equity_drawdown": (plot_equity_drawdown(curves, t0), "Backtest equity and drawdown"),
+        "confusion": (plot_confusion(full_c.get("confusion")), "Confusion matrix, all signals acted"),
+        "calibration": (plot_calibration(curves), "Hit rate by score bin"),
+        "per_detector": (plot_per_detector(metrics), "Per-detector breakdown vs random"),
+        "data_quality": (plot_data_quality(path, gaps, clock_offsets, t0), "Data quality"),
+    }
+    parts: dict[str, str] = {}
+    for name, (fig, caption) in figs.items():
+        png = _png(fig)
+        _atomic_write(out / f"{name}.png", png)
+        parts[name] = _img(name, png, caption)
+
+    head = evaluation.headline
+    cfg = evaluation.config.to_dict() if evaluation.config is not None else {}
+    headline = pl.DataFrame({"metric": list(head), "value": [float(v) for v in head.values()]})
+    per_det = metrics.filter(
+        (pl.col("fold") == -1) & (pl.col("sample") == "full")
+    ).select(
+        [c for c in ("strategy", "signal_type", "n_signals", "n_acted", "precision",
+                     "precision_at_10", "recall", "fpr", "false_alarms_per_hour", "roc_auc",
+                     "net_pnl", "sharpe", "max_drawdown", "win_rate", "lead_time_barrier_s",
+                     "lead_time_move_s") if c in metrics.columns]
+    )
+    cal = full_c.get("calibration")
+    doc = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{CSS}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p class="note">Triple-barrier labels on the book mid; costs: taker fee on both legs, slippage,
+and the recorded half spread at entry and exit. Grid metrics (recall, FPR, ROC, PR, confusion)
+use a regular grid in both directions. Censored labels (horizon past the data) are excluded.</p>
+<h2>Headline</h2>{html_table(headline)}
+<h2>Price and signals</h2>{parts["price_signals"]}
+<h2>Scores</h2>{parts["score_distribution"]}{parts["calibration"]}
+{html_table(cal) if cal is not None and cal.height else ""}
+<h2>ROC and PR</h2>{parts["roc_pr"]}
+<h2>Equity and drawdown</h2>{parts["equity_drawdown"]}
+<h2>Confusion matrix</h2>{parts["confusion"]}
+<h2>Per detector and baselines</h2>{parts["per_detector"]}{html_table(per_det)}
+<h2>In-sample vs out-of-sample</h2>
+<p class="note">Thresholds are fitted on each fold's training signals only (objective:
+{html.escape(str(cfg.get("threshold_objective", "")))}), then applied to its test signals.</p>
+{html_table(side_by_side(metrics))}
+<h2>Data quality</h2>{parts["data_quality"]}{html_table(_data_quality_table(path, gaps, clock_offsets))}
+<h2>All metrics</h2>{html_table(metrics)}
+<h2>Configuration</h2>{html_table(pl.DataFrame({"parameter": list(cfg), "value": [str(v) for v in cfg.values()]}))}
+</body></html>
+"""
+    target = out / file_name
+    _atomic_write(target, doc.encode("utf-8"))
+    return target
+
+
+def write_summary_report(
+    metrics: pl.DataFrame,
+    out_dir: str | os.PathLike[str],
+    *,
+    title: str = "mdpipe evaluation summary",
+    report_links: Mapping[str, str] | None = None,
+    file_name: str = "summary.html",
+) -> Path:
+    """Cross-partition summary from the concatenated `evaluation` tables of many partitions:
+    a headline table per partition (detector vs random vs always-in, out-of-sample), plots of
+    precision and net PnL per partition, and links to each partition's report."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    full = metrics.filter(
+        (pl.col("fold") == -1) & (pl.col("signal_type") == "all")
+    )
+    wide = _summary_wide(full)
+    partitions: Sequence[str] = wide["partition"].to_list() if wide.height else []
+    fig = _new_figure(11, 4)
+    ax1 = fig.add_subplot(1, 2, 1)
+    ax2 = fig.add_subplot(1, 2, 2)
+    if wide.height:
+        x = np.arange(len(partitions))
+        w = 0.27
+        for off, col, name, color in (
+            (-w, "detector_precision", "detector", "#2c7bb6"),
+            (0.0, "oos_precision", "detector OOS", "#fdae61"),
+            (w, "random_precision", "random", "#999999"),
+        ):
+            if col in wide.columns:
+                ax1.bar(x + off, wide[col].fill_null(np.nan).fill_nan(0).to_numpy(), w, label=name, color=color)
+        for off, col, name, color in (
+            (-w, "detector_net_pnl", "detector", "#2c7bb6"),
+            (0.0, "random_net_pnl", "random", "#999999"),
+            (w, "always_in_net_pnl", "always in", "#7b3294"),
+        ):
+            if col in wide.columns:
+                ax2.bar(x + off, wide[col].fill_null(np.nan).fill_nan(0).to_numpy(), w, label=name, color=color)
+        for ax, t in ((ax1, "precision per partition"), (ax2, "net PnL per partition")):
+            ax.set_xticks(x, partitions, rotation=30, ha="right", fontsize=7)
+            ax.set_title(t)
+            ax.legend(fontsize=8)
+    else:
+        _no_data(ax1, "partitions")
+        _no_data(ax2, "partitions")
+    png = _png(fig)
+    _atomic_write(out / "summary.png", png)
+    links = ""
+    if report_links:
+        items = "".join(
+            f'<li><a href="{html.escape(href, quote=True)}">{html.escape(p)}</a></li>'
+            for p, href in sorted(report_links.items())
+        )
+        links = f"<h2>Partition reports</h2><ul>{items}</ul>"
+    totals = _summary_totals(full)
+    doc = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>{CSS}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p class="note">{len(partitions)} partitions. Precision: share of acted signals hitting the
+profit barrier first; OOS: thresholds fitted on training folds, scored on test folds.</p>
+<h2>Totals</h2>{html_table(totals)}
+<h2>Per partition</h2>{_img("summary", png, "Precision and net PnL per partition")}
+{html_table(wide)}{links}
+</body></html>
+"""
+    target = out / file_name
+    _atomic_write(target, doc.encode("utf-8"))
+    return target
+
+
+def _summary_wide(full: pl.DataFrame) -> pl.DataFrame:
+    if full.height == 0:
+        return pl.DataFrame({"partition": pl.Series([], dtype=pl.String)})
+    pieces = []
+    for (strategy, sample), prefix in (
+        (("detector", "full"), "detector"),
+        (("random", "full"), "random"),
+        (("always_in", "full"), "always_in"),
+        (("detector", "out_of_sample"), "oos"),
+    ):
+        part = full.filter((pl.col("strategy") == strategy) & (pl.col("sample") == sample))
+        cols = [c for c in ("n_signals", "precision", "roc_auc", "net_pnl", "sharpe", "max_drawdown") if c in part.columns]
+        pieces.append(
+            part.select("partition", *[pl.col(c).alias(f"{prefix}_{c}") for c in cols])
+            .unique("partition", keep="first")
+        )
+    wide = pieces[0]
+    for p in pieces[1:]:
+        wide = wide.join(p, on="partition", how="full", coalesce=True)
+    return wide.sort("partition")
+
+
+def _summary_totals(full: pl.DataFrame) -> pl.DataFrame:
+    if full.height == 0:
+        return pl.DataFrame({"strategy": pl.Series([], dtype=pl.String)})
+    return (
+        full.group_by("strategy", "sample")
+        .agg(
+            pl.len().alias("partitions"),
+            pl.col("n_signals").sum(),
+            pl.col("net_pnl").sum().alias("net_pnl_sum"),
+            pl.col("precision").fill_nan(None).mean().alias("precision_mean"),
+            pl.col("roc_auc").fill_nan(None).mean().alias("roc_auc_mean"),
+        )
+        .sort("strategy", "sample")
+    )
