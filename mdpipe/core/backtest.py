@@ -335,9 +335,7 @@ def backtest(
         "n_trades": float(trades.height),
         "n_skipped": float(sig.height - trades.height),
         "win_rate": wins / trades.height if trades.height else math.nan,
-        "sharpe": sharpe_ratio(
-            w_ts, w_eq, interval_ns=round(config.sharpe_interval_seconds * 1e9)
-        ),
+        "sharpe": sharpe_ratio(w_ts, w_eq, interval_ns=round(config.sharpe_interval_seconds * 1e9)),
         "max_drawdown": max_drawdown(equity) if equity.size else math.nan,
         "exposure": float(np.mean(w_pos != 0)) if w_pos.size else math.nan,
         "final_equity": final,

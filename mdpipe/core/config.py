@@ -82,10 +82,14 @@ class BacktestConfig:
         _positive("initial_capital", self.initial_capital)
         _positive("fee_rate", self.fee_rate, allow_zero=True)
         if self.fee_rate >= 0.5:
-            raise ValueError(f"BacktestConfig.fee_rate is a fraction (0.001 = 10 bps), got {self.fee_rate}")
+            raise ValueError(
+                f"BacktestConfig.fee_rate is a fraction (0.001 = 10 bps), got {self.fee_rate}"
+            )
         _positive("slippage_bps", self.slippage_bps, allow_zero=True)
         if self.slippage_bps >= 10_000:
-            raise ValueError(f"BacktestConfig.slippage_bps must be < 10000, got {self.slippage_bps}")
+            raise ValueError(
+                f"BacktestConfig.slippage_bps must be < 10000, got {self.slippage_bps}"
+            )
         _positive("profit_target_pct", self.profit_target_pct)
         _positive("stop_loss_pct", self.stop_loss_pct)
         if self.stop_loss_pct >= 1:
@@ -105,7 +109,9 @@ class BacktestConfig:
         _positive("grid_seconds", self.grid_seconds)
         _positive("move_bps", self.move_bps)
         if self.cv_method not in CV_METHODS:
-            raise ValueError(f"BacktestConfig.cv_method must be one of {CV_METHODS}, got {self.cv_method!r}")
+            raise ValueError(
+                f"BacktestConfig.cv_method must be one of {CV_METHODS}, got {self.cv_method!r}"
+            )
         for name in ("cv_n_folds", "cv_n_test_folds", "threshold_min_signals", "random_seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -150,13 +156,13 @@ class BacktestConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the public fields (for Dagster metadata, JSON, `from_mapping`)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) }
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> BacktestConfig:
         """Build from a mapping (e.g. a Dagster Config's `model_dump()`), rejecting unknown keys
         so that a typo in run config is an error instead of a silently ignored default."""
-        known = {f.name for f in dataclasses.fields(cls) }
+        known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown BacktestConfig field(s) {unknown}; known: {sorted(known)}")

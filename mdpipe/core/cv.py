@@ -98,7 +98,9 @@ class _PurgedSplitter:
             g[chunk] = gid
         return g
 
-    def roles(self, ts_ns: npt.ArrayLike, t_end_ns: npt.ArrayLike) -> Iterator[npt.NDArray[np.int8]]:
+    def roles(
+        self, ts_ns: npt.ArrayLike, t_end_ns: npt.ArrayLike
+    ) -> Iterator[npt.NDArray[np.int8]]:
         """Per split, the role code of every row (`ROLE_NAMES[code]`)."""
         ts, te = _check_intervals(ts_ns, t_end_ns)
         g = self.groups(ts)

@@ -373,7 +373,10 @@ def triple_barrier(
     entry_mid = np.where(has_entry, path.mid[ei], np.nan)
     exit_mid = np.where(has_entry, path.mid[xi], np.nan)
     with np.errstate(invalid="ignore"):
-        ret = side * (exit_px - entry_px) / entry_px - config.fee_rate * (entry_px + exit_px) / entry_px
+        ret = (
+            side * (exit_px - entry_px) / entry_px
+            - config.fee_rate * (entry_px + exit_px) / entry_px
+        )
         gross_ret = side * (exit_mid / entry_mid - 1.0)
     label = np.where(barrier == BARRIER_PROFIT, 1, np.where(barrier == BARRIER_STOP, -1, 0))
     return {

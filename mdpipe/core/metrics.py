@@ -66,7 +66,11 @@ def _as_xy(scores: npt.ArrayLike, positive: npt.ArrayLike) -> tuple[F64Array, Bo
 
 
 def precision_at_k(
-    scores: npt.ArrayLike, positive: npt.ArrayLike, k: int, *, order_key: npt.ArrayLike | None = None
+    scores: npt.ArrayLike,
+    positive: npt.ArrayLike,
+    k: int,
+    *,
+    order_key: npt.ArrayLike | None = None,
 ) -> float:
     """Share of positives among the k highest scores (ties broken by `order_key` ascending,
     default the row order); NaN when there are fewer than k rows."""
@@ -90,7 +94,9 @@ def _ranked_counts(s: F64Array, y: BoolArray) -> tuple[F64Array, F64Array, F64Ar
     return tp, fp, s[last]
 
 
-def roc_curve(scores: npt.ArrayLike, positive: npt.ArrayLike) -> tuple[F64Array, F64Array, F64Array]:
+def roc_curve(
+    scores: npt.ArrayLike, positive: npt.ArrayLike
+) -> tuple[F64Array, F64Array, F64Array]:
     """`(fpr, tpr, thresholds)`, starting at (0, 0) with threshold +inf; tied scores form one
     step (a diagonal segment), as in scikit-learn."""
     s, y = _as_xy(scores, positive)
@@ -170,7 +176,14 @@ def calibration_table(
     for b in np.unique(idx):
         m = idx == b
         rows.append(
-            (int(b), float(s[m].min()), float(s[m].max()), float(s[m].mean()), float(y[m].mean()), int(m.sum()))
+            (
+                int(b),
+                float(s[m].min()),
+                float(s[m].max()),
+                float(s[m].mean()),
+                float(y[m].mean()),
+                int(m.sum()),
+            )
         )
     return pl.DataFrame(rows, schema=schema, orient="row")
 
@@ -283,7 +296,9 @@ def signal_set_metrics(
     # calibration over all scored signals
     cal = calibration_table(scores, hit)
     out["calibration_spearman"] = (
-        spearman(cal["mean_score"].to_numpy(), cal["hit_rate"].to_numpy()) if cal.height else math.nan
+        spearman(cal["mean_score"].to_numpy(), cal["hit_rate"].to_numpy())
+        if cal.height
+        else math.nan
     )
     # trading
     if bt is None:
@@ -325,9 +340,7 @@ class Evaluation:
     config: BacktestConfig | None = None
 
 
-def random_baseline_signals(
-    n: int, start_ns: int, end_ns: int, *, seed: int
-) -> pl.DataFrame:
+def random_baseline_signals(n: int, start_ns: int, end_ns: int, *, seed: int) -> pl.DataFrame:
     """`n` signals at uniform random times in `[start_ns, end_ns)` with random sides and
     uniform scores; the same seed gives the same signals."""
     rng = np.random.default_rng(seed)

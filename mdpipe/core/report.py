@@ -127,7 +127,11 @@ def html_table(df: pl.DataFrame, *, max_rows: int = 200) -> str:
             for v in row
         )
         body.append(f"<tr>{cells}</tr>")
-    more = f'<p class="note">{df.height - max_rows} more rows not shown</p>' if df.height > max_rows else ""
+    more = (
+        f'<p class="note">{df.height - max_rows} more rows not shown</p>'
+        if df.height > max_rows
+        else ""
+    )
     return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
 
 
@@ -165,12 +169,21 @@ def plot_price_signals(path: PricePath, signals: pl.DataFrame | None, t0: int) -
         for side, marker, color in ((1, "^", "#1a9850"), (-1, "v", "#d73027")):
             m = d == side
             ax.scatter(
-                _seconds_axis(ts[m & hit], t0), y[m & hit], marker=marker, s=28, color=color,
+                _seconds_axis(ts[m & hit], t0),
+                y[m & hit],
+                marker=marker,
+                s=28,
+                color=color,
                 label=f"{'long' if side > 0 else 'short'} signal, hit",
             )
             ax.scatter(
-                _seconds_axis(ts[m & ~hit], t0), y[m & ~hit], marker=marker, s=28,
-                facecolors="none", edgecolors=color, label=f"{'long' if side > 0 else 'short'} signal, miss",
+                _seconds_axis(ts[m & ~hit], t0),
+                y[m & ~hit],
+                marker=marker,
+                s=28,
+                facecolors="none",
+                edgecolors=color,
+                label=f"{'long' if side > 0 else 'short'} signal, miss",
             )
     ax.set_xlabel("seconds since partition start")
     ax.set_ylabel("mid price")
@@ -285,8 +298,15 @@ def plot_confusion(cm: Mapping[str, int] | None) -> Figure:
     m = np.array([[cm["tp"], cm["fn"]], [cm["fp"], cm["tn"]]], dtype=float)
     ax.imshow(m, cmap="Blues")
     for (i, j), v in np.ndenumerate(m):
-        ax.text(j, i, f"{int(v)}", ha="center", va="center", fontsize=13,
-                color="white" if v > m.max() / 2 else "black")
+        ax.text(
+            j,
+            i,
+            f"{int(v)}",
+            ha="center",
+            va="center",
+            fontsize=13,
+            color="white" if v > m.max() / 2 else "black",
+        )
     ax.set_xticks([0, 1], ["predicted +", "predicted −"])
     ax.set_yticks([0, 1], ["actual +", "actual −"])
     ax.set_title("Confusion matrix (grid points)")
@@ -313,9 +333,12 @@ def plot_calibration(curves: Mapping[tuple[int, str, str], Mapping[str, Any]]) -
 def plot_per_detector(metrics: pl.DataFrame) -> Figure:
     fig = _new_figure(11, 3.8)
     rows = metrics.filter(
-        (pl.col("fold") == -1) & (pl.col("sample") == "full")
-        & (((pl.col("strategy") == "detector") & (pl.col("signal_type") != "all"))
-           | (pl.col("strategy") == "random"))
+        (pl.col("fold") == -1)
+        & (pl.col("sample") == "full")
+        & (
+            ((pl.col("strategy") == "detector") & (pl.col("signal_type") != "all"))
+            | (pl.col("strategy") == "random")
+        )
     )
     ax1 = fig.add_subplot(1, 3, 1)
     ax2 = fig.add_subplot(1, 3, 2)
@@ -356,8 +379,14 @@ def plot_data_quality(
         b = np.clip(np.searchsorted(edges, t_rel, side="right") - 1, 0, n_buckets - 1)
         longest = np.zeros(n_buckets)
         np.maximum.at(longest, b, dt)
-        ax1.step(edges[:-1], np.maximum(longest, 1e-6), where="post", lw=0.8, color="#34495e",
-                 label="longest silence between book events")
+        ax1.step(
+            edges[:-1],
+            np.maximum(longest, 1e-6),
+            where="post",
+            lw=0.8,
+            color="#34495e",
+            label="longest silence between book events",
+        )
         ax1.set_yscale("log")
     if gaps is not None and gaps.height:
         for t in _seconds_axis(gaps["ts_ns"].to_numpy(), t0):
@@ -373,7 +402,10 @@ def plot_data_quality(
     if clock_offsets is not None and clock_offsets.height:
         ax2.plot(
             _seconds_axis(clock_offsets["ts_ns"].to_numpy(), t0),
-            clock_offsets["offset_ms"].to_numpy(), ".", ms=2, color="#2c7bb6",
+            clock_offsets["offset_ms"].to_numpy(),
+            ".",
+            ms=2,
+            color="#2c7bb6",
         )
         ax2.set_xlabel("seconds since partition start")
         ax2.set_ylabel("exchange time − receive time (ms)")
@@ -422,7 +454,10 @@ def _data_quality_table(
     if clock_offsets is not None and clock_offsets.height:
         off = clock_offsets["offset_ms"].to_numpy()
         items.append(
-            ("clock offset ms (min / median / max)", f"{off.min():.1f} / {np.median(off):.1f} / {off.max():.1f}")
+            (
+                "clock offset ms (min / median / max)",
+                f"{off.min():.1f} / {np.median(off):.1f} / {off.max():.1f}",
+            )
         )
     else:
         items.append(("clock offset", "not supplied"))
@@ -465,7 +500,10 @@ def write_report(
         "score_distribution": (plot_score_distribution(sig), "Score distribution, hits vs misses"),
         "roc_pr": (plot_roc_pr(curves), "ROC and precision-recall curves on the label grid"),
         "equity_drawdown": (plot_equity_drawdown(curves, t0), "Backtest equity and drawdown"),
-        "confusion": (plot_confusion(full_c.get("confusion")), "Confusion matrix, all signals acted"),
+        "confusion": (
+            plot_confusion(full_c.get("confusion")),
+            "Confusion matrix, all signals acted",
+        ),
         "calibration": (plot_calibration(curves), "Hit rate by score bin"),
         "per_detector": (plot_per_detector(metrics), "Per-detector breakdown vs random"),
         "data_quality": (plot_data_quality(path, gaps, clock_offsets, t0), "Data quality"),
@@ -479,13 +517,29 @@ def write_report(
     head = evaluation.headline
     cfg = evaluation.config.to_dict() if evaluation.config is not None else {}
     headline = pl.DataFrame({"metric": list(head), "value": [float(v) for v in head.values()]})
-    per_det = metrics.filter(
-        (pl.col("fold") == -1) & (pl.col("sample") == "full")
-    ).select(
-        [c for c in ("strategy", "signal_type", "n_signals", "n_acted", "precision",
-                     "precision_at_10", "recall", "fpr", "false_alarms_per_hour", "roc_auc",
-                     "net_pnl", "sharpe", "max_drawdown", "win_rate", "lead_time_barrier_s",
-                     "lead_time_move_s") if c in metrics.columns]
+    per_det = metrics.filter((pl.col("fold") == -1) & (pl.col("sample") == "full")).select(
+        [
+            c
+            for c in (
+                "strategy",
+                "signal_type",
+                "n_signals",
+                "n_acted",
+                "precision",
+                "precision_at_10",
+                "recall",
+                "fpr",
+                "false_alarms_per_hour",
+                "roc_auc",
+                "net_pnl",
+                "sharpe",
+                "max_drawdown",
+                "win_rate",
+                "lead_time_barrier_s",
+                "lead_time_move_s",
+            )
+            if c in metrics.columns
+        ]
     )
     cal = full_c.get("calibration")
     doc = f"""<!DOCTYPE html>
@@ -530,9 +584,7 @@ def write_summary_report(
     precision and net PnL per partition, and links to each partition's report."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    full = metrics.filter(
-        (pl.col("fold") == -1) & (pl.col("signal_type") == "all")
-    )
+    full = metrics.filter((pl.col("fold") == -1) & (pl.col("signal_type") == "all"))
     wide = _summary_wide(full)
     partitions: Sequence[str] = wide["partition"].to_list() if wide.height else []
     fig = _new_figure(11, 4)
@@ -547,14 +599,26 @@ def write_summary_report(
             (w, "random_precision", "random", "#999999"),
         ):
             if col in wide.columns:
-                ax1.bar(x + off, wide[col].fill_null(np.nan).fill_nan(0).to_numpy(), w, label=name, color=color)
+                ax1.bar(
+                    x + off,
+                    wide[col].fill_null(np.nan).fill_nan(0).to_numpy(),
+                    w,
+                    label=name,
+                    color=color,
+                )
         for off, col, name, color in (
             (-w, "detector_net_pnl", "detector", "#2c7bb6"),
             (0.0, "random_net_pnl", "random", "#999999"),
             (w, "always_in_net_pnl", "always in", "#7b3294"),
         ):
             if col in wide.columns:
-                ax2.bar(x + off, wide[col].fill_null(np.nan).fill_nan(0).to_numpy(), w, label=name, color=color)
+                ax2.bar(
+                    x + off,
+                    wide[col].fill_null(np.nan).fill_nan(0).to_numpy(),
+                    w,
+                    label=name,
+                    color=color,
+                )
         for ax, t in ((ax1, "precision per partition"), (ax2, "net PnL per partition")):
             ax.set_xticks(x, partitions, rotation=30, ha="right", fontsize=7)
             ax.set_title(t)
@@ -599,10 +663,15 @@ def _summary_wide(full: pl.DataFrame) -> pl.DataFrame:
         (("detector", "out_of_sample"), "oos"),
     ):
         part = full.filter((pl.col("strategy") == strategy) & (pl.col("sample") == sample))
-        cols = [c for c in ("n_signals", "precision", "roc_auc", "net_pnl", "sharpe", "max_drawdown") if c in part.columns]
+        cols = [
+            c
+            for c in ("n_signals", "precision", "roc_auc", "net_pnl", "sharpe", "max_drawdown")
+            if c in part.columns
+        ]
         pieces.append(
-            part.select("partition", *[pl.col(c).alias(f"{prefix}_{c}") for c in cols])
-            .unique("partition", keep="first")
+            part.select("partition", *[pl.col(c).alias(f"{prefix}_{c}") for c in cols]).unique(
+                "partition", keep="first"
+            )
         )
     wide = pieces[0]
     for p in pieces[1:]:

@@ -34,7 +34,13 @@ def bookticker_frame(*names: str) -> pl.DataFrame:
     b = np.asarray(bid)
     a = np.asarray(ask)
     return pl.DataFrame(
-        {"ts_ns": np.asarray(ts, np.int64), "best_bid": b, "best_ask": a, "mid": (a + b) / 2, "spread": a - b}
+        {
+            "ts_ns": np.asarray(ts, np.int64),
+            "best_bid": b,
+            "best_ask": a,
+            "mid": (a + b) / 2,
+            "spread": a - b,
+        }
     ).sort("ts_ns", maintain_order=True)
 
 
