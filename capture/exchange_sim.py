@@ -59,6 +59,9 @@ class _Event:
 class _SymbolState:
     sym: str
     snapshot_id: int | None = None
+    snapshot_recv_ns: int | None = None  # where the recorder took its REST snapshot
+    snapshot_served: bool = False
+    hold_done: bool = False
     bids: dict[str, str] = field(default_factory=dict)
     asks: dict[str, str] = field(default_factory=dict)
     last_u: int | None = None
@@ -115,6 +118,7 @@ def load_recording(paths: Sequence[str | Path]) -> tuple[list[_Event], dict[str,
     for path in paths:
         file_sym: str | None = None
         pending_snapshot: dict[str, Any] | None = None
+        snapshot_ns = 0
         for recv_ns, text, line_no in iter_journal_lines(path):
             if text.startswith('{"stream":"'):
                 stream = text[11 : text.index('"', 11)]
@@ -132,12 +136,14 @@ def load_recording(paths: Sequence[str | Path]) -> tuple[list[_Event], dict[str,
                 events.append(_Event(recv_ns, sym, stream, kind, text, data))
             elif text.startswith('{"lastUpdateId"'):
                 pending_snapshot = json.loads(text)
+                snapshot_ns = recv_ns
             else:
                 raise ValueError(f"{path}:{line_no}: not a combined-stream frame or REST snapshot")
             if pending_snapshot is not None and file_sym is not None:
                 st = states.setdefault(file_sym, _SymbolState(file_sym))
                 if st.snapshot_id is None:
                     st.snapshot_id = int(pending_snapshot["lastUpdateId"])
+                    st.snapshot_recv_ns = snapshot_ns
                     st.bids = {p: q for p, q in pending_snapshot["bids"]}
                     st.asks = {p: q for p, q in pending_snapshot["asks"]}
                 pending_snapshot = None
@@ -214,6 +220,7 @@ class ExchangeSim:
         port: int = 0,
         host: str = "127.0.0.1",
         start_grace_s: float = 5.0,
+        hold_for_snapshot_s: float = 5.0,
         limit_events: int | None = None,
     ) -> None:
         if not recordings:
@@ -227,6 +234,9 @@ class ExchangeSim:
         self.host = host
         self.port = port
         self.start_grace_s = start_grace_s
+        if hold_for_snapshot_s < 0:
+            raise ValueError(f"hold_for_snapshot_s must be >= 0, got {hold_for_snapshot_s!r}")
+        self.hold_for_snapshot_s = hold_for_snapshot_s
         self.events, self.symbols = load_recording(self.recordings)
         if limit_events is not None:
             self.events = self.events[:limit_events]
@@ -246,7 +256,10 @@ class ExchangeSim:
         self.frames_sent = 0
         self.faults_applied: list[dict[str, Any]] = []
         self.snapshot_requests = 0
-        self._clock_ms: int = 0  # recorded exchange time of the last replayed event
+        # recorded exchange time of the last replayed event (the first one's before the replay)
+        self._clock_ms: int = next(
+            (int(e.data["E"]) for e in self.events if e.data is not None and "E" in e.data), 0
+        )
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -397,6 +410,8 @@ class ExchangeSim:
         if st is None:
             return self._bad_symbol()
         self.snapshot_requests += 1
+        if st.snapshot_error is None:
+            st.snapshot_served = True
         if st.snapshot_error is not None:
             status, retry = st.snapshot_error
             st.snapshot_error = None
@@ -566,6 +581,23 @@ class ExchangeSim:
                 waited += self._silent_until - now
             wall0 += waited
             ev = events[self._pos]
+            st = self.symbols[ev.sym]
+            if (
+                self.hold_for_snapshot_s > 0
+                and not st.hold_done
+                and st.snapshot_recv_ns is not None
+                and ev.recv_ns > st.snapshot_recv_ns
+            ):
+                # The recording has a real REST snapshot only here. Holding the replay until the
+                # client asks for one lets it sync exactly where the recorder did; later
+                # snapshots are rebuilt from the replayed diffs and only as deep as this one.
+                st.hold_done = True
+                t_hold = time.monotonic()
+                while (
+                    not st.snapshot_served and time.monotonic() - t_hold < self.hold_for_snapshot_s
+                ):
+                    await asyncio.sleep(0.002)
+                wall0 += time.monotonic() - t_hold
             if self.speed is not None:
                 target = wall0 + (ev.recv_ns - rec0) / 1e9 / self.speed
                 delay = target - time.monotonic()
@@ -669,31 +701,3 @@ def parse_speed(text: str) -> float | None:
     if value <= 0:
         raise ValueError(f"--speed must be > 0 or 'max', got {text!r}")
     return value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m capture.exchange_sim --recording FILE... [--speed X] [--port N]`."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="mdpipe exchange-sim", description=__doc__.split("\n")[0])
-    p.add_argument("--recording", nargs="+", required=True, help="raw journal files (gz or plain)")
-    p.add_argument("--speed", default="1", help="replay speed factor, or 'max' (default 1)")
-    p.add_argument("--port", type=int, default=8765, help="TCP port on 127.0.0.1 (0: any free)")
-    p.add_argument("--exit-when-finished", action="store_true")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            serve(
-                args.recording,
-                speed=parse_speed(args.speed),
-                port=args.port,
-                print_fn=lambda s: print(s, flush=True),
-                exit_when_finished=args.exit_when_finished,
-            )
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,903 @@
+"""The capture daemon: websocket frames -> raw journal + normalized lake tables, continuously.
+
+Data path (one asyncio loop, one flush thread)::
+
+    ccxt websocket client --tap--> pending lines (recv ns, raw text)      [transport.py]
+      every batch_interval_s:  normalizer.feed(lines) -> Batch (trades, book, gaps, bbo)
+                               -> gap / crossed-book checks -> per-symbol REST resync
+                               -> callbacks and event consumers (online engine)
+      every flush_interval_s:  journal member (gzip, fsync) then Parquet publish (atomic)
+
+REST depth snapshots enter the same pending queue as the frames, wrapped as
+`{"stream":"<sym>@depthSnapshot","data":<REST body>}`, so the journal replays to the same lake
+through `mdpipe import`. Because the journal is written before the Parquet files of the same
+interval, a SIGKILL loses at most the last flush interval and never leaves lake rows without
+their raw lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ccxt
+import polars as pl
+
+from capture.journal import JournalWriter
+from capture.metrics import CaptureMetrics
+from capture.transport import VenueAdapter, adapter_for, make_exchange
+from mdpipe.lake import Lake
+from mdpipe.venues import Batch, RawLines, normalizer_for
+
+log = logging.getLogger("mdpipe.capture")
+
+TABLES = ("trades", "book", "gaps", "bbo", "agg_trades")
+_TS_COL = {"gaps": "ts_ns"}
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Everything `mdpipe capture` can be told; validated on construction."""
+
+    venue: str = "binance"
+    symbols: tuple[str, ...] = ()
+    lake: str | None = None
+    ws_url: str | None = None
+    rest_url: str | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    channels: tuple[str, ...] = ()
+    flush_interval_s: float = 5.0
+    batch_interval_s: float = 0.1
+    reconnect_initial_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    stale_after_s: float = 10.0
+    # Binance closes every connection after 24 h; reconnecting on our own schedule first means
+    # the hole is ours, announced and resynced, instead of a surprise mid-burst
+    max_connection_age_s: float = 23.5 * 3600
+    clock_sync_interval_s: float = 300.0
+    connect_timeout_s: float = 15.0
+    fsync: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.symbols:
+            raise ValueError("capture needs at least one symbol, e.g. symbols=('BTC/USDT',)")
+        if any("/" not in s for s in self.symbols):
+            raise ValueError(
+                f"symbols are ccxt unified symbols like 'BTC/USDT', got {self.symbols}"
+            )
+        for name in (
+            "flush_interval_s",
+            "batch_interval_s",
+            "reconnect_initial_s",
+            "reconnect_max_s",
+            "stale_after_s",
+            "max_connection_age_s",
+            "clock_sync_interval_s",
+            "connect_timeout_s",
+        ):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and v > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError(
+                f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_initial_s "
+                f"({self.reconnect_initial_s})"
+            )
+        if self.batch_interval_s > self.flush_interval_s:
+            raise ValueError("batch_interval_s must not exceed flush_interval_s")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be 0..65535, got {self.metrics_port}")
+
+
+@dataclass
+class Episode:
+    """Something /health reports: a gap, resync, reconnect or stale stream, and its resolution."""
+
+    ts_ns: int
+    kind: str
+    symbol: str
+    detail: str
+    resolved_ns: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ts_ns": self.ts_ns,
+            "kind": self.kind,
+            "symbol": self.symbol,
+            "detail": self.detail,
+            "resolved_ns": self.resolved_ns,
+        }
+
+
+class BookView:
+    """A synced L2 book handed to book callbacks; sorted lazily, only if asked."""
+
+    __slots__ = ("asks", "bids", "exch_ts_ns", "recv_ts_ns", "symbol", "update_id")
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.bids: dict[float, float] = {}
+        self.asks: dict[float, float] = {}
+        self.update_id = 0
+        self.exch_ts_ns = 0
+        self.recv_ts_ns = 0
+
+    def best_bid(self) -> tuple[float, float] | None:
+        if not self.bids:
+            return None
+        p = max(self.bids)
+        return p, self.bids[p]
+
+    def best_ask(self) -> tuple[float, float] | None:
+        if not self.asks:
+            return None
+        p = min(self.asks)
+        return p, self.asks[p]
+
+    def top(self, n: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        b = sorted(self.bids.items(), reverse=True)[:n]
+        a = sorted(self.asks.items())[:n]
+        return b, a
+
+
+BookCallback = Callable[[BookView], None]
+TradeCallback = Callable[[dict[str, Any]], None]
+BatchConsumer = Callable[[Batch], None]
+
+
+@dataclass
+class _Stats:
+    started_ns: int = 0
+    messages: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+    malformed: int = 0
+    malformed_samples: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    reconnects: dict[str, int] = field(default_factory=dict)
+    gaps: dict[str, dict[str, int]] = field(default_factory=dict)
+    snapshots: dict[str, int] = field(default_factory=dict)
+    snapshot_errors: dict[str, int] = field(default_factory=dict)
+    trades: dict[str, int] = field(default_factory=dict)
+    book_rows: dict[str, int] = field(default_factory=dict)
+    files_published: dict[str, int] = field(default_factory=dict)
+    rows_published: dict[str, int] = field(default_factory=dict)
+    flushes: int = 0
+    last_flush_s: float = 0.0
+    publish_delay_max_s: float = 0.0
+    publish_delay_last_s: float = 0.0
+    clock_offset_rest_ns: int | None = None
+    clock_offset_rtt_ns: int | None = None
+    clock_offset_events_ns: int | None = None
+
+
+class Capture:
+    """A running capture of one venue's symbols into a lake.
+
+    Usable from Python as a stream object::
+
+        cap = Capture(CaptureConfig(symbols=("BTC/USDT",), lake="lake"))
+        cap.register_book_callback(lambda book: ...)    # after each applied update, synced only
+        cap.register_trade_callback(lambda trade: ...)  # each trade, in arrival order
+        await cap.start(); ...; await cap.stop()
+
+    `consumers` (or `register_consumer`) receive every normalized Batch: the hook for the online
+    detector engine, which turns batches into `live/signals`.
+    """
+
+    def __init__(
+        self,
+        config: CaptureConfig,
+        *,
+        consumers: Sequence[BatchConsumer] = (),
+        adapter: VenueAdapter | None = None,
+    ) -> None:
+        self.config = config
+        self.venue = config.venue
+        self.adapter = adapter or adapter_for(
+            config.venue, config.ws_url, config.rest_url, config.channels
+        )
+        self.lake = Lake.resolve(config.lake)
+        self.normalizer = normalizer_for(config.venue)
+        self.metrics = CaptureMetrics(config.venue)
+        self.journal = JournalWriter(self.lake.root, config.venue, fsync=config.fsync)
+        self._book_callbacks: list[BookCallback] = []
+        self._trade_callbacks: list[TradeCallback] = []
+        self._consumers: list[BatchConsumer] = list(consumers)
+        self._books: dict[str, BookView] = {}
+        self.stats = _Stats()
+        self.episodes: deque[Episode] = deque(maxlen=200)
+        self._open_episodes: dict[str, list[Episode]] = {}
+        # pending: received, not yet normalized; unflushed: normalized, not yet on disk
+        self._p_ns: list[int] = []
+        self._p_text: list[str] = []
+        self._u_ns: list[int] = []
+        self._u_text: list[str] = []
+        self._acc = Batch()
+        self._line_no = 0
+        self._last_rx_mono = time.monotonic()
+        self._stream_last_ns: dict[str, int] = {}
+        self._depth_seen: set[str] = set()  # symbols with a depth frame on this connection
+        self._snapshot_tasks: dict[str, asyncio.Task[None]] = {}
+        self._ex: Any = None
+        self._markets: dict[str, dict[str, Any]] = {}
+        self._id_to_symbol: dict[str, str] = {}
+        self._connected = False
+        self._stopping = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._flush_lock = asyncio.Lock()
+        self._last_flush_mono = time.monotonic()
+        self._name_ns = 0
+        self._metrics_runner: Any = None
+        self.metrics_port: int | None = None
+        self._conn_url: str | None = None
+        self._sub_hash: str | None = None
+
+    # ---- public API --------------------------------------------------------------------------
+
+    def register_book_callback(self, fn: BookCallback) -> None:
+        self._book_callbacks.append(fn)
+
+    def register_trade_callback(self, fn: TradeCallback) -> None:
+        self._trade_callbacks.append(fn)
+
+    def register_consumer(self, fn: BatchConsumer) -> None:
+        self._consumers.append(fn)
+
+    async def start(self) -> None:
+        self.stats.started_ns = time.time_ns()
+        self._ex = make_exchange(
+            self.adapter.ccxt_class, self._on_raw, self._on_control, self.adapter.ccxt_config()
+        )
+        self.adapter.apply_urls(self._ex)
+        await self._ex.load_markets()
+        missing = [s for s in self.config.symbols if s not in self._ex.markets]
+        if missing:
+            await self._ex.close()
+            raise ValueError(
+                f"{self.venue} has no market {missing}; known e.g. {sorted(self._ex.markets)[:10]}"
+            )
+        for s in self.config.symbols:
+            m = self._ex.market(s)
+            self._markets[s] = m
+            self._id_to_symbol[m["lowercaseId"]] = s
+            self.metrics.book_synced.labels(self.venue, s).set(0)
+        await self._sync_clock()
+        if self.config.metrics_port is not None:
+            await self._start_metrics_server()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._connection_loop(), name="capture-connection"),
+            loop.create_task(self._process_loop(), name="capture-process"),
+            loop.create_task(self._clock_loop(), name="capture-clock"),
+        ]
+
+    async def stop(self) -> None:
+        """Close the websocket, normalize what was received, flush everything, exit cleanly."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        for t in list(self._snapshot_tasks.values()):
+            t.cancel()
+        await asyncio.gather(*self._tasks, *self._snapshot_tasks.values(), return_exceptions=True)
+        await self._teardown_client()
+        self._process_pending()
+        await self._flush()
+        if self._ex is not None:
+            with contextlib.suppress(Exception):
+                await self._ex.close()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+        self.metrics.connected.labels(self.venue).set(0)
+
+    async def run_until_signal(self) -> None:
+        """Start, run until SIGINT/SIGTERM, then stop (flushing) and return."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    def get_stats(self) -> dict[str, Any]:
+        s = self.stats
+        now = time.time_ns()
+        return {
+            "venue": self.venue,
+            "symbols": list(self.config.symbols),
+            "connected": self._connected,
+            "uptime_s": (now - s.started_ns) / 1e9 if s.started_ns else 0.0,
+            "messages": dict(s.messages),
+            "messages_total": sum(s.messages.values()),
+            "bytes": dict(s.bytes),
+            "malformed": s.malformed,
+            "reconnects": dict(s.reconnects),
+            "reconnects_total": sum(s.reconnects.values()),
+            "gaps": {k: dict(v) for k, v in s.gaps.items()},
+            "gaps_total": sum(sum(v.values()) for v in s.gaps.values()),
+            "snapshots": dict(s.snapshots),
+            "resyncs": {k: max(v - 1, 0) for k, v in s.snapshots.items()},
+            "snapshot_errors": dict(s.snapshot_errors),
+            "synced": {sym: self.normalizer.is_synced(sym) for sym in self.config.symbols},  # type: ignore[attr-defined]
+            "trades": dict(s.trades),
+            "book_rows": dict(s.book_rows),
+            "latency": self.metrics.latency.percentiles(),
+            "clock_offset_ms": {
+                "rest": None if s.clock_offset_rest_ns is None else s.clock_offset_rest_ns / 1e6,
+                "rest_rtt": None if s.clock_offset_rtt_ns is None else s.clock_offset_rtt_ns / 1e6,
+                "events": None
+                if s.clock_offset_events_ns is None
+                else s.clock_offset_events_ns / 1e6,
+            },
+            "seconds_since_last_message": {
+                k: (now - v) / 1e9 for k, v in self._stream_last_ns.items()
+            },
+            "queue_depth": len(self._p_ns) + len(self._u_ns),
+            "files_published": dict(s.files_published),
+            "rows_published": dict(s.rows_published),
+            "journal_files": [str(p) for p in self.journal.files_written],
+            "journal_lines": self.journal.lines_written,
+            "flushes": s.flushes,
+            "last_flush_s": s.last_flush_s,
+            "publish_delay_last_s": s.publish_delay_last_s,
+            "publish_delay_max_s": s.publish_delay_max_s,
+            "episodes": [e.as_dict() for e in self.episodes],
+        }
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """(healthy, body): healthy while connected, every depth stream fresh, every book synced."""
+        reasons: list[str] = []
+        now = time.time_ns()
+        if not self._connected:
+            reasons.append("websocket not connected")
+        for sym, m in self._markets.items():
+            last = max(
+                (
+                    v
+                    for k, v in self._stream_last_ns.items()
+                    if k.startswith(m["lowercaseId"] + "@")
+                ),
+                default=None,
+            )
+            if last is None:
+                reasons.append(f"{sym}: no message yet")
+            elif (now - last) / 1e9 > self.config.stale_after_s:
+                reasons.append(f"{sym}: silent for {(now - last) / 1e9:.1f} s")
+            if not self.normalizer.is_synced(sym):  # type: ignore[attr-defined]
+                reasons.append(f"{sym}: book not synced (waiting for a snapshot)")
+        body = {
+            "status": "ok" if not reasons else "unhealthy",
+            "reasons": reasons,
+            "venue": self.venue,
+            "streams": {k: round((now - v) / 1e9, 3) for k, v in self._stream_last_ns.items()},
+            "open_episodes": [e.as_dict() for eps in self._open_episodes.values() for e in eps],
+            "recent_episodes": [e.as_dict() for e in list(self.episodes)[-50:]],
+        }
+        return not reasons, body
+
+    # ---- transport callbacks (synchronous, inside ccxt's receive loop) -----------------------
+
+    def _on_raw(self, recv_ns: int, text: str) -> None:
+        self._p_ns.append(recv_ns)
+        self._p_text.append(text)
+        self._last_rx_mono = time.monotonic()
+
+    def _on_control(self, client: Any, msg: dict[str, Any]) -> None:
+        rid = msg.get("id")
+        if rid is None:
+            return
+        h = f"mdpipe:sub:{rid}"
+        if "error" in msg or ("code" in msg and "msg" in msg):
+            client.reject(ccxt.ExchangeError(f"subscription {rid} refused: {msg}"), h)
+        else:
+            client.resolve(True, h)
+
+    # ---- connection --------------------------------------------------------------------------
+
+    def _backoff(self, attempt: int) -> float:
+        cap = min(self.config.reconnect_max_s, self.config.reconnect_initial_s * 2**attempt)
+        # "equal jitter": never less than half the step, so a fleet restarting together spreads
+        # out without any of them hammering the exchange
+        return cap / 2 + random.uniform(0, cap / 2)
+
+    async def _connection_loop(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            reason = "error"
+            detail = ""
+            try:
+                opened = time.monotonic()
+                got_data_before = sum(self.stats.messages.values())
+                await self._connect_and_subscribe()
+                self._connected = True
+                self.metrics.connected.labels(self.venue).set(1)
+                reason, detail = await self._wait_connection_end(opened)
+                if sum(self.stats.messages.values()) > got_data_before or reason == "planned":
+                    attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every transport failure leads to a reconnect
+                reason, detail = "error", f"{type(exc).__name__}: {exc}"
+            self._connected = False
+            self.metrics.connected.labels(self.venue).set(0)
+            if self._stopping:
+                return
+            await self._teardown_client()
+            self._on_disconnect(reason, detail)
+            delay = 0.0 if reason == "planned" else self._backoff(attempt)
+            attempt += 1
+            log.warning("reconnecting in %.2f s after %s: %s", delay, reason, detail)
+            await asyncio.sleep(delay)
+
+    async def _connect_and_subscribe(self) -> None:
+        ex = self._ex
+        url = self.adapter.ws_endpoint(ex)
+        self._conn_url = url
+        streams = [
+            n for s in self.config.symbols for n in self.adapter.stream_names(self._markets[s])
+        ]
+        req = self.adapter.subscribe_request(ex, url, streams)
+        h = f"mdpipe:sub:{req['id']}"
+        self._sub_hash = h
+        # our own backoff governs redials; ccxt's per-url dial backoff would stack on top of it
+        if getattr(ex, "ws_dial_backoff", None):
+            ex.ws_dial_backoff.pop(url, None)
+        self._depth_seen.clear()
+        fut = ex.watch_multiple(url, [h], req, [h], {"id": str(req["id"])})
+        await asyncio.wait_for(fut, timeout=self.config.connect_timeout_s)
+        self._last_rx_mono = time.monotonic()
+        log.info("subscribed %d streams on %s", len(streams), url)
+
+    async def _wait_connection_end(self, opened: float) -> tuple[str, str]:
+        client = self._ex.clients.get(self._conn_url)
+        if client is None:
+            return "error", "client vanished after subscribing"
+        alive = client.future("mdpipe:alive")
+        while not self._stopping:
+            done, _ = await asyncio.wait({alive}, timeout=0.2)
+            if done:
+                exc = alive.exception() if not alive.cancelled() else None
+                return "closed", f"connection closed: {exc}"
+            if client.closed():
+                return "closed", "connection closed"
+            now = time.monotonic()
+            silent = now - self._last_rx_mono
+            if silent > self.config.stale_after_s:
+                return (
+                    "stale",
+                    f"no message for {silent:.1f} s (watchdog {self.config.stale_after_s} s)",
+                )
+            if now - opened > self.config.max_connection_age_s:
+                return "planned", (
+                    f"planned reconnect after {now - opened:.0f} s "
+                    f"(max_connection_age_s={self.config.max_connection_age_s:g})"
+                )
+        return "stopping", ""
+
+    async def _teardown_client(self) -> None:
+        if self._ex is None or self._conn_url is None:
+            return
+        client = self._ex.clients.pop(self._conn_url, None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.close()
+
+    def _on_disconnect(self, reason: str, detail: str) -> None:
+        """Every book is unknown after the connection changes: gap rows, then resync each."""
+        self._process_pending()
+        for t in self._snapshot_tasks.values():
+            t.cancel()
+        self._snapshot_tasks.clear()
+        self._depth_seen.clear()
+        self.stats.reconnects[reason] = self.stats.reconnects.get(reason, 0) + 1
+        self.metrics.reconnects.labels(self.venue, reason).inc()
+        kind = "stale" if reason == "stale" else "reconnect"
+        ts = time.time_ns()
+        for sym in self.config.symbols:
+            b = self.normalizer.force_resync(sym, ts, f"{reason}: {detail}", kind=kind)  # type: ignore[call-arg]
+            self._absorb(b)
+
+    # ---- processing --------------------------------------------------------------------------
+
+    async def _process_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.batch_interval_s)
+            self._process_pending()
+            self._schedule_resyncs()
+            if time.monotonic() - self._last_flush_mono >= self.config.flush_interval_s:
+                await self._flush()
+
+    def _process_pending(self) -> None:
+        if not self._p_ns:
+            return
+        ns, texts = self._p_ns, self._p_text
+        self._p_ns, self._p_text = [], []
+        n = len(ns)
+        first = self._line_no + 1
+        self._line_no += n
+        recv = pl.Series("recv", ns, dtype=pl.Int64)
+        text = pl.Series("text", texts, dtype=pl.String)
+        self._count_streams(recv, text)
+        batch = self.normalizer.feed(
+            RawLines(
+                recv_ts_ns=recv,
+                text=text,
+                line_no=pl.int_range(first, first + n, dtype=pl.Int64, eager=True),
+                source=f"capture:{self.venue}",
+            )
+        )
+        self._u_ns.extend(ns)
+        self._u_text.extend(texts)
+        for err in batch.errors:
+            self.stats.malformed += 1
+            self.stats.malformed_samples.append(str(err))
+            self.metrics.malformed.labels(self.venue).inc()
+            log.warning("skipped a frame the normalizer cannot use: %s", err)
+        self._absorb(batch)
+        self._check_crossed(batch)
+
+    def _count_streams(self, recv: pl.Series, text: pl.Series) -> None:
+        df = pl.DataFrame({"recv": recv, "text": text})
+        stream = (
+            pl.col("text")
+            .str.extract(r'^\{"stream":"([^"]+)"', 1)
+            .fill_null(
+                pl.concat_str(
+                    pl.col("text").str.extract(r'"s":"([A-Za-z0-9]+)"', 1).str.to_lowercase(),
+                    pl.lit("@"),
+                    pl.col("text").str.extract(r'^\{"e":"([A-Za-z]+)"', 1).fill_null("bookTicker"),
+                )
+            )
+            .fill_null(pl.when(pl.col("text").str.starts_with('{"result"')).then(pl.lit("control")))
+            .fill_null("other")
+        )
+        g = (
+            df.with_columns(stream=stream, nbytes=pl.col("text").str.len_bytes())
+            .group_by("stream")
+            .agg(n=pl.len(), b=pl.col("nbytes").sum(), last=pl.col("recv").max())
+        )
+        for st, n, b, last in g.iter_rows():
+            self.stats.messages[st] = self.stats.messages.get(st, 0) + n
+            self.stats.bytes[st] = self.stats.bytes.get(st, 0) + b
+            self.metrics.messages.labels(self.venue, st).inc(n)
+            self.metrics.bytes.labels(self.venue, st).inc(b)
+            self._stream_last_ns[st] = last
+            sym_id, _, chan = st.partition("@")
+            if chan.startswith("depth") and "Snapshot" not in chan:
+                self._depth_seen.add(sym_id)
+
+    def _absorb(self, batch: Batch) -> None:
+        """Account a normalized batch, hand it to callbacks and consumers, queue it for publish."""
+        gaps = batch.get("gaps")
+        if gaps.height:
+            for sym, kind, detail, _ts in gaps.select(
+                "symbol", "kind", "detail", "ts_ns"
+            ).iter_rows():
+                per = self.stats.gaps.setdefault(sym, {})
+                per[kind] = per.get(kind, 0) + 1
+                self.metrics.gaps.labels(self.venue, sym, kind).inc()
+                ep = Episode(ts_ns=time.time_ns(), kind=kind, symbol=sym, detail=detail)
+                self.episodes.append(ep)
+                self._open_episodes.setdefault(sym, []).append(ep)
+                log.warning("gap %s %s: %s", sym, kind, detail)
+        book = batch.get("book")
+        if book.height:
+            for sym, n in book.group_by("symbol").len().iter_rows():
+                self.stats.book_rows[sym] = self.stats.book_rows.get(sym, 0) + n
+        for sym in self.config.symbols:
+            synced = self.normalizer.is_synced(sym)  # type: ignore[attr-defined]
+            self.metrics.book_synced.labels(self.venue, sym).set(1 if synced else 0)
+            if synced and self._open_episodes.get(sym):
+                now = time.time_ns()
+                for ep in self._open_episodes.pop(sym):
+                    ep.resolved_ns = now
+        trades = batch.get("trades")
+        if trades.height:
+            for sym, n in trades.group_by("symbol").len().iter_rows():
+                self.stats.trades[sym] = self.stats.trades.get(sym, 0) + n
+        self._observe_latency(trades, book)
+        if self._trade_callbacks and trades.height:
+            for row in trades.iter_rows(named=True):
+                for fn in self._trade_callbacks:
+                    fn(row)
+        if self._book_callbacks and book.height:
+            self._run_book_callbacks(book)
+        for consumer in self._consumers:
+            try:
+                consumer(batch)
+            except Exception:  # a broken consumer must not stop the recording
+                log.exception("event consumer %r failed", consumer)
+        self._acc.extend(batch)
+
+    def _observe_latency(self, trades: pl.DataFrame, book: pl.DataFrame) -> None:
+        offset = self.stats.clock_offset_rest_ns or 0
+        frames = []
+        if trades.height:
+            frames.append(
+                trades.select(
+                    stream=pl.col("symbol"), kind=pl.lit("trade"), e="exch_ts_ns", r="recv_ts_ns"
+                )
+            )
+        if book.height:
+            frames.append(
+                book.filter(~pl.col("is_snapshot"))
+                .unique(["symbol", "update_id"], keep="first", maintain_order=True)
+                .select(
+                    stream=pl.col("symbol"), kind=pl.lit("depth"), e="exch_ts_ns", r="recv_ts_ns"
+                )
+            )
+        if not frames:
+            return
+        df = pl.concat(frames).drop_nulls()
+        if df.height == 0:
+            return
+        # the largest exchange-minus-receive difference is the offset seen by the fastest message
+        ev_off = int((df["e"] - df["r"]).max())  # type: ignore[arg-type]
+        prev = self.stats.clock_offset_events_ns
+        self.stats.clock_offset_events_ns = ev_off if prev is None else max(prev, ev_off)
+        df = df.with_columns(lat=(pl.col("r") + offset - pl.col("e")) / 1e9)
+        for (sym, kind), g in df.group_by("stream", "kind"):
+            mid = self._markets[str(sym)]["lowercaseId"] if sym in self._markets else str(sym)
+            self.metrics.latency.observe_many(f"{mid}@{kind}", g["lat"].to_numpy())
+
+    def _run_book_callbacks(self, book: pl.DataFrame) -> None:
+        cur_key: tuple[str, int, bool] | None = None
+        view: BookView | None = None
+        cols = (
+            "symbol",
+            "update_id",
+            "is_snapshot",
+            "side",
+            "price",
+            "qty",
+            "exch_ts_ns",
+            "recv_ts_ns",
+        )
+        for sym, uid, snap, side, px, qty, ets, rts in book.select(cols).iter_rows():
+            key = (sym, uid, snap)
+            if key != cur_key:
+                if view is not None:
+                    self._emit_book(view)
+                cur_key = key
+                view = self._books.get(sym)
+                if view is None:
+                    view = self._books[sym] = BookView(sym)
+                if snap:
+                    view.bids.clear()
+                    view.asks.clear()
+                view.update_id, view.exch_ts_ns, view.recv_ts_ns = uid, ets, rts
+            assert view is not None
+            levels = view.bids if side == "bid" else view.asks
+            if qty == 0.0:
+                levels.pop(px, None)
+            else:
+                levels[px] = qty
+        if view is not None:
+            self._emit_book(view)
+
+    def _emit_book(self, view: BookView) -> None:
+        for fn in self._book_callbacks:
+            fn(view)
+
+    def _check_crossed(self, batch: Batch) -> None:
+        """A crossed book means a diff was lost or mangled: treat it like a sequence gap."""
+        book = batch.get("book")
+        if not book.height:
+            return
+        for sym in book["symbol"].unique().to_list():
+            st = getattr(self.normalizer, "_symbols", {}).get(sym)
+            bk = getattr(st, "book", None)
+            if bk is None or not self.normalizer.is_synced(sym):  # type: ignore[attr-defined]
+                continue
+            bid = bk.filter(pl.col("side") == "bid")["price"].max()
+            ask = bk.filter(pl.col("side") == "ask")["price"].min()
+            if bid is not None and ask is not None and bid >= ask:  # type: ignore[operator]
+                detail = (
+                    f"crossed book after update {st.last_update_id}: best bid {bid} >= best ask "
+                    f"{ask}; resyncing"
+                )
+                b = self.normalizer.force_resync(sym, time.time_ns(), detail, kind="sequence_gap")  # type: ignore[call-arg]
+                self._absorb(b)
+
+    # ---- resync ------------------------------------------------------------------------------
+
+    def _schedule_resyncs(self) -> None:
+        if not self._connected:
+            return
+        awaiting = set(self.normalizer.awaiting_snapshot())
+        for sym in self.config.symbols:
+            m = self._markets[sym]
+            need = sym in awaiting or (
+                m["lowercaseId"] in self._depth_seen and not self.normalizer.is_synced(sym)  # type: ignore[attr-defined]
+            )
+            # ask only once this connection has delivered a diff of the symbol: a snapshot older
+            # than the first buffered diff would not bridge to the stream
+            if need and m["lowercaseId"] in self._depth_seen and sym not in self._snapshot_tasks:
+                self._snapshot_tasks[sym] = asyncio.get_running_loop().create_task(
+                    self._fetch_snapshot(sym), name=f"snapshot-{sym}"
+                )
+
+    async def _fetch_snapshot(self, sym: str) -> None:
+        m = self._markets[sym]
+        attempt = 0
+        try:
+            while not self._stopping:
+                try:
+                    snap = await self.adapter.fetch_snapshot(self._ex, m)
+                except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
+                    headers = getattr(self._ex, "last_response_headers", None) or {}
+                    retry = _retry_after_s(headers)
+                    status = str(
+                        getattr(self._ex, "mdpipe_last_status", None) or type(exc).__name__
+                    )
+                    self.stats.snapshot_errors[status] = (
+                        self.stats.snapshot_errors.get(status, 0) + 1
+                    )
+                    self.metrics.snapshot_errors.labels(self.venue, sym, status).inc()
+                    delay = retry if retry is not None else self._backoff(attempt)
+                    attempt += 1
+                    ep = Episode(
+                        time.time_ns(),
+                        "snapshot_error",
+                        sym,
+                        f"{status} {type(exc).__name__}: {str(exc)[:200]}; retry in {delay:.2f} s"
+                        + (" (Retry-After)" if retry is not None else ""),
+                    )
+                    self.episodes.append(ep)
+                    self._open_episodes.setdefault(sym, []).append(ep)
+                    log.warning("snapshot %s failed (%s); retrying in %.2f s", sym, status, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                self._on_raw(snap.recv_ns, self.adapter.wrap_snapshot(m, snap.text))
+                n = self.stats.snapshots[sym] = self.stats.snapshots.get(sym, 0) + 1
+                if n > 1:
+                    self.metrics.resyncs.labels(self.venue, sym).inc()
+                return
+        finally:
+            self._snapshot_tasks.pop(sym, None)
+
+    # ---- clock -------------------------------------------------------------------------------
+
+    async def _sync_clock(self) -> None:
+        try:
+            t0 = time.time_ns()
+            server_ms = await self._ex.fetch_time()
+            t1 = time.time_ns()
+        except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
+            log.warning("clock sync failed: %s", exc)
+            return
+        # NTP-style: the server stamped its time somewhere within the round trip; the midpoint
+        # is the unbiased guess and half the round trip bounds the error
+        self.stats.clock_offset_rest_ns = int(server_ms) * 1_000_000 - (t0 + t1) // 2
+        self.stats.clock_offset_rtt_ns = t1 - t0
+        self.metrics.clock_offset.labels(self.venue).set(self.stats.clock_offset_rest_ns / 1e9)
+
+    async def _clock_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.clock_sync_interval_s)
+            await self._sync_clock()
+
+    # ---- publishing --------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        async with self._flush_lock:
+            self._last_flush_mono = time.monotonic()
+            ns, texts = self._u_ns, self._u_text
+            self._u_ns, self._u_text = [], []
+            acc, self._acc = self._acc, Batch()
+            if not ns and not acc.tables:
+                return
+            t0 = time.perf_counter()
+            published = await asyncio.to_thread(self._flush_sync, ns, texts, acc)
+            dt = time.perf_counter() - t0
+            self.stats.flushes += 1
+            self.stats.last_flush_s = dt
+            self.metrics.flush_duration.labels(self.venue).observe(dt)
+            if ns:
+                delay = (time.time_ns() - min(ns)) / 1e9
+                self.stats.publish_delay_last_s = delay
+                self.stats.publish_delay_max_s = max(self.stats.publish_delay_max_s, delay)
+                self.metrics.publish_delay.labels(self.venue).set(delay)
+            for table, (files, rows) in published.items():
+                self.stats.files_published[table] = self.stats.files_published.get(table, 0) + files
+                self.stats.rows_published[table] = self.stats.rows_published.get(table, 0) + rows
+                self.metrics.files_published.labels(self.venue, table).inc(files)
+                self.metrics.rows_published.labels(self.venue, table).inc(rows)
+
+    def _file_name(self) -> str:
+        # names sort in publish order inside a partition (readers concatenate files by name to
+        # get applied order) and never repeat, even across restarts
+        ns = max(time.time_ns(), self._name_ns + 1)
+        self._name_ns = ns
+        t = time.gmtime(ns // 1_000_000_000)
+        return f"cap-{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}T{t.tm_hour:02d}-{ns:019d}.parquet"
+
+    def _flush_sync(
+        self, ns: list[int], texts: list[str], acc: Batch
+    ) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        if ns:
+            before = len(self.journal.files_written)
+            self.journal.write_lines(ns, texts)
+            out["raw"] = (len(self.journal.files_written) - before, len(ns))
+        name = self._file_name()
+        for table in TABLES:
+            df = acc.tables.get(table)
+            if df is None or df.height == 0:
+                continue
+            ts_col = _TS_COL.get(table, "exch_ts_ns")
+            ts = pl.col(ts_col)
+            if "recv_ts_ns" in df.columns:
+                ts = pl.coalesce(ts, pl.col("recv_ts_ns"))
+            keyed = df.with_columns(_date=pl.from_epoch(ts, time_unit="ns").dt.strftime("%Y-%m-%d"))
+            files = rows = 0
+            for (sym, date), part in keyed.group_by("symbol", "_date", maintain_order=True):
+                self.lake.publish(
+                    table, self.venue, str(sym), str(date), part.drop("_date"), name=name
+                )
+                files += 1
+                rows += part.height
+            out[table] = (files, rows)
+        return out
+
+    # ---- metrics server ----------------------------------------------------------------------
+
+    async def _start_metrics_server(self) -> None:
+        from aiohttp import web
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        async def metrics(request: web.Request) -> web.Response:
+            self._refresh_gauges()
+            body = generate_latest(self.metrics.registry)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def health(request: web.Request) -> web.Response:
+            ok, body = self.health()
+            return web.json_response(body, status=200 if ok else 503)
+
+        async def stats(request: web.Request) -> web.Response:
+            return web.json_response(self.get_stats())
+
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/health", health)
+        app.router.add_get("/stats", stats)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.metrics_host, self.config.metrics_port)
+        await site.start()
+        self._metrics_runner = runner
+        server = site._server
+        self.metrics_port = server.sockets[0].getsockname()[1] if server is not None else None  # type: ignore[union-attr]
+        log.info("metrics on http://%s:%s/metrics", self.config.metrics_host, self.metrics_port)
+
+    def _refresh_gauges(self) -> None:
+        now = time.time_ns()
+        for st, last in self._stream_last_ns.items():
+            self.metrics.since_last.labels(self.venue, st).set((now - last) / 1e9)
+        self.metrics.queue_depth.labels(self.venue).set(len(self._p_ns) + len(self._u_ns))
+
+
+def _retry_after_s(headers: dict[str, Any]) -> float | None:
+    for k, v in headers.items():
+        if k.lower() == "retry-after":
+            try:
+                return max(float(v), 0.0)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+__all__ = ["BookView", "Capture", "CaptureConfig", "Episode"]
