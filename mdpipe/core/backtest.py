@@ -75,7 +75,7 @@ def _backtest_kernel(
     fee: float,
     capital: float,
     fraction: float,
-) -> tuple[I64Array, F64Array, I64Array, I64Array, I64Array, F64Array]:
+) -> tuple[I64Array, F64Array, I64Array, I64Array, F64Array, F64Array]:
     n = ts.shape[0]
     m = sig_ts.shape[0]
     # per event-group outputs

@@ -207,7 +207,7 @@ def _triple_barrier_kernel(
     use_trades: bool,
     trade_ts: I64Array,
     trade_px: F64Array,
-) -> tuple[I64Array, I64Array, I64Array, I64Array, I64Array, F64Array, F64Array, F64Array]:
+) -> tuple[I64Array, I64Array, I64Array, I64Array, I64Array, I64Array, F64Array, F64Array]:
     n = ts.shape[0]
     m = start_ts.shape[0]
     entry_idx = np.full(m, -1, np.int64)

@@ -478,8 +478,8 @@ def evaluate(
             for sample, s_set, g_set in (("in_sample", s_tr, g_tr), ("out_of_sample", s_te, g_te)):
                 window = _window(s_set, g_set)
                 mf, cf = signal_set_metrics(s_set, g_set, thr, path, config, window=window)
-                rows.append(_row(partition, int(fold), sample, "detector", "all", mf))  # type: ignore[arg-type]
-                curves[(int(fold), sample, "detector")] = cf  # type: ignore[arg-type]
+                rows.append(_row(partition, int(fold), sample, "detector", "all", mf))
+                curves[(int(fold), sample, "detector")] = cf
             first = test_part.filter(pl.col("path") == 0).select("signal_id")
             pooled_thr.append(first.with_columns(pl.lit(thr).alias("thr")))
         ids = pl.concat(pooled_thr).unique("signal_id", keep="first")

@@ -204,7 +204,7 @@ def plot_score_distribution(signals: pl.DataFrame | None) -> Figure:
     if not ok.any():
         _no_data(ax, "scores")
         return fig
-    bins = np.histogram_bin_edges(s[ok], bins=30)
+    bins = np.histogram_bin_edges(s[ok], bins=30).tolist()
     ax.hist(s[ok & hit], bins=bins, alpha=0.6, color="#1a9850", label="hit (label +1)")
     ax.hist(s[ok & ~hit], bins=bins, alpha=0.6, color="#d73027", label="miss (label 0/-1)")
     ax.set_xlabel("score")
