@@ -23,7 +23,7 @@ import re
 import time
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from mdpipe.lake import Lake, Partition, PartitionWriter
 from mdpipe.venues import Batch, LineError, Normalizer, RawLines, normalizer_for
 from mdpipe.venues.binance import date_partitions, unified_symbol
 
-CHUNK_BYTES = 8 << 20  # decompressed text per slice: bounds memory for any file size
+CHUNK_BYTES = 16 << 20  # decompressed text per slice: bounds memory for any file size
 TS_COLUMN = {
     "trades": "exch_ts_ns",
     "agg_trades": "exch_ts_ns",
@@ -101,19 +101,32 @@ def _expand(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-def _open_text_chunks(path: Path, errors: list[LineError], digest: hashlib._Hash) -> Iterator[str]:
-    """Yield decompressed text in slices ending at line boundaries. A truncated gzip keeps what
-    was read and reports where the file ended."""
+@dataclass
+class _Damage:
+    """How a compressed file ended badly, reported by the caller who knows the line count."""
+
+    message: str = ""
+
+
+def _open_text_chunks(
+    path: Path,
+    damage: _Damage,
+    digest: hashlib._Hash,
+    on_bytes: Callable[[int], None] | None = None,
+) -> Iterator[str]:
+    """Yield decompressed text in slices ending at line boundaries. A truncated or corrupt gzip
+    keeps every complete line read before the damage and says what happened in ``damage``."""
     gz = path.suffix == ".gz"
     dec = zlib.decompressobj(wbits=31) if gz else None
     tail = b""
-    nl = 0
     with open(path, "rb") as f:
         while True:
             raw = f.read(CHUNK_BYTES // 4 if gz else CHUNK_BYTES)
             if not raw:
                 break
             digest.update(raw)
+            if on_bytes is not None:
+                on_bytes(len(raw))
             if dec is not None:
                 try:
                     data = dec.decompress(raw)
@@ -122,13 +135,8 @@ def _open_text_chunks(path: Path, errors: list[LineError], digest: hashlib._Hash
                         dec = zlib.decompressobj(wbits=31)
                         data += dec.decompress(rest)
                 except zlib.error as e:
-                    errors.append(
-                        LineError(
-                            str(path),
-                            nl + tail.count(b"\n") + 1,
-                            f"corrupt gzip data ({e}); the rest of the file is lost",
-                        )
-                    )
+                    damage.message = f"corrupt gzip data ({e}); the rest of the file is lost"
+                    tail = b""
                     break
             else:
                 data = raw
@@ -138,17 +146,11 @@ def _open_text_chunks(path: Path, errors: list[LineError], digest: hashlib._Hash
                 tail = buf
                 continue
             out, tail = buf[: cut + 1], buf[cut + 1 :]
-            nl += out.count(b"\n")
             yield out.decode("utf-8", errors="replace")
-        if dec is not None and not dec.eof:
-            errors.append(
-                LineError(
-                    str(path),
-                    nl + 1 + (1 if tail else 0) - (1 if tail else 0),
-                    "file ends inside the gzip stream (truncated download or crashed writer): "
-                    f"{nl} complete lines were read; the partial last line and anything after "
-                    "it are lost",
-                )
+        if dec is not None and not dec.eof and not damage.message:
+            damage.message = (
+                "file ends inside the gzip stream (truncated download or crashed writer); "
+                "the partial last line and anything after it are lost"
             )
             tail = b""  # a partial last line of a truncated file is never a complete message
     if tail.strip():
@@ -428,7 +430,9 @@ def import_paths(
                     norm = normalizers[src.venue] = normalizer_for(src.venue)
                 line0 = 0
                 nlines = 0
-                for text in _open_text_chunks(src.path, report.errors, digest):
+                damage = _Damage()
+                advance = (lambda n: bar.update(task, advance=n)) if bar else None
+                for text in _open_text_chunks(src.path, damage, digest, advance):
                     df = _split_lines(text, line0)
                     line0 += df.height
                     parsed = _parse_journal(df, str(src.path), report.errors)
@@ -445,15 +449,19 @@ def import_paths(
                     report.errors.extend(b.errors)
                     _merge_counts(report, b)
                     sink.write(b)
-                    if bar and task is not None:
-                        bar.update(task, advance=len(text) * 0)  # bytes advanced below
-                if nlines == 0:
+                if damage.message:
+                    report.errors.append(
+                        LineError(
+                            str(src.path), nlines + 1, f"{damage.message} ({nlines} lines read)"
+                        )
+                    )
+                elif nlines == 0:
                     report.errors.append(
                         LineError(str(src.path), 1, "no lines: expected '<receive time> <JSON>'")
                     )
                 report.lines += nlines
             report.bytes_read += src.path.stat().st_size
-            if bar and task is not None:
+            if bar:
                 bar.update(task, completed=report.bytes_read)
         for v, norm in normalizers.items():
             report.sync[v] = norm.sync_stats()  # type: ignore[attr-defined]

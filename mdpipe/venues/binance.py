@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from mdpipe.lake import SCHEMAS, date_of_ns, day_start_ns, empty_frame
+from mdpipe.lake import NS_PER_DAY, SCHEMAS, date_of_ns, day_start_ns, empty_frame
 from mdpipe.venues import NORMALIZERS, Batch, LineError, RawLines
 
 MS = 1_000_000  # ns per ms
@@ -63,6 +63,14 @@ SNAPSHOT = pl.Struct(
     {"lastUpdateId": pl.Int64, "E": pl.Int64, "T": pl.Int64, "bids": _LEVELS, "asks": _LEVELS}
 )
 
+_SPOT_BOOK_TICKER = (
+    r'^\{"u":(?<u>\d+),"s":"(?<s>[A-Z0-9]+)","b":"(?<b>[0-9.]+)","B":"(?<B>[0-9.]+)",'
+    r'"a":"(?<a>[0-9.]+)","A":"(?<A>[0-9.]+)"\}$'
+)
+_DEPTH_HEAD = (
+    r'^\{"e":"depthUpdate","E":(?<E>\d+),(?:"T":(?<T>\d+),)?"s":"(?<s>[A-Z0-9]+)",'
+    r'"U":(?<U>\d+),"u":(?<u>\d+),(?:"pu":(?<pu>-?\d+),)?"b":\['
+)
 _WRAPPED = r'^\{"stream":"([A-Za-z0-9_.-]+)@([A-Za-z0-9@]+)","data":'
 _CHANNEL_KIND = {
     "depth": "depth",
@@ -361,6 +369,39 @@ class BinanceNormalizer:
         return st
 
     def _decode(self, kind: str, part: pl.DataFrame, lines: RawLines, batch: Batch) -> pl.DataFrame:
+        if kind == "bbo":
+            # Spot bookTicker is most of the stream and has one fixed shape: a regex reads it
+            # about 3x faster than the JSON decoder; anything else takes the general path.
+            fast = part["data"].str.extract_groups(_SPOT_BOOK_TICKER)
+            hit = fast.struct.field("u").is_not_null()
+            if hit.all():
+                return part.drop("data").with_columns(
+                    fast.struct.unnest().with_columns(
+                        pl.col("u").cast(pl.Int64),
+                        E=pl.lit(None, pl.Int64),
+                        T=pl.lit(None, pl.Int64),
+                    )
+                )
+        if kind == "depth":
+            # Depth diffs carry nested [["px","qty"],...] lists that the JSON decoder reads
+            # slowly (~16 µs a message). Binance's fixed field order lets a small regex take the
+            # header; each level list is cut out by position and split on quotes, leaving the
+            # flat [px, qty, px, qty, ...] strings. Any other shape takes the JSON path.
+            data = part["data"]
+            head = data.str.extract_groups(_DEPTH_HEAD)
+            b0 = data.str.find('"b":[', literal=True) + 5
+            a0 = data.str.find('],"a":[', literal=True)
+            shaped = head.struct.field("u").is_not_null() & data.str.ends_with("]}")
+            if shaped.all() and a0.is_not_null().all():
+                tail = data.str.len_bytes() - a0 - 9  # after '],"a":[' and before the final ']}'
+                out = part.drop("data").with_columns(
+                    head.struct.unnest().select(
+                        pl.col("E", "T", "U", "u", "pu").cast(pl.Int64), "s"
+                    ),
+                    b=data.str.slice(b0, a0 - b0).str.split('"').list.gather_every(2, offset=1),
+                    a=data.str.slice(a0 + 7, tail).str.split('"').list.gather_every(2, offset=1),
+                )
+                return _split_levels(out)
         dtype = _DTYPES[kind]
         try:
             dec = part["data"].str.json_decode(dtype)
@@ -390,7 +431,8 @@ class BinanceNormalizer:
                     row["text"],
                 )
             )
-        return out.filter(~missing)
+        out = out.filter(~missing)
+        return _split_levels(out) if kind == "depth" else out
 
     def _symbol_col(self, df: pl.DataFrame) -> pl.DataFrame:
         raws = df["s"].unique().to_list()
@@ -498,18 +540,19 @@ class BinanceNormalizer:
                 )
             )
             for side, col in (("bid", "b"), ("ask", "a")):
+                px, qty = f"{col}_px", f"{col}_qty"
                 levels.append(
-                    depth.select("ev", "recv", "u", exch.alias("exch_ts_ns"), col)
-                    .explode(col)
-                    .drop_nulls(col)
+                    depth.select("ev", "recv", "u", exch.alias("exch_ts_ns"), px, qty)
+                    .filter(pl.col(px).list.len() > 0)
+                    .explode(px, qty)
                     .select(
                         "ev",
                         "exch_ts_ns",
                         recv_ts_ns="recv",
                         update_id="u",
                         side=pl.lit(side),
-                        price=pl.col(col).list.get(0).cast(pl.Float64),
-                        qty=pl.col(col).list.get(1).cast(pl.Float64),
+                        price=pl.col(px).cast(pl.Float64, strict=False),
+                        qty=pl.col(qty).cast(pl.Float64, strict=False),
                         is_snapshot=pl.lit(False),
                     )
                 )
@@ -540,8 +583,12 @@ class BinanceNormalizer:
                         recv_ts_ns="recv",
                         update_id="lastUpdateId",
                         side=pl.lit(side),
-                        price=pl.col(col).list.get(0).cast(pl.Float64),
-                        qty=pl.col(col).list.get(1).cast(pl.Float64),
+                        price=pl.col(col)
+                        .list.get(0, null_on_oob=True)
+                        .cast(pl.Float64, strict=False),
+                        qty=pl.col(col)
+                        .list.get(1, null_on_oob=True)
+                        .cast(pl.Float64, strict=False),
                         is_snapshot=pl.lit(True),
                     )
                 )
@@ -658,12 +705,16 @@ class BinanceNormalizer:
     def _with_checkpoints(self, sym: str, st: _SymbolState, seg: pl.DataFrame) -> pl.DataFrame:
         """Insert a snapshot of the synced book at each UTC day boundary the segment crosses, so
         every date partition of ``book`` can be replayed on its own."""
-        seg = seg.with_columns(
-            date=pl.from_epoch(pl.col("exch_ts_ns"), time_unit="ns").dt.strftime("%Y-%m-%d")
-        )
+        days = seg.select(_day_key(pl.col("exch_ts_ns")).alias("d"))["d"]
+        if days.min() == days.max():
+            groups = [(_day_str(days[0]), seg)]
+        else:
+            groups = [
+                (_day_str(d), g.drop("date"))
+                for (d,), g in seg.with_columns(date=days).group_by("date", maintain_order=True)
+            ]
         pieces = []
-        for (date,), part in seg.group_by("date", maintain_order=True):
-            date = str(date)
+        for date, part in groups:
             starts_with_snapshot = bool(part["is_snapshot"][0])
             if (
                 st.book is not None
@@ -681,12 +732,33 @@ class BinanceNormalizer:
                     is_snapshot=pl.lit(True),
                 )
                 pieces.append(ck)
-            pieces.append(part.drop("ev", "pos", "date"))
+            pieces.append(part.drop("ev", "pos"))
             st.book = _fold_book(st.book, part)
             st.book_date = date
             st.last_update_id = int(part["update_id"][-1])
             st.last_recv_ns = int(part["recv_ts_ns"][-1])
         return pl.concat(pieces, how="vertical_relaxed")
+
+
+def _split_levels(depth: pl.DataFrame) -> pl.DataFrame:
+    """``b``/``a`` as [[px, qty], ...] (JSON path) or a flat [px, qty, px, qty, ...] (fast path)
+    -> ``b_px, b_qty, a_px, a_qty`` string lists."""
+    cols = {}
+    for side in ("b", "a"):
+        c = pl.col(side)
+        if depth.schema[side] == pl.List(pl.List(pl.String)):
+            # A level that is not a pair becomes null, so it is reported, never half-applied.
+            pair = pl.element().list.len() == 2
+            cols[f"{side}_px"] = c.list.eval(
+                pl.when(pair).then(pl.element().list.get(0, null_on_oob=True))
+            )
+            cols[f"{side}_qty"] = c.list.eval(
+                pl.when(pair).then(pl.element().list.get(1, null_on_oob=True))
+            )
+        else:
+            cols[f"{side}_px"] = c.list.gather_every(2)
+            cols[f"{side}_qty"] = c.list.gather_every(2, offset=1)
+    return depth.with_columns(**cols).drop("b", "a")
 
 
 def _fold_book(book: pl.DataFrame | None, rows: pl.DataFrame) -> pl.DataFrame:
@@ -769,6 +841,15 @@ def _gap_rows(
     )
 
 
+def _day_key(ts: pl.Expr) -> pl.Expr:
+    # Integer day number: a division per row instead of formatting a date string per row.
+    return ts.floordiv(NS_PER_DAY)
+
+
+def _day_str(day: int) -> str:
+    return date_of_ns(int(day) * NS_PER_DAY)
+
+
 def date_partitions(df: pl.DataFrame, ts_col: str) -> dict[str, pl.DataFrame]:
     """Split rows by the UTC date of ``ts_col`` (nulls fall back to ``recv_ts_ns``)."""
     if df.height == 0:
@@ -776,8 +857,12 @@ def date_partitions(df: pl.DataFrame, ts_col: str) -> dict[str, pl.DataFrame]:
     ts = pl.col(ts_col)
     if "recv_ts_ns" in df.columns and ts_col != "recv_ts_ns":
         ts = pl.coalesce(ts, pl.col("recv_ts_ns"))
-    keyed = df.with_columns(_date=pl.from_epoch(ts, time_unit="ns").dt.strftime("%Y-%m-%d"))
-    return {str(d): g.drop("_date") for (d,), g in keyed.group_by("_date", maintain_order=True)}
+    days = df.select(_day_key(ts).alias("d"))["d"]
+    lo, hi = days.min(), days.max()
+    if lo == hi:  # the usual case: one date per slice
+        return {_day_str(lo): df}  # type: ignore[arg-type]
+    keyed = df.with_columns(_day=days)
+    return {_day_str(d): g.drop("_day") for (d,), g in keyed.group_by("_day", maintain_order=True)}
 
 
 NORMALIZERS["binance"] = lambda: BinanceNormalizer("binance")
