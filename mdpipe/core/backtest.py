@@ -254,6 +254,7 @@ def backtest(
     profit_target_pct: float | None = None,
     stop_loss_pct: float | None = None,
     max_holding_ns: int | None = None,
+    equity_points: int | None = 5_000,
 ) -> BacktestResult:
     """Run the signals (`ts_ns, direction`, optional `signal_id`) through the book `path`.
 
@@ -261,7 +262,9 @@ def backtest(
     test fold's span) so that flat time outside it does not dilute them; trades always run on
     the whole path (a label may end after the window). The barrier overrides exist for the always-in-the-market baseline. Summary
     keys: net_pnl, net_return, n_trades, n_skipped, win_rate, sharpe, max_drawdown, exposure
-    (share of equity samples with a position), final_equity.
+    (share of equity samples with a position), final_equity; they are computed on the full
+    per-event equity curve. The returned `equity` frame is thinned to about
+    2 x `equity_points` rows by min/max decimation (it is for plots; None keeps every event).
     """
     if config.barrier_price != "mid":
         raise ValueError("the backtester checks barriers on the mid only (barrier_price='mid')")
@@ -315,15 +318,8 @@ def backtest(
         )
     else:
         trades = pl.DataFrame(schema=TRADES_SCHEMA)
-    eq = pl.DataFrame(
-        {
-            "ts_ns": pl.Series(ts[eq_idx], dtype=pl.Int64),
-            "equity": pl.Series(equity, dtype=pl.Float64),
-            "position": pl.Series(pos, dtype=pl.Int8),
-        }
-    )
     cap = config.initial_capital
-    ets = eq["ts_ns"].to_numpy()
+    ets = ts[eq_idx]
     w_lo = 0 if start_ns is None else int(np.searchsorted(ets, start_ns, side="left"))
     w_hi = ets.size if end_ns is None else int(np.searchsorted(ets, end_ns, side="right"))
     w_eq, w_pos, w_ts = equity[w_lo:w_hi], pos[w_lo:w_hi], ets[w_lo:w_hi]
@@ -340,7 +336,34 @@ def backtest(
         "exposure": float(np.mean(w_pos != 0)) if w_pos.size else math.nan,
         "final_equity": final,
     }
+    keep = (
+        slice(None)
+        if equity_points is None or equity.size <= 2 * equity_points
+        else minmax_decimate(equity, equity_points)
+    )
+    eq = pl.DataFrame(
+        {
+            "ts_ns": pl.Series(ets[keep], dtype=pl.Int64),
+            "equity": pl.Series(equity[keep], dtype=pl.Float64),
+            "position": pl.Series(pos[keep], dtype=pl.Int8),
+        }
+    )
     return BacktestResult(trades=trades, equity=eq, summary=summary)
+
+
+def minmax_decimate(values: npt.ArrayLike, n_buckets: int) -> I64Array:
+    """Sorted indices keeping the first, the last, and each bucket's minimum and maximum, so a
+    plot of a long curve keeps its peaks and troughs (drawdowns stay visible)."""
+    v = np.asarray(values, dtype=np.float64)
+    n = v.size
+    size = -(-n // n_buckets)
+    pad = size * n_buckets - n
+    vv = np.r_[v, np.full(pad, np.nan)].reshape(n_buckets, size)
+    base = np.arange(n_buckets) * size
+    lo = base + np.nanargmin(np.where(np.isnan(vv), np.inf, vv), axis=1)
+    hi = base + np.nanargmax(np.where(np.isnan(vv), -np.inf, vv), axis=1)
+    idx = np.unique(np.r_[0, lo, hi, n - 1])
+    return idx[idx < n].astype(np.int64)
 
 
 def buy_and_hold(path: PricePath, config: BacktestConfig) -> BacktestResult:

@@ -8,7 +8,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from mdpipe.core.backtest import backtest, buy_and_hold, max_drawdown, sharpe_ratio
+from mdpipe.core.backtest import (
+    backtest,
+    buy_and_hold,
+    max_drawdown,
+    minmax_decimate,
+    sharpe_ratio,
+)
 from mdpipe.core.config import BacktestConfig
 from mdpipe.core.labels import PricePath, label_signals
 from tests.core.realdata_bookticker import bookticker_frame, random_signals
@@ -177,3 +183,18 @@ def test_config_defaults_validation_and_mapping() -> None:
     ):
         with pytest.raises(ValueError, match=match):
             BacktestConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_equity_curve_thinning_keeps_extremes_and_summary_uses_every_event() -> None:
+    v = np.sin(np.linspace(0, 20, 10_001))
+    v[1234] = -5.0
+    idx = minmax_decimate(v, 50)
+    assert idx[0] == 0 and idx[-1] == v.size - 1 and 1234 in idx
+    assert idx.size <= 102 and np.all(np.diff(idx) > 0)
+    p = book(list(range(400)), [100 + 0.01 * (i % 7) for i in range(400)])
+    sig = signals([float(i) for i in range(0, 390, 13)], [1, -1] * 15)
+    full = backtest(p, sig, CFG, equity_points=None)
+    thin = backtest(p, sig, CFG, equity_points=20)
+    assert full.equity.height == 400 and thin.equity.height <= 42
+    assert thin.summary == full.summary
+    assert thin.equity["equity"].min() == full.equity["equity"].min()
