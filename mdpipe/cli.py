@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 from rich.table import Table
 
 from mdpipe.lake import Lake
+
+if TYPE_CHECKING:
+    from mdpipe.ingest import ImportReport
 
 console = Console()
 err_console = Console(stderr=True)
@@ -35,7 +39,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def print_import_report(report, lake: Lake) -> None:  # type: ignore[no-untyped-def]
+def print_import_report(report: ImportReport, lake: Lake) -> None:
     table = Table(title=f"imported into {lake.root}")
     for col in ("table", "venue", "symbol", "date", "rows written"):
         table.add_column(col, justify="right" if col == "rows written" else "left")
@@ -52,7 +56,7 @@ def print_import_report(report, lake: Lake) -> None:  # type: ignore[no-untyped-
     )
     for venue, syms in report.sync.items():
         for sym, st in syms.items():
-            first = st["first_applied"]
+            first = cast("tuple[int, int, int] | None", st["first_applied"])
             console.print(
                 f"book sync {venue} {sym}: {st['snapshots']} snapshot(s), {st['applied']:,} diffs "
                 f"applied, {st['dropped']} dropped"
@@ -106,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         from mdpipe.run import run_pipeline  # the Dagster pipeline, when present
     except ImportError:
-        run_pipeline = None  # type: ignore[assignment]
+        run_pipeline = None
     if run_pipeline is not None:
         console.rule("[bold]materialising every asset through Dagster")
         rc = run_pipeline(lake, console=console)
@@ -147,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _plugins():  # type: ignore[no-untyped-def]
+def _plugins() -> list[Callable[[Any], None]]:
     """Subcommands that live in other packages (capture, pipeline, alerts) register here."""
     import importlib
 

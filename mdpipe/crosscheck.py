@@ -38,7 +38,9 @@ def book_vs_bbo(book: pl.DataFrame, bbo: pl.DataFrame) -> CrossCheck:
     bids: dict[float, float] = {}
     asks: dict[float, float] = {}
     compared = matched = 0
-    mismatches = []
+    mismatches: list[
+        tuple[int, tuple[float, float, float, float], tuple[float, float, float, float]]
+    ] = []
     rows = book.select("update_id", "side", "price", "qty", "is_snapshot").rows()
     i, n = 0, len(rows)
     while i < n:

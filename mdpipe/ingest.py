@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+from rich.progress import Progress, TaskID
 
 from mdpipe.lake import Lake, Partition, PartitionWriter
 from mdpipe.venues import Batch, LineError, Normalizer, RawLines, normalizer_for
@@ -431,7 +432,7 @@ def import_paths(
                 line0 = 0
                 nlines = 0
                 damage = _Damage()
-                advance = (lambda n: bar.update(task, advance=n)) if bar else None
+                advance = _advancer(bar, task)
                 for text in _open_text_chunks(src.path, damage, digest, advance):
                     df = _split_lines(text, line0)
                     line0 += df.height
@@ -461,10 +462,10 @@ def import_paths(
                     )
                 report.lines += nlines
             report.bytes_read += src.path.stat().st_size
-            if bar:
+            if bar and task is not None:
                 bar.update(task, completed=report.bytes_read)
         for v, norm in normalizers.items():
-            report.sync[v] = norm.sync_stats()  # type: ignore[attr-defined]
+            report.sync[v] = norm.sync_stats()
             b = norm.finish()
             _merge_counts(report, b)
             sink.write(b)
@@ -489,16 +490,16 @@ def _merge_counts(report: ImportReport, b: Batch) -> None:
         report.counts[k] = report.counts.get(k, 0) + v
 
 
-def _progress(enabled: bool):  # type: ignore[no-untyped-def]
+def _advancer(bar: Progress | None, task: TaskID | None) -> Callable[[int], None] | None:
+    if bar is None or task is None:
+        return None
+    return lambda n: bar.update(task, advance=n)
+
+
+def _progress(enabled: bool) -> Progress | None:
     if not enabled:
         return None
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import BarColumn, DownloadColumn, TimeRemainingColumn, TransferSpeedColumn
 
     p = Progress(
         "[progress.description]{task.description}",

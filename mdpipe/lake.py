@@ -153,7 +153,7 @@ def conform(table: str, df: pl.DataFrame) -> pl.DataFrame:
     if missing:
         raise ValueError(f"{table}: missing columns {missing}")
     extra = [c for c in df.columns if c not in schema]
-    return df.select([pl.col(c).cast(t) for c, t in schema.items()] + extra)
+    return df.select([*(pl.col(c).cast(t) for c, t in schema.items()), *extra])
 
 
 def _fsync_dir(path: Path) -> None:
