@@ -64,31 +64,16 @@ def print_summary(lake: Lake, console: Console) -> None:
         console.print(f"the lake at {lake.root} is empty: try `mdpipe import` or `mdpipe demo`")
         return
     t = Table(title=f"lake {lake.root}")
-    for c in (
-        "market",
-        "dates",
-        "from (UTC)",
-        "to (UTC)",
-        "trades",
-        "book events",
-        "gaps",
-        "first price",
-        "last price",
-        "low / high",
-    ):
-        t.add_column(c)
+    for c in ("market", "UTC span", "trades", "book events", "gaps", "first → last price"):
+        t.add_column(c, justify="right" if c in ("trades", "book events", "gaps") else "left")
     for r in rows:
         t.add_row(
             f"{r['venue']} {r['symbol']}",
-            ", ".join(r["dates"]),  # type: ignore[arg-type]
-            _ts(r.get("start_ns")),
-            _ts(r.get("end_ns")),
+            f"{_ts(r.get('start_ns'))} → {_ts(r.get('end_ns'))[11:]}",
             f"{r.get('trades', 0):,}",
             f"{r.get('book_events', 0):,}",
             str(r["gaps"]),
-            f"{r.get('first_price', '-')}",
-            f"{r.get('last_price', '-')}",
-            f"{r.get('low', '-')} / {r.get('high', '-')}",
+            f"{r.get('first_price', '-')} → {r.get('last_price', '-')}",
         )
     console.print(t)
     cat = lake.catalog_path
