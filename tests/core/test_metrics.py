@@ -251,3 +251,53 @@ def test_end_to_end_on_real_recordings(tmp_path: Path) -> None:
     assert text.count("data:image/png;base64,") == len(PLOT_NAMES)
     for name in PLOT_NAMES:
         assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_partitions_without_signals_or_prices_still_evaluate(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    ts = np.arange(2000) * S // 2
+    mid = 100 * np.exp(np.cumsum(rng.normal(0, 5e-4, 2000)))
+    path = PricePath.from_arrays(ts, mid - 0.01, mid + 0.01, mid)
+    cfg = BacktestConfig(max_holding_seconds=30.0, grid_seconds=10.0)
+    no_signals = pl.DataFrame(
+        schema={
+            "ts_ns": pl.Int64,
+            "signal_id": pl.String,
+            "signal_type": pl.String,
+            "direction": pl.Int8,
+            "score": pl.Float64,
+        }
+    )
+    labels = make_labels(no_signals, path, cfg)
+    assert labels.filter(pl.col("kind") == "signal").height == 0
+    ev = evaluate(labels, make_cv_folds(labels, cfg), path, cfg, partition="p")
+    row = ev.metrics.row(0, named=True)
+    assert row["n_signals"] == 0 and row["net_pnl"] == 0.0 and math.isnan(row["precision"])
+    assert set(embedded_names(write_report(ev, path, tmp_path / "a").read_text())) == set(
+        PLOT_NAMES
+    )
+    empty_path = PricePath.from_arrays(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+    labels0 = make_labels(no_signals, empty_path, cfg)
+    assert labels0.height == 0
+    ev0 = evaluate(labels0, make_cv_folds(labels0, cfg), empty_path, cfg)
+    assert ev0.metrics.height == 1
+    write_report(ev0, empty_path, tmp_path / "b")
+
+
+def embedded_names(text: str) -> list[str]:
+    import re
+
+    return re.findall(r'<figure id="fig-([a-z_]+)">', text)
+
+
+def test_price_path_drops_unusable_books() -> None:
+    frame = pl.DataFrame(
+        {
+            "ts_ns": [3, 1, 2, 4],
+            "best_bid": [100.0, 100.0, 101.0, float("nan")],
+            "best_ask": [100.1, 100.2, 100.5, 100.0],  # ts 2 is crossed, ts 4 has no bid
+            "mid": [100.05, 100.1, 100.75, float("nan")],
+        }
+    )
+    p = PricePath.from_frame(frame, end_ns=10)
+    assert p.ts_ns.tolist() == [1, 3] and p.end_ns == 10
