@@ -86,10 +86,8 @@ def bocpd_update(
     for r in range(m):
         nu = 2.0 * alpha[r]
         scale2 = beta[r] * (kappa[r] + 1.0) / (alpha[r] * kappa[r])
-        if r == tail:
-            lg = math.lgamma(alpha[r] + 0.5) - math.lgamma(alpha[r])
-        else:
-            lg = lgt[r]
+        # Only the merged tail's alpha is not alpha0 + r/2.
+        lg = math.lgamma(alpha[r] + 0.5) - math.lgamma(alpha[r]) if r == tail else lgt[r]
         d = x - mu[r]
         v = (
             lg

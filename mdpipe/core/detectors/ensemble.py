@@ -122,11 +122,9 @@ def detector_step(
                 drift_alarm = 1
                 drift_trig = j
                 drift_val = stat
-                if j == 2:
-                    # A spread shift has no side of its own: take the book's.
-                    drift_dir = _sign(x[0]) if math.isfinite(x[0]) else 1.0
-                else:
-                    drift_dir = float(a)
+                # A spread shift has no side of its own: take the book's.
+                book_side = _sign(x[0]) if math.isfinite(x[0]) else 1.0
+                drift_dir = book_side if j == 2 else float(a)
     # Burst: the largest of the volume and volatility z-scores.
     s_burst = 0.0
     burst_trig = 4
