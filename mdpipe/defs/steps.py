@@ -1,0 +1,587 @@
+"""The pipeline's partition steps, without Dagster: read the lake, call `mdpipe.core`, write.
+
+Each asset in `mdpipe.defs.assets` is a thin wrapper over one function here, so the same steps
+run under Dagster, in `bench/pipeline.py` (to measure Dagster's own overhead separately) and in
+tests. Every write goes through `Lake.replace_partition` under `derived/<asset>`, which
+publishes one file under a fixed name atomically: re-running a partition replaces exactly it,
+and a concurrent reader sees the old file or the new one, never a mix.
+
+Partition boundaries (DESIGN.md, "Partition boundaries are honest"):
+
+- `features` / `signals` of day D warm up on day D-1's book and trades when the lake has them:
+  D-1 is replayed through the same state machine without output (every book partition starts
+  with a snapshot, so D-1 replays on its own), hence rolling windows, standardisers, BOCPD
+  and the detectors start warm at D's first event and D's rows carry `is_warmup = false`.
+- `labels` of day D look past the day end into day D+1's `features` partition when it has been
+  materialised; a label whose horizon needs prices that are not there is `censored`. Day D is
+  known complete up to its end when the lake holds any D+1 book data (the capture moved on);
+  otherwise (today's partition, still growing) it is known complete only up to its last event.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from mdpipe.core.config import BacktestConfig
+from mdpipe.core.cv import check_no_leakage, make_cv_folds
+from mdpipe.core.labels import PricePath, TradePath, make_labels
+from mdpipe.core.metrics import evaluate
+from mdpipe.core.report import write_report, write_summary_report
+from mdpipe.lake import NS_PER_DAY, Lake, day_start_ns, market_key, parse_market_key
+
+# Feature columns checked for finiteness after warm-up. `microprice` is excluded on purpose:
+# it is NaN by design unless a model fitted on an earlier partition is supplied.
+NOT_REQUIRED_FINITE = frozenset({"microprice"})
+# |exchange time - receive time| beyond this is a clock or transport problem worth a look.
+# The bundled recorder ran ~1.27 s behind Binance, so the bound is deliberately loose.
+MAX_CLOCK_OFFSET_S = 5.0
+PREVIEW_ROWS = 5
+
+
+@dataclass(frozen=True)
+class Part:
+    """One partition: a UTC day of one market."""
+
+    date: str
+    venue: str
+    symbol: str
+
+    @classmethod
+    def from_keys(cls, date: str, market: str) -> Part:
+        venue, symbol = parse_market_key(market)
+        dt.date.fromisoformat(date)  # a clear error for a malformed date
+        return cls(date, venue, symbol)
+
+    @property
+    def market(self) -> str:
+        return market_key(self.venue, self.symbol)
+
+    @property
+    def label(self) -> str:
+        return f"{self.date}|{self.market}"
+
+    def shifted(self, days: int) -> Part:
+        d = dt.date.fromisoformat(self.date) + dt.timedelta(days=days)
+        return Part(d.isoformat(), self.venue, self.symbol)
+
+    @property
+    def start_ns(self) -> int:
+        return day_start_ns(self.date)
+
+    @property
+    def end_ns(self) -> int:
+        """Last nanosecond of the day."""
+        return self.start_ns + NS_PER_DAY - 1
+
+
+def derived(asset: str) -> str:
+    return f"derived/{asset}"
+
+
+def _read(lake: Lake, table: str, part: Part) -> pl.DataFrame:
+    return lake.read(table, part.venue, part.symbol, part.date)
+
+
+def has_data(lake: Lake, table: str, part: Part) -> bool:
+    return bool(lake.files(table, part.venue, part.symbol, part.date))
+
+
+def read_book(lake: Lake, part: Part) -> pl.DataFrame:
+    """Book rows in applied order: stable sort by (update_id asc, is_snapshot desc), the order
+    the lake defines (a snapshot's lastUpdateId sits below every diff applied on top of it)."""
+    book = _read(lake, "book", part)
+    if book.height == 0:
+        return book
+    return book.sort(["update_id", "is_snapshot"], descending=[False, True], maintain_order=True)
+
+
+def read_trades(lake: Lake, part: Part) -> pl.DataFrame:
+    trades = _read(lake, "trades", part)
+    return trades.sort(["exch_ts_ns", "trade_id"], maintain_order=True)
+
+
+def _span(ts: pl.Series) -> dict[str, Any]:
+    if ts.len() == 0 or ts.null_count() == ts.len():
+        return {"first": None, "last": None, "seconds": 0.0}
+    lo, hi = int(ts.min()), int(ts.max())  # type: ignore[arg-type]
+    return {"first": _iso(lo), "last": _iso(hi), "seconds": (hi - lo) / 1e9}
+
+
+def _iso(ts_ns: int) -> str:
+    return dt.datetime.fromtimestamp(ts_ns / 1e9, tz=dt.UTC).isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------- data quality of the raw ticks
+
+
+@dataclass
+class TickQuality:
+    """What the raw tables of one partition look like (the `ticks` observation and the data
+    quality checks of `features`)."""
+
+    book_rows: int
+    book_events: int
+    trade_rows: int
+    gap_rows: int
+    gap_kinds: dict[str, int]
+    sequence_gaps: int
+    longest_gap_ids: int  # missing update ids in the worst recorded sequence gap
+    longest_silence_s: float  # longest time between consecutive book events
+    clock_offset_median_s: float  # exchange minus receive time, per book event
+    clock_offset_max_abs_s: float
+    last_recv_ns: int | None
+    span: dict[str, Any]
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "book_rows": self.book_rows,
+            "book_events": self.book_events,
+            "trade_rows": self.trade_rows,
+            "gaps": self.gap_rows,
+            "gap_kinds": dict(self.gap_kinds),
+            "sequence_gaps": self.sequence_gaps,
+            "longest_gap_update_ids": self.longest_gap_ids,
+            "longest_silence_s": round(self.longest_silence_s, 3),
+            "clock_offset_median_s": _round(self.clock_offset_median_s),
+            "clock_offset_max_abs_s": _round(self.clock_offset_max_abs_s),
+            "last_received": _iso(self.last_recv_ns) if self.last_recv_ns else None,
+            "first_event": self.span["first"],
+            "last_event": self.span["last"],
+        }
+
+
+def _round(x: float, nd: int = 4) -> float | None:
+    return round(x, nd) if math.isfinite(x) else None
+
+
+def tick_quality(
+    lake: Lake, part: Part, book: pl.DataFrame | None = None, trades: pl.DataFrame | None = None
+) -> TickQuality:
+    """Rows, gaps, silences and clock offsets of a partition's raw tables (columnar only)."""
+    book = read_book(lake, part) if book is None else book
+    trades = read_trades(lake, part) if trades is None else trades
+    gaps = _read(lake, "gaps", part)
+    events = (
+        book.group_by("update_id", "is_snapshot", maintain_order=True)
+        .agg(pl.col("exch_ts_ns").first(), pl.col("recv_ts_ns").first())
+        .sort("update_id")
+        if book.height
+        else pl.DataFrame(schema={"exch_ts_ns": pl.Int64, "recv_ts_ns": pl.Int64})
+    )
+    ets = events["exch_ts_ns"].to_numpy()
+    silence = float(np.max(np.diff(np.sort(ets)))) / 1e9 if ets.size > 1 else 0.0
+    offs = (events["exch_ts_ns"] - events["recv_ts_ns"]).drop_nulls().to_numpy() / 1e9
+    seq = gaps.filter(pl.col("kind") == "sequence_gap") if gaps.height else gaps
+    longest = 0
+    if seq.height:
+        missing = (seq["next_update_id"] - seq["prev_update_id"] - 1).drop_nulls()
+        longest = int(missing.max()) if missing.len() else 0  # type: ignore[arg-type]
+    recv = pl.concat([book["recv_ts_ns"], trades["recv_ts_ns"]]).drop_nulls()
+    return TickQuality(
+        book_rows=book.height,
+        book_events=events.height,
+        trade_rows=trades.height,
+        gap_rows=gaps.height,
+        gap_kinds=dict(gaps.group_by("kind").len().sort("kind").iter_rows()) if gaps.height else {},
+        sequence_gaps=seq.height,
+        longest_gap_ids=longest,
+        longest_silence_s=silence,
+        clock_offset_median_s=float(np.median(offs)) if offs.size else math.nan,
+        clock_offset_max_abs_s=float(np.max(np.abs(offs))) if offs.size else math.nan,
+        last_recv_ns=int(recv.max()) if recv.len() else None,  # type: ignore[arg-type]
+        span=_span(events["exch_ts_ns"]),
+    )
+
+
+def partition_fingerprint(lake: Lake, part: Part) -> str:
+    """Names, sizes and mtimes of the raw files: changes whenever the partition's data does."""
+    bits = []
+    for table in ("book", "trades", "gaps"):
+        for f in lake.files(table, part.venue, part.symbol, part.date):
+            st = f.stat()
+            bits.append(f"{table}/{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    import hashlib
+
+    return hashlib.sha256("\n".join(bits).encode()).hexdigest()[:16]
+
+
+def raw_parts(lake: Lake) -> list[Part]:
+    """Every (day, market) with book or trade data in the lake."""
+    found = {
+        Part(p.date, p.venue, p.symbol) for t in ("book", "trades") for p in lake.partitions(t)
+    }
+    return sorted(found, key=lambda p: (p.date, p.market))
+
+
+# ---------------------------------------------------------------- features and signals
+
+
+@dataclass
+class FeaturesOutput:
+    features: pl.DataFrame
+    signals: pl.DataFrame
+    quality: TickQuality
+    stats: dict[str, Any]
+    warmup_from: str | None  # the previous day replayed for warm-up, if any
+    seconds: float
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def compute_features_signals(
+    book: pl.DataFrame,
+    trades: pl.DataFrame,
+    *,
+    venue: str,
+    symbol: str,
+    prev_book: pl.DataFrame | None,
+    prev_trades: pl.DataFrame | None,
+    stats: dict[str, Any],
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The one call into the core's batch driver (features and detectors share one pass)."""
+    from mdpipe.core.signals import compute_features_and_signals
+
+    return compute_features_and_signals(
+        book,
+        trades,
+        venue=venue,
+        symbol=symbol,
+        prev_book=prev_book,
+        prev_trades=prev_trades,
+        stats=stats,
+    )
+
+
+def features_step(lake: Lake, part: Part, *, warmup: bool = True) -> FeaturesOutput:
+    """`features` and `signals` of a partition, written under derived/."""
+    t0 = time.perf_counter()
+    book = read_book(lake, part)
+    trades = read_trades(lake, part)
+    quality = tick_quality(lake, part, book, trades)
+    prev = part.shifted(-1)
+    prev_book = prev_trades = None
+    if warmup and has_data(lake, "book", prev):
+        prev_book, prev_trades = read_book(lake, prev), read_trades(lake, prev)
+    stats: dict[str, Any] = {}
+    if book.height:
+        features, signals = compute_features_signals(
+            book,
+            trades,
+            venue=part.venue,
+            symbol=part.symbol,
+            prev_book=prev_book,
+            prev_trades=prev_trades,
+            stats=stats,
+        )
+    else:
+        from mdpipe.core.features import N_FEATURES, N_META
+        from mdpipe.core.signals import empty_signals, features_frame
+
+        features = features_frame(
+            part.venue, part.symbol, np.empty((0, N_FEATURES)), np.empty((0, N_META), np.int64)
+        )
+        signals = empty_signals()
+    paths = {
+        "features": lake.replace_partition(
+            derived("features"), part.venue, part.symbol, part.date, features
+        ),
+        "signals": lake.replace_partition(
+            derived("signals"), part.venue, part.symbol, part.date, signals
+        ),
+    }
+    return FeaturesOutput(
+        features=features,
+        signals=signals,
+        quality=quality,
+        stats=stats,
+        warmup_from=prev.date if prev_book is not None else None,
+        seconds=time.perf_counter() - t0,
+        paths=paths,
+    )
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    metadata: dict[str, Any]
+    warn_only: bool = False
+
+
+def feature_checks(out: FeaturesOutput) -> list[Check]:
+    """Data-quality checks of a `features` partition and the raw ticks behind it."""
+    q, f = out.quality, out.features
+    checks = [
+        Check(
+            "sequence_gaps",
+            q.sequence_gaps == 0,
+            {
+                "sequence_gaps": q.sequence_gaps,
+                "longest_gap_update_ids": q.longest_gap_ids,
+                "gap_kinds": dict(q.gap_kinds),
+                "longest_silence_s": round(q.longest_silence_s, 3),
+            },
+            warn_only=True,  # gaps are recorded facts; the book is resynced after each
+        )
+    ]
+    crossed = 0
+    if f.height:
+        crossed = f.filter(
+            pl.col("best_bid").is_not_nan()
+            & pl.col("best_ask").is_not_nan()
+            & (pl.col("best_bid") >= pl.col("best_ask"))
+        ).height
+    book_stats = out.stats.get("book", {})
+    crossed_events = int(book_stats.get("crossed_events", 0))
+    checks.append(
+        Check(
+            "no_crossed_book",
+            crossed == 0 and crossed_events == 0,
+            {"crossed_rows": crossed, "crossed_events_in_replay": crossed_events},
+        )
+    )
+    med, mx = q.clock_offset_median_s, q.clock_offset_max_abs_s
+    checks.append(
+        Check(
+            "clock_offset",
+            bool(math.isfinite(mx) and mx <= MAX_CLOCK_OFFSET_S) if q.book_events else True,
+            {
+                "median_s": _round(med),
+                "max_abs_s": _round(mx),
+                "bound_s": MAX_CLOCK_OFFSET_S,
+            },
+            warn_only=True,
+        )
+    )
+    checks.append(
+        Check(
+            "rows_present",
+            q.book_rows > 0 and f.height > 0,
+            {"book_rows": q.book_rows, "trade_rows": q.trade_rows, "feature_rows": f.height},
+        )
+    )
+    checks.append(_finite_check(f))
+    return checks
+
+
+def _finite_check(f: pl.DataFrame) -> Check:
+    cols = [
+        c
+        for c, t in f.schema.items()
+        if t == pl.Float64 and c not in NOT_REQUIRED_FINITE and c not in ("venue", "symbol")
+    ]
+    # A snapshot replaces the whole book, so the return across it (`mid_return_bps`) is
+    # undefined by construction: snapshot rows (the day-boundary checkpoint, resyncs) are not
+    # held to finiteness.
+    warm = f.filter(~pl.col("is_warmup") & ~pl.col("is_snapshot")) if f.height else f
+    bad: dict[str, int] = {}
+    if warm.height and cols:
+        counts = warm.select(
+            [(~pl.col(c).is_finite()).fill_null(True).sum().alias(c) for c in cols]
+        )
+        bad = {c: int(v) for c, v in counts.row(0, named=True).items() if v}
+    return Check(
+        "features_finite_after_warmup",
+        not bad,
+        {
+            "rows_after_warmup": warm.height,
+            "warmup_or_snapshot_rows": f.height - warm.height,
+            "columns_checked": len(cols),
+            "non_finite": bad or "none",
+            "not_required": sorted(NOT_REQUIRED_FINITE),
+        },
+    )
+
+
+# ---------------------------------------------------------------- labels
+
+
+@dataclass
+class LabelsOutput:
+    labels: pl.DataFrame
+    next_day: str  # how the day end was handled
+    end_ns: int
+    seconds: float
+    path: Path | None = None
+
+
+def price_path(lake: Lake, part: Part, *, with_next: bool = True) -> tuple[PricePath, str]:
+    """The partition's top of book (from its `features`), continued into the next day's
+    `features` when that is materialised; `end_ns` as described in the module docstring."""
+    feats = _read(lake, derived("features"), part).filter(~pl.col("best_bid").is_nan())
+    nxt = part.shifted(1)
+    next_raw = has_data(lake, "book", nxt)
+    end = part.end_ns if next_raw else None
+    path = PricePath.from_frame(feats.sort("ts_ns", maintain_order=True), end_ns=end)
+    if not with_next:
+        return path, "not used"
+    if not next_raw:
+        return path, "absent (labels past the last event are censored)"
+    nf = _read(lake, derived("features"), nxt)
+    if nf.height == 0:
+        return (
+            path,
+            "raw data present, features not materialised (labels past the day end are censored)",
+        )
+    nf = nf.filter(~pl.col("best_bid").is_nan()).sort("ts_ns", maintain_order=True)
+    # the next day is complete up to its own end only if the day after it exists as well
+    next_end = nxt.end_ns if has_data(lake, "book", nxt.shifted(1)) else None
+    # rows of the next partition stamped before this day's end (late events) are dropped so
+    # the concatenated path stays time-ordered
+    nf = nf.filter(pl.col("ts_ns") > (int(path.ts_ns[-1]) if len(path) else part.end_ns))
+    return path.concat(PricePath.from_frame(nf, end_ns=next_end)), "used"
+
+
+def labels_step(lake: Lake, part: Part, config: BacktestConfig) -> LabelsOutput:
+    """Triple-barrier labels of the partition's signals and of the regular grid."""
+    t0 = time.perf_counter()
+    signals = _read(lake, derived("signals"), part)
+    own, _ = price_path(lake, part, with_next=False)
+    full, how = price_path(lake, part)
+    trades = None
+    if config.barrier_price == "trade":
+        tr = pl.concat([read_trades(lake, part), read_trades(lake, part.shifted(1))])
+        trades = TradePath.from_arrays(tr["exch_ts_ns"].to_numpy(), tr["price"].to_numpy())
+    if len(own) == 0:
+        from mdpipe.core.labels import empty_labels
+
+        labels = empty_labels()
+    else:
+        next_path = None
+        if len(full) > len(own):
+            n = len(own)
+            next_path = PricePath(
+                full.ts_ns[n:], full.bid[n:], full.ask[n:], full.mid[n:], full.end_ns
+            )
+        labels = make_labels(signals, own, config, next_path=next_path, trades=trades)
+    p = lake.replace_partition(derived("labels"), part.venue, part.symbol, part.date, labels)
+    return LabelsOutput(labels, how, full.end_ns, time.perf_counter() - t0, p)
+
+
+def label_checks(labels: pl.DataFrame) -> list[Check]:
+    """Labels never look before their entry or after their end (cheap re-statement of the
+    core's guarantees on the written rows)."""
+    done = labels.filter(~pl.col("censored"))
+    bad_entry = done.filter(pl.col("entry_ts_ns") <= pl.col("ts_ns")).height
+    bad_exit = done.filter(
+        (pl.col("exit_ts_ns") > pl.col("t_end_ns")) | (pl.col("exit_ts_ns") < pl.col("entry_ts_ns"))
+    ).height
+    return [
+        Check(
+            "entry_after_signal_exit_before_end",
+            bad_entry == 0 and bad_exit == 0,
+            {"entry_not_after_signal": bad_entry, "exit_outside_entry_to_end": bad_exit},
+        )
+    ]
+
+
+# ---------------------------------------------------------------- cv folds
+
+
+@dataclass
+class FoldsOutput:
+    folds: pl.DataFrame
+    problems: list[str]
+    seconds: float
+    path: Path | None = None
+
+
+def cv_folds_step(lake: Lake, part: Part, config: BacktestConfig) -> FoldsOutput:
+    t0 = time.perf_counter()
+    labels = _read(lake, derived("labels"), part)
+    folds = make_cv_folds(labels, config) if labels.height else make_cv_folds_empty()
+    problems = check_no_leakage(folds, config.embargo_ns) if folds.height else []
+    p = lake.replace_partition(derived("cv_folds"), part.venue, part.symbol, part.date, folds)
+    return FoldsOutput(folds, problems, time.perf_counter() - t0, p)
+
+
+def make_cv_folds_empty() -> pl.DataFrame:
+    from mdpipe.core.cv import CV_FOLDS_SCHEMA
+
+    return pl.DataFrame(schema=CV_FOLDS_SCHEMA)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvaluationOutput:
+    metrics: pl.DataFrame
+    headline: dict[str, float]
+    report: Path | None
+    seconds: float
+    path: Path | None = None
+
+
+def report_dir(lake: Lake, part: Part) -> Path:
+    """The report sits next to the partition's metrics file (only *.parquet files are lake
+    data, so the HTML and PNGs never disturb readers or `replace_partition`)."""
+    return lake.partition_dir(derived("evaluation"), part.venue, part.symbol, part.date)
+
+
+def evaluation_step(lake: Lake, part: Part, config: BacktestConfig) -> EvaluationOutput:
+    t0 = time.perf_counter()
+    labels = _read(lake, derived("labels"), part)
+    folds = _read(lake, derived("cv_folds"), part)
+    full, _ = price_path(lake, part)
+    own, _ = price_path(lake, part, with_next=False)
+    if labels.height == 0 or len(full) < 2:
+        metrics = pl.DataFrame({"partition": [part.label]})
+        p = lake.replace_partition(
+            derived("evaluation"), part.venue, part.symbol, part.date, metrics
+        )
+        return EvaluationOutput(metrics, {}, None, time.perf_counter() - t0, p)
+    ev = evaluate(labels, folds, full, config, partition=part.label)
+    p = lake.replace_partition(
+        derived("evaluation"), part.venue, part.symbol, part.date, ev.metrics
+    )
+    gaps = _read(lake, "gaps", part)
+    offsets = clock_offsets(read_book(lake, part))
+    report = write_report(
+        ev,
+        own,
+        report_dir(lake, part),
+        title=f"mdpipe evaluation {part.label}",
+        gaps=gaps,
+        clock_offsets=offsets,
+    )
+    return EvaluationOutput(ev.metrics, ev.headline, report, time.perf_counter() - t0, p)
+
+
+def clock_offsets(book: pl.DataFrame, max_points: int = 5000) -> pl.DataFrame:
+    """Exchange minus receive time per book event, decimated for plotting."""
+    ev = (
+        book.group_by("update_id", maintain_order=True)
+        .agg(pl.col("exch_ts_ns").first(), pl.col("recv_ts_ns").first())
+        .drop_nulls()
+    )
+    step = max(1, ev.height // max_points)
+    return ev.gather_every(step).select(
+        pl.col("exch_ts_ns").alias("ts_ns"),
+        ((pl.col("exch_ts_ns") - pl.col("recv_ts_ns")) / 1e6).alias("offset_ms"),
+    )
+
+
+def summary_step(lake: Lake) -> tuple[Path, pl.DataFrame]:
+    """Cross-partition summary report over every materialised `evaluation` partition."""
+    files = lake.files(derived("evaluation"))
+    frames = [pl.read_parquet(f) for f in files]
+    frames = [f for f in frames if "fold" in f.columns]
+    metrics = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    base = lake.root / derived("evaluation")
+    links = {}
+    for f in files:
+        rep = f.parent / "report.html"
+        if rep.exists():
+            rel = rep.relative_to(base).as_posix()
+            parts = dict(seg.split("=", 1) for seg in rel.split("/")[:-1])
+            links[f"{parts['date']}|{parts['venue']}:{parts['symbol']}"] = rel
+    out = write_summary_report(metrics, base, report_links=links)
+    return out, metrics
