@@ -33,7 +33,6 @@ from numba import njit
 from mdpipe.core.book import (
     B_BEST_ASK,
     B_BEST_BID,
-    B_INV_TICK,
     B_SYNCED,
     book_apply_event,
     book_top,

@@ -171,6 +171,10 @@ class Cusum:
             z=z, s_pos=float(st[STD_SIZE]), s_neg=float(st[STD_SIZE + 1]), alarm=int(alarm)
         )
 
+    def restart(self) -> None:
+        """Zero both cumulative sums, keeping the standardiser (a detection restart)."""
+        self._state[STD_SIZE:] = 0.0
+
     def run(self, xs: np.ndarray) -> np.ndarray:
         """Alarms (+1, -1, 0) for every element of `xs`, continuing from the current state."""
         xs = np.ascontiguousarray(xs, dtype=np.float64)
