@@ -542,9 +542,12 @@ class Capture:
         self._u_text.extend(texts)
         for err in batch.errors:
             self.stats.malformed += 1
-            self.stats.malformed_samples.append(str(err))
+            idx = err.line - first
+            frame = texts[idx] if 0 <= idx < n else err.content
+            self.stats.malformed_samples.append(frame[:2000])
             self.metrics.malformed.labels(self.venue).inc()
-            log.warning("skipped a frame the normalizer cannot use: %s", err)
+            # the whole frame as received, so the log alone shows what the exchange sent
+            log.warning("skipped a malformed frame (%s): %r", err.message, frame[:2000])
         self._absorb(batch)
         self._check_crossed(batch)
 

@@ -43,6 +43,7 @@ log = logging.getLogger("mdpipe.exchange_sim")
 _QUOTES = ("USDT", "FDUSD", "USDC", "TUSD", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
 
 FAULT_KINDS = ("drop", "skip", "silence", "malformed", "snapshot_429", "snapshot_418", "restart")
+# `speed` is not a fault but travels the same control path: {"kind": "speed", "speed": 5}
 
 
 @dataclass(slots=True)
@@ -105,6 +106,34 @@ class _Conn:
     wrapped: bool
     streams: set[str] = field(default_factory=set)
     sent: int = 0
+
+
+_CACHE: dict[tuple[tuple[str, int, int], ...], tuple[list[_Event], dict[str, _SymbolState]]] = {}
+
+
+def load_recording_cached(
+    paths: Sequence[str | Path],
+) -> tuple[list[_Event], dict[str, _SymbolState]]:
+    """`load_recording`, parsed once per process: events are never mutated, and each caller gets
+    fresh symbol states (their books are mutated by the replay)."""
+    key = tuple(
+        (str(Path(p).resolve()), Path(p).stat().st_mtime_ns, Path(p).stat().st_size) for p in paths
+    )
+    if key not in _CACHE:
+        _CACHE.clear()  # one recording set at a time keeps memory bounded
+        _CACHE[key] = load_recording(paths)
+    events, states = _CACHE[key]
+    fresh = {
+        sym: _SymbolState(
+            sym,
+            snapshot_id=st.snapshot_id,
+            snapshot_recv_ns=st.snapshot_recv_ns,
+            bids=dict(st.bids),
+            asks=dict(st.asks),
+        )
+        for sym, st in states.items()
+    }
+    return list(events), fresh
 
 
 def load_recording(paths: Sequence[str | Path]) -> tuple[list[_Event], dict[str, _SymbolState]]:
@@ -237,7 +266,7 @@ class ExchangeSim:
         if hold_for_snapshot_s < 0:
             raise ValueError(f"hold_for_snapshot_s must be >= 0, got {hold_for_snapshot_s!r}")
         self.hold_for_snapshot_s = hold_for_snapshot_s
-        self.events, self.symbols = load_recording(self.recordings)
+        self.events, self.symbols = load_recording_cached(self.recordings)
         if limit_events is not None:
             self.events = self.events[:limit_events]
         self.all_streams = {e.stream for e in self.events}
@@ -251,6 +280,7 @@ class ExchangeSim:
         self._silence_lose = False
         self._down_until = 0.0
         self._pending_malformed: list[str] = []
+        self._reanchor = False
         self.finished = asyncio.Event()
         self.started = asyncio.Event()
         self.frames_sent = 0
@@ -345,6 +375,8 @@ class ExchangeSim:
             targets = [self._sym_state(kw["symbol"])] if kw.get("symbol") else self.symbols.values()
             for st in targets:
                 st.snapshot_error = (status, retry)
+        elif kind == "speed":
+            self.set_speed(None if kw.get("speed") in (None, "max") else float(kw["speed"]))
         elif kind == "restart":
             self._down_until = now + float(kw.get("down_s", 1.0))
             await self._close_all(code=1012)
@@ -353,6 +385,13 @@ class ExchangeSim:
         self.faults_applied.append(rec)
         log.info("fault injected: %s", rec)
         return rec
+
+    def set_speed(self, speed: float | None) -> None:
+        """Change the replay speed from the current position on (None: as fast as possible)."""
+        if speed is not None and not speed > 0:
+            raise ValueError(f"speed must be > 0 or None for max speed, got {speed!r}")
+        self.speed = speed
+        self._reanchor = True
 
     def _sym_state(self, symbol: str) -> _SymbolState:
         sym = symbol.replace("/", "").replace("-", "").lower()
@@ -581,6 +620,9 @@ class ExchangeSim:
                 waited += self._silent_until - now
             wall0 += waited
             ev = events[self._pos]
+            if self._reanchor:
+                self._reanchor = False
+                rec0, wall0 = ev.recv_ns, time.monotonic()
             st = self.symbols[ev.sym]
             if (
                 self.hold_for_snapshot_s > 0
