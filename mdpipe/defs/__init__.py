@@ -11,7 +11,7 @@ import importlib
 import dagster as dg
 
 
-def core_defs() -> dg.Definitions:
+def core_defs(lake_path: str = "") -> dg.Definitions:
     from mdpipe.defs.assets import PARTITIONED_ASSETS, evaluation_summary, ticks
     from mdpipe.defs.jobs import pipeline_job, summary_job
     from mdpipe.defs.resources import LakeResource
@@ -23,12 +23,14 @@ def core_defs() -> dg.Definitions:
         jobs=[pipeline_job, summary_job],
         schedules=[daily_pipeline_schedule, summary_schedule],
         sensors=[market_sensor, relabel_sensor],
-        resources={"lake": LakeResource()},
+        resources={"lake": LakeResource(path=lake_path)},
     )
 
 
-def build_defs() -> dg.Definitions:
-    defs = core_defs()
+def build_defs(lake_path: str = "") -> dg.Definitions:
+    """The code location. `lake_path` empty: `$MDPIPE_LAKE`, else `./lake`, resolved at run
+    time (see `LakeResource`)."""
+    defs = core_defs(lake_path)
     try:
         alerts = importlib.import_module("mdpipe.defs.alerts")
     except ModuleNotFoundError as e:

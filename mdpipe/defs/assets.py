@@ -83,14 +83,16 @@ def frame_metadata(df: pl.DataFrame, ts_col: str = "ts_ns") -> dict[str, Any]:
     }
 
 
-def _clean(values: Mapping[str, Any]) -> dict[str, Any]:
-    """NaN is not valid JSON metadata: report it as None."""
+def _clean(values: Mapping[str, Any], *, wrap: bool = True) -> dict[str, Any]:
+    """NaN is not valid JSON metadata: report it as None. Nested dicts become JSON metadata
+    values (`wrap=True`, for a metadata mapping) or stay plain (for inside `json(...)`)."""
     out: dict[str, Any] = {}
     for k, v in values.items():
         if isinstance(v, float) and not math.isfinite(v):
             out[k] = None
         elif isinstance(v, dict):
-            out[k] = dg.MetadataValue.json(v)
+            inner = _clean(v, wrap=False)
+            out[k] = dg.MetadataValue.json(inner) if wrap else inner
         else:
             out[k] = v
     return out
@@ -141,6 +143,8 @@ def ticks(context: OpExecutionContext, lake: LakeResource) -> dg.DataVersionsByP
 
 # ---------------------------------------------------------------- features and signals
 
+# Recorded facts about the data (gaps, clock offsets) warn; broken invariants block downstream.
+WARN_CHECKS = frozenset({"sequence_gaps", "clock_offset"})
 FEATURE_CHECKS = {
     "sequence_gaps": "No sequence gap recorded in the partition (WARN: gaps are recorded facts, "
     "the book is resynced after each); count and longest gap in update ids.",
@@ -170,7 +174,7 @@ FEATURE_CHECKS = {
     ],
     partitions_def=day_market,
     check_specs=[
-        dg.AssetCheckSpec(name, asset="features", description=d)
+        dg.AssetCheckSpec(name, asset="features", description=d, blocking=name not in WARN_CHECKS)
         for name, d in FEATURE_CHECKS.items()
     ],
 )
@@ -186,7 +190,7 @@ def features_and_signals(
             **frame_metadata(out.features),
             **common,
             "path": dg.MetadataValue.path(str(out.paths["features"])),
-            "ticks": dg.MetadataValue.json(_clean(out.quality.as_metadata())),
+            "ticks": dg.MetadataValue.json(_clean(out.quality.as_metadata(), wrap=False)),
         },
     )
     det = out.stats.get("detections", {})
@@ -221,6 +225,7 @@ def features_and_signals(
         dg.AssetCheckSpec(
             "entry_after_signal_exit_before_end",
             asset="labels",
+            blocking=True,
             description="Every uncensored label enters strictly after its signal and exits "
             "between entry and t_end_ns.",
         )
@@ -262,6 +267,7 @@ def labels(
         dg.AssetCheckSpec(
             "no_train_test_leakage",
             asset="cv_folds",
+            blocking=True,
             description="No training label interval intersects a test label interval of the "
             "same fold, and no training row sits inside the embargo after a test group.",
         )
