@@ -472,7 +472,8 @@ def book_event_step(
     pmid = bkf[K_PMID]
     row[F_WCHG] = (wmid / pwmid - 1.0) * 1e4 if (two_sided and pwmid == pwmid) else math.nan
     mret = math.nan
-    if two_sided and pmid == pmid and not is_snapshot:
+    if two_sided and pmid == pmid:
+        # Across a resync snapshot too: the move is real even if the flow behind it is unseen.
         mret = math.log(mid / pmid) * 1e4
     row[F_MRET] = mret
     if two_sided:
@@ -742,6 +743,7 @@ def fit_microprice(
     n_imbalance: int = 10,
     n_spread: int = 2,
     tick_size: float | None = None,
+    max_move_ticks: int = 5,
     iterations: int = 6,
 ) -> MicropriceModel:
     """Fit Stoikov's micro-price (2018) on one partition's feature rows.
@@ -754,6 +756,8 @@ def fit_microprice(
     """
     if not (isinstance(n_imbalance, int) and n_imbalance >= 2):
         raise ValueError(f"n_imbalance must be an int >= 2, got {n_imbalance!r}")
+    if not (isinstance(max_move_ticks, int) and max_move_ticks >= 1):
+        raise ValueError(f"max_move_ticks must be an int >= 1, got {max_move_ticks!r}")
     if not (isinstance(n_spread, int) and n_spread >= 1):
         raise ValueError(f"n_spread must be an int >= 1, got {n_spread!r}")
     df = features.select("best_bid", "best_ask", "best_bid_qty", "best_ask_qty").drop_nulls()
@@ -774,9 +778,10 @@ def fit_microprice(
     sp = np.clip(np.rint((ask - bid) / tick).astype(np.int64), 1, n_spread)
     state = ib * n_spread + (sp - 1)
     mid = 0.5 * (bid + ask)
-    dm = np.rint((mid[1:] - mid[:-1]) / (0.5 * tick)).astype(np.int64)  # half ticks
-    moves = np.array([-2, -1, 1, 2])
-    dm = np.clip(dm, -2, 2)
+    # Mid moves in half ticks, clipped: at 100 ms sampling a move is often several ticks.
+    k = 2 * max_move_ticks
+    dm = np.clip(np.rint((mid[1:] - mid[:-1]) / (0.5 * tick)).astype(np.int64), -k, k)
+    moves = np.array([m for m in range(-k, k + 1) if m != 0])
     x, y = state[:-1], state[1:]
     # Mirror: imbalance bucket i -> n-1-i, same spread, move -> -move.
     mirror = (n_imbalance - 1 - x // n_spread) * n_spread + x % n_spread
