@@ -84,7 +84,7 @@ def test_trade_windows_by_hand() -> None:
 
 
 def test_feature_config_validation() -> None:
-    with pytest.raises(ValueError, match="bocpd_hazard|hazard"):
+    with pytest.raises(ValueError, match="hazard"):
         FeatureConfig(bocpd_hazard=0.0)
     with pytest.raises(ValueError, match="book_ticks"):
         FeatureConfig(book_ticks=1000)
@@ -214,7 +214,7 @@ def test_finite_after_warmup_and_warmup_marked(partitions: dict, market: tuple[s
 
 def test_previous_partition_warms_up_the_next(partitions: dict) -> None:
     book0, trades0, feats0, _ = partitions[("BTC/USDT", "2024-08-08")]
-    book1, trades1, feats1, sigs1 = partitions[("BTC/USDT", "2024-08-09")]
+    book1, trades1, feats1, _ = partitions[("BTC/USDT", "2024-08-09")]
     model = fit_microprice(feats0)
     assert model.fitted
     warm_f, warm_s = compute_features_and_signals(
