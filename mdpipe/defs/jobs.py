@@ -6,7 +6,6 @@ from __future__ import annotations
 import dagster as dg
 
 from mdpipe.defs.assets import PIPELINE_KEYS
-from mdpipe.defs.partitions import day_market
 
 # Two cores on the reference machine: more concurrent steps only thrash.
 MAX_CONCURRENT_STEPS = 2
@@ -14,7 +13,6 @@ MAX_CONCURRENT_STEPS = 2
 pipeline_job = dg.define_asset_job(
     "pipeline_job",
     selection=dg.AssetSelection.assets(*PIPELINE_KEYS),
-    partitions_def=day_market,
     executor_def=dg.multiprocess_executor.configured({"max_concurrent": MAX_CONCURRENT_STEPS}),
     description="features + signals -> labels -> cv_folds -> evaluation for one day x market.",
 )

@@ -1,0 +1,121 @@
+"""Sensors and the daily schedule, evaluated with Dagster's test contexts on a real lake."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mdpipe.core.config import BacktestConfig
+from mdpipe.defs import steps
+from mdpipe.defs.resources import LakeResource
+from mdpipe.defs.schedules import daily_pipeline_schedule
+from mdpipe.defs.sensors import market_sensor, relabel_sensor
+from mdpipe.lake import Lake
+
+MARKETS = ["binance:BTC-USDT", "binance:ETH-USDT"]
+
+
+@pytest.fixture()
+def lake(lake_with_recordings: Lake, tmp_path: Path) -> Lake:
+    shutil.copytree(lake_with_recordings.root, tmp_path / "lake")
+    return Lake(tmp_path / "lake")
+
+
+def test_market_sensor_registers_markets_then_observes_changed_partitions(lake: Lake) -> None:
+    resources = {"lake": LakeResource(path=str(lake.root))}
+    with dg.DagsterInstance.ephemeral() as instance:
+        ctx = dg.build_sensor_context(instance=instance, resources=resources)
+        first = market_sensor(ctx)
+        assert isinstance(first, dg.SensorResult)
+        [req] = first.dynamic_partitions_requests
+        assert req.partitions_def_name == "market"
+        assert sorted(req.partition_keys) == MARKETS
+        assert not first.asset_events  # partitions must exist before events refer to them
+        instance.add_dynamic_partitions("market", list(req.partition_keys))
+
+        second = market_sensor(
+            dg.build_sensor_context(instance=instance, resources=resources, cursor=first.cursor)
+        )
+        assert not second.dynamic_partitions_requests
+        obs = {str(e.partition): e for e in second.asset_events}
+        assert sorted(obs) == sorted(
+            f"{d}|{m}" for d in ("2024-08-08", "2024-08-09") for m in MARKETS
+        )
+        meta = obs["2024-08-08|binance:BTC-USDT"].metadata
+        assert meta["book_rows"].value > 100_000
+        assert meta["trade_rows"].value > 9_000
+        assert meta["gaps"].value == 0
+        assert (
+            1.2 < meta["clock_offset_median_s"].value < 1.3
+        )  # SOURCES.md: recorder ~1.27 s behind
+
+        # nothing changed: nothing reported
+        third = market_sensor(
+            dg.build_sensor_context(instance=instance, resources=resources, cursor=second.cursor)
+        )
+        assert not third.asset_events
+        assert json.loads(third.cursor) == json.loads(second.cursor)
+
+        # one partition's files change: exactly that partition is observed again
+        f = lake.files("trades", "binance", "ETH/USDT", "2024-08-09")[0]
+        st = f.stat()
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        fourth = market_sensor(
+            dg.build_sensor_context(instance=instance, resources=resources, cursor=third.cursor)
+        )
+        assert [str(e.partition) for e in fourth.asset_events] == ["2024-08-09|binance:ETH-USDT"]
+
+
+def test_relabel_sensor_requests_labels_when_next_day_features_land(lake: Lake) -> None:
+    cfg = BacktestConfig()
+    d8 = steps.Part("2024-08-08", "binance", "BTC/USDT")
+    d9 = d8.shifted(1)
+    steps.features_step(lake, d8)
+    steps.labels_step(lake, d8, cfg)  # before day 9's features: censored at the day end
+    resources = {"lake": LakeResource(path=str(lake.root))}
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("market", MARKETS)
+        ctx = dg.build_sensor_context(instance=instance, resources=resources)
+        first = relabel_sensor(ctx)
+        assert not first.run_requests  # day 8's features are older than its labels
+        steps.features_step(lake, d9)
+        second = relabel_sensor(
+            dg.build_sensor_context(instance=instance, resources=resources, cursor=first.cursor)
+        )
+        [req] = second.run_requests
+        assert req.partition_key == "2024-08-08|binance:BTC-USDT"
+        assert [k.to_user_string() for k in req.asset_selection] == [
+            "labels",
+            "cv_folds",
+            "evaluation",
+        ]
+        third = relabel_sensor(
+            dg.build_sensor_context(instance=instance, resources=resources, cursor=second.cursor)
+        )
+        assert not third.run_requests
+
+
+def test_daily_schedule_requests_yesterday_for_every_market_with_data(lake: Lake) -> None:
+    resources = {"lake": LakeResource(path=str(lake.root))}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("market", MARKETS)
+        when = dt.datetime(2024, 8, 10, 0, 20, tzinfo=dt.UTC)
+        with dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=when, resources=resources
+        ) as ctx:
+            reqs = list(daily_pipeline_schedule(ctx))
+        assert sorted(r.partition_key for r in reqs) == [f"2024-08-09|{m}" for m in MARKETS]
+        assert len({r.run_key for r in reqs}) == 2
+        with dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=dt.datetime(2024, 9, 1, 0, 20, tzinfo=dt.UTC),
+            resources=resources,
+        ) as ctx:
+            [skip] = list(daily_pipeline_schedule(ctx))
+        assert isinstance(skip, dg.SkipReason)
