@@ -34,7 +34,7 @@ import polars as pl
 from capture.journal import JournalWriter
 from capture.metrics import CaptureMetrics
 from capture.transport import VenueAdapter, adapter_for, make_exchange
-from mdpipe.lake import Lake
+from mdpipe.lake import SCHEMAS, Lake
 from mdpipe.venues import Batch, RawLines, normalizer_for
 
 log = logging.getLogger("mdpipe.capture")
@@ -269,6 +269,7 @@ class Capture:
             self._markets[s] = m
             self._id_to_symbol[m["lowercaseId"]] = s
             self.metrics.book_synced.labels(self.venue, s).set(0)
+        self._seed_from_lake()
         await self._sync_clock()
         if self.config.metrics_port is not None:
             await self._start_metrics_server()
@@ -386,6 +387,52 @@ class Capture:
             "recent_episodes": [e.as_dict() for e in list(self.episodes)[-50:]],
         }
         return not reasons, body
+
+    def _seed_from_lake(self) -> None:
+        """A restart continues where the lake ends: the last trade id seeds trade-gap detection,
+        and a `reconnect` gap row says the book was not followed between the two runs."""
+        ts = time.time_ns()
+        rows = []
+        for sym in self.config.symbols:
+            dates = self.lake.dates(self.venue, sym, "trades")
+            if not dates:
+                continue
+            last_trade = (
+                self.lake.scan("trades", self.venue, sym, dates[-1])
+                .select(pl.col("trade_id").max())
+                .collect()
+                .item()
+            )
+            bdates = self.lake.dates(self.venue, sym, "book")
+            last_u = (
+                self.lake.scan("book", self.venue, sym, bdates[-1])
+                .select(pl.col("update_id").max())
+                .collect()
+                .item()
+                if bdates
+                else None
+            )
+            st = self.normalizer._state(sym)  # type: ignore[attr-defined]
+            if last_trade is not None:
+                st.last_trade_id = int(last_trade)
+            rows.append(
+                {
+                    "venue": self.venue,
+                    "symbol": sym,
+                    "ts_ns": ts,
+                    "kind": "reconnect",
+                    "detail": (
+                        f"capture started after an earlier run (its last trade id {last_trade}, "
+                        f"last book update id {last_u}); book unknown until the next snapshot"
+                    ),
+                    "prev_update_id": last_u,
+                    "next_update_id": None,
+                }
+            )
+        if rows:
+            b = Batch()
+            b.add("gaps", pl.DataFrame(rows, schema=SCHEMAS["gaps"]))
+            self._absorb(b)
 
     # ---- transport callbacks (synchronous, inside ccxt's receive loop) -----------------------
 

@@ -1,0 +1,257 @@
+"""The online engine inside the capture process: normalized batches -> `live/signals`.
+
+A consumer registered on `Capture` (its `register_consumer` hook): every normalized batch (about
+every `batch_interval_s`) goes through one `mdpipe.core.engine.OnlineEngine` per market; the
+signals it releases are published at once, one small Parquet file per market and batch, through
+`mdpipe.lake` (atomic), under `<lake>/live/signals/venue=/symbol=/date=/sig-<ns>-<n>.parquet`.
+The date partition is the UTC day of the signal's exchange time, like every other table.
+
+Latency: the engine holds a book event until a later trade or `max_wait_ms` (default 500 ms) of
+receive time tells it every trade at or before the event is known (that is what makes online
+equal batch); a poller releases held events on a 100 ms timer when the streams go quiet. So a
+signal is on disk within max_wait + one batch interval + a file write of its triggering event:
+under a second with the defaults (`mdpipe_signal_publish_latency_seconds` measures it).
+
+Each row is the `signals` contract plus `recv_ts_ns` (when the triggering event was received)
+and `emitted_ns` (when the row was written), from which alerts measure signal-to-delivery time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import polars as pl
+
+from mdpipe.alerts.ledger import default_ledger_path
+from mdpipe.alerts.metrics import LedgerCollector, SignalMetrics
+from mdpipe.lake import Lake, date_of_ns, symbol_to_path
+
+log = logging.getLogger("mdpipe.capture.signals")
+
+TABLE = "live/signals"
+
+
+class LiveSignals:
+    """Batch consumer: `consumer(batch)`; `poll(now_ns)` releases events held too long."""
+
+    def __init__(
+        self,
+        lake: Lake,
+        venue: str,
+        *,
+        registry: Any = None,
+        max_wait_ms: float = 500.0,
+        poll_interval_s: float = 0.1,
+        detector_config: Any = None,
+        feature_config: Any = None,
+        export_alert_metrics: bool = True,
+        warm_up: bool = True,
+    ) -> None:
+        from mdpipe.core.engine import OnlineEngine
+
+        if not poll_interval_s > 0:
+            raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s!r}")
+        self._engine_cls = OnlineEngine
+        self.lake = lake
+        self.venue = venue
+        self.max_wait_ms = max_wait_ms
+        self.poll_interval_s = poll_interval_s
+        self.detector_config = detector_config
+        self.feature_config = feature_config
+        self.engines: dict[str, Any] = {}
+        self.metrics = SignalMetrics(registry) if registry is not None else None
+        if registry is not None and export_alert_metrics:
+            # deliveries happen in short-lived Dagster runs; the long-lived capture process
+            # exports their ledger so one scrape target shows the whole pipeline
+            registry.register(LedgerCollector(default_ledger_path(lake.root)))
+        self.signals_published = 0
+        self.files_published: list[str] = []
+        self.events_processed = 0
+        self._file_seq = 0
+        self._poller: asyncio.Task[None] | None = None
+        if warm_up:
+            self._warm_up()
+
+    # ---- consumer ----------------------------------------------------------------------------
+    def __call__(self, batch: Any) -> None:
+        self._ensure_poller()
+        t0 = time.perf_counter()
+        book = batch.get("book")
+        trades = batch.get("trades")
+        symbols: set[str] = set()
+        for df in (book, trades):
+            if df.height:
+                symbols.update(df["symbol"].unique().to_list())
+        out: list[pl.DataFrame] = []
+        for sym in sorted(symbols):
+            eng = self._engine(sym)
+            res = eng.feed(
+                book=book.filter(pl.col("symbol") == sym) if book.height else None,
+                trades=trades.filter(pl.col("symbol") == sym) if trades.height else None,
+            )
+            self._count_events(sym, res.features)
+            if res.signals.height:
+                out.append(_with_receive_time(res.signals, res.features))
+        out.extend(self._poll_all(time.time_ns()))
+        if self.metrics is not None and symbols:
+            self.metrics.batch_seconds.labels(self.venue).observe(time.perf_counter() - t0)
+        if out:
+            self._publish(pl.concat(out, how="diagonal_relaxed"))
+
+    def poll(self, now_ns: int | None = None) -> None:
+        """Release held events (quiet streams); publishes what they trigger."""
+        out = self._poll_all(now_ns or time.time_ns())
+        if out:
+            self._publish(pl.concat(out, how="diagonal_relaxed"))
+
+    def get_stats(self) -> dict[str, Any]:
+        return {
+            "events_processed": self.events_processed,
+            "signals_published": self.signals_published,
+            "files_published": len(self.files_published),
+            "engines": {s: e.get_stats() for s, e in self.engines.items()},
+        }
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _engine(self, symbol: str) -> Any:
+        eng = self.engines.get(symbol)
+        if eng is None:
+            kw: dict[str, Any] = {"venue": self.venue, "symbol": symbol}
+            if self.detector_config is not None:
+                kw["detector_config"] = self.detector_config
+            if self.feature_config is not None:
+                kw["feature_config"] = self.feature_config
+            eng = self.engines[symbol] = self._engine_cls(max_wait_ms=self.max_wait_ms, **kw)
+        return eng
+
+    def _poll_all(self, now_ns: int) -> list[pl.DataFrame]:
+        out = []
+        for sym, eng in self.engines.items():
+            sigs = eng.poll(now_ns)
+            feats = eng.drain_features()  # poll parks released rows there; keep memory flat
+            self._count_events(sym, feats)
+            if sigs:
+                df = pl.DataFrame([s.as_dict() for s in sigs])
+                out.append(_with_receive_time(df, feats, context=True))
+        return out
+
+    def _count_events(self, symbol: str, features: pl.DataFrame) -> None:
+        n = features.height
+        if n:
+            self.events_processed += n
+            if self.metrics is not None:
+                self.metrics.events.labels(self.venue, symbol).inc(n)
+
+    def _publish(self, signals: pl.DataFrame) -> None:
+        now = time.time_ns()
+        signals = signals.with_columns(emitted_ns=pl.lit(now, dtype=pl.Int64))
+        keyed = signals.with_columns(
+            _date=pl.from_epoch("ts_ns", time_unit="ns").dt.strftime("%Y-%m-%d")
+        )
+        for (sym, date), part in keyed.group_by("symbol", "_date", maintain_order=True):
+            self._file_seq += 1
+            name = f"sig-{now:019d}-{symbol_to_path(str(sym))}-{self._file_seq}.parquet"
+            path = self.lake.publish(
+                TABLE, self.venue, str(sym), str(date or date_of_ns(now)), part.drop("_date"),
+                name=name,
+            )  # fmt: skip
+            self.files_published.append(str(path))
+        published = time.time_ns()
+        self.signals_published += signals.height
+        for row in signals.select("symbol", "signal_type", "score", "signal_id").iter_rows():
+            log.info("live signal %s %s %s score %.2f", row[0], row[1], row[3], row[2])
+        if self.metrics is not None:
+            m = self.metrics
+            for sym, st, score in signals.select("symbol", "signal_type", "score").iter_rows():
+                m.signals.labels(self.venue, sym, st).inc()
+                m.active.add(self.venue, sym, st, published)
+                m.score.labels(self.venue, st).observe(float(score))
+            recv = signals["recv_ts_ns"].drop_nulls().to_numpy()
+            for lat in (published - recv) / 1e9:
+                m.publish_latency.labels(self.venue).observe(float(lat))
+
+    def _ensure_poller(self) -> None:
+        if self._poller is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # called outside an event loop (tests, replays): poll() is the caller's job
+        self._poller = loop.create_task(self._poll_loop(), name="live-signals-poll")
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                self.poll()
+            except Exception:  # a detector bug must not stop the recording
+                log.exception("live signal poll failed")
+
+    def _warm_up(self) -> None:
+        """Load the engine's numba kernels now, not on the first live batch (where a cold
+        compile would stall the websocket reader for seconds)."""
+        t0 = time.perf_counter()
+        eng = self._engine_cls(venue=self.venue, symbol="WARM/UP", max_wait_ms=self.max_wait_ms)
+        base = 1_700_000_000_000_000_000
+        n = 4
+        book = pl.DataFrame(
+            {
+                "venue": [self.venue] * n,
+                "symbol": ["WARM/UP"] * n,
+                "exch_ts_ns": [base] * 2 + [base + 100_000_000] * 2,
+                "recv_ts_ns": [base] * 2 + [base + 100_000_000] * 2,
+                "update_id": [1, 1, 2, 2],
+                "side": ["bid", "ask", "bid", "ask"],
+                "price": [100.0, 101.0, 100.5, 101.0],
+                "qty": [1.0, 1.0, 2.0, 1.0],
+                "is_snapshot": [True, True, False, False],
+            }
+        )
+        trades = pl.DataFrame(
+            {
+                "venue": [self.venue],
+                "symbol": ["WARM/UP"],
+                "exch_ts_ns": [base + 200_000_000],
+                "recv_ts_ns": [base + 200_000_000],
+                "trade_id": [1],
+                "price": [100.7],
+                "qty": [0.1],
+                "side": ["buy"],
+            }
+        )
+        eng.feed(book=book, trades=trades)
+        eng.poll(base + 10**10)
+        eng.drain_features()
+        log.info("online engine ready in %.2f s", time.perf_counter() - t0)
+
+
+def _with_receive_time(
+    signals: pl.DataFrame, features: pl.DataFrame, *, context: bool = False
+) -> pl.DataFrame:
+    """Add `recv_ts_ns` of the triggering event (and, for signals released by `poll`, the
+    feature values the batch path copies into each signal row)."""
+    from mdpipe.core.signals import SIGNAL_CONTEXT
+
+    want = ["recv_ts_ns"] + (
+        [c for c in SIGNAL_CONTEXT if c not in signals.columns] if context else []
+    )
+    have = [c for c in want if c in features.columns and c not in signals.columns]
+    if not have or not features.height:
+        if "recv_ts_ns" not in signals.columns:
+            signals = signals.with_columns(recv_ts_ns=pl.lit(None, dtype=pl.Int64))
+        return signals
+    f = features.select("update_id", *have).unique("update_id", keep="last")
+    return signals.join(f, on="update_id", how="left")
+
+
+def attach_live_signals(capture: Any, **kwargs: Any) -> LiveSignals:
+    """Run the online engine on `capture`'s batches and export its metrics on its /metrics."""
+    ls = LiveSignals(capture.lake, capture.venue, registry=capture.metrics.registry, **kwargs)
+    capture.register_consumer(ls)
+    return ls
+
+
+__all__ = ["TABLE", "LiveSignals", "attach_live_signals"]
