@@ -149,6 +149,12 @@ def add_capture_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clock-sync-interval", dest="clock_sync_interval_s", type=float, default=None)
     p.add_argument("--config", default=None, help="TOML file with capture settings")
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--no-live-signals",
+        dest="no_live_signals",
+        action="store_true",
+        help="do not run the online engine (no <lake>/live/signals, no alerts)",
+    )
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
@@ -164,6 +170,10 @@ def cmd_capture(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cap = Capture(config)
+    if not getattr(args, "no_live_signals", False):
+        from capture.live_signals import attach_live_signals
+
+        attach_live_signals(cap)
 
     async def run() -> None:
         await cap.run_until_signal()

@@ -147,7 +147,7 @@ class LiveSignals:
 
     def _publish(self, signals: pl.DataFrame) -> None:
         now = time.time_ns()
-        signals = signals.with_columns(emitted_ns=pl.lit(now, dtype=pl.Int64))
+        signals = _conform(signals.with_columns(emitted_ns=pl.lit(now, dtype=pl.Int64)))
         keyed = signals.with_columns(
             _date=pl.from_epoch("ts_ns", time_unit="ns").dt.strftime("%Y-%m-%d")
         )
@@ -247,9 +247,37 @@ def _with_receive_time(
     return signals.join(f, on="update_id", how="left")
 
 
-def attach_live_signals(capture: Any, **kwargs: Any) -> LiveSignals:
-    """Run the online engine on `capture`'s batches and export its metrics on its /metrics."""
-    ls = LiveSignals(capture.lake, capture.venue, registry=capture.metrics.registry, **kwargs)
+def _conform(signals: pl.DataFrame) -> pl.DataFrame:
+    """One schema for every file (signals released by `feed` and by `poll` come from
+    different code paths): the batch `signals` columns and dtypes, then the live extras."""
+    from mdpipe.core.signals import SIGNAL_COLUMNS, empty_signals
+
+    schema = dict(empty_signals().schema)
+    schema.update({"recv_ts_ns": pl.Int64(), "emitted_ns": pl.Int64()})
+    cols = [*SIGNAL_COLUMNS, "recv_ts_ns", "emitted_ns"]
+    return signals.select(
+        [
+            (pl.col(c) if c in signals.columns else pl.lit(None)).cast(schema[c]).alias(c)
+            for c in cols
+        ]
+    )
+
+
+def attach_live_signals(
+    capture: Any, *, required: bool = False, **kwargs: Any
+) -> LiveSignals | None:
+    """Run the online engine on `capture`'s batches and export its metrics on its /metrics.
+
+    With `required=False` (the CLI) an engine that cannot start is logged and capture runs on
+    without live signals: recording the market must never depend on the detector.
+    """
+    try:
+        ls = LiveSignals(capture.lake, capture.venue, registry=capture.metrics.registry, **kwargs)
+    except Exception:
+        if required:
+            raise
+        log.exception("online engine unavailable: capturing WITHOUT live signals")
+        return None
     capture.register_consumer(ls)
     return ls
 
