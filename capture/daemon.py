@@ -205,7 +205,8 @@ class Capture:
             config.venue, config.ws_url, config.rest_url, config.channels
         )
         self.lake = Lake.resolve(config.lake)
-        self.normalizer = normalizer_for(config.venue)
+        # Any: capture uses is_synced/force_resync(kind=...) beyond the Normalizer protocol
+        self.normalizer: Any = normalizer_for(config.venue)
         self.metrics = CaptureMetrics(config.venue)
         self.journal = JournalWriter(self.lake.root, config.venue, fsync=config.fsync)
         self._book_callbacks: list[BookCallback] = []
@@ -238,7 +239,13 @@ class Capture:
         self._metrics_runner: Any = None
         self.metrics_port: int | None = None
         self._conn_url: str | None = None
-        self._sub_hash: str | None = None
+        self._slot = 0
+        self._primary: Any = None
+        self._standby: Any = None
+        self._overlap: set[str] | None = None
+        self._standby_ns: list[int] = []
+        self._standby_text: list[str] = []
+        self._standby_depth: set[str] = set()
 
     # ---- public API --------------------------------------------------------------------------
 
@@ -331,7 +338,7 @@ class Capture:
             "snapshots": dict(s.snapshots),
             "resyncs": {k: max(v - 1, 0) for k, v in s.snapshots.items()},
             "snapshot_errors": dict(s.snapshot_errors),
-            "synced": {sym: self.normalizer.is_synced(sym) for sym in self.config.symbols},  # type: ignore[attr-defined]
+            "synced": {sym: self.normalizer.is_synced(sym) for sym in self.config.symbols},
             "trades": dict(s.trades),
             "book_rows": dict(s.book_rows),
             "latency": self.metrics.latency.percentiles(),
@@ -376,7 +383,7 @@ class Capture:
                 reasons.append(f"{sym}: no message yet")
             elif (now - last) / 1e9 > self.config.stale_after_s:
                 reasons.append(f"{sym}: silent for {(now - last) / 1e9:.1f} s")
-            if not self.normalizer.is_synced(sym):  # type: ignore[attr-defined]
+            if not self.normalizer.is_synced(sym):
                 reasons.append(f"{sym}: book not synced (waiting for a snapshot)")
         body = {
             "status": "ok" if not reasons else "unhealthy",
@@ -412,7 +419,7 @@ class Capture:
                 if bdates
                 else None
             )
-            st = self.normalizer._state(sym)  # type: ignore[attr-defined]
+            st = self.normalizer._state(sym)
             if last_trade is not None:
                 st.last_trade_id = int(last_trade)
             rows.append(
@@ -436,10 +443,23 @@ class Capture:
 
     # ---- transport callbacks (synchronous, inside ccxt's receive loop) -----------------------
 
-    def _on_raw(self, recv_ns: int, text: str) -> None:
-        self._p_ns.append(recv_ns)
-        self._p_text.append(text)
-        self._last_rx_mono = time.monotonic()
+    def _on_raw(self, recv_ns: int, text: str, client: Any = None) -> None:
+        if client is None or client is self._primary:
+            self._p_ns.append(recv_ns)
+            self._p_text.append(text)
+            self._last_rx_mono = time.monotonic()
+            if self._overlap is not None:
+                self._overlap.add(text)
+        elif client is self._standby:
+            self._standby_ns.append(recv_ns)
+            self._standby_text.append(text)
+            if text.startswith('{"stream":"') and "@depth" in text[:48]:
+                self._standby_depth.add(text[11 : text.index("@", 11)])
+            elif text.startswith('{"e":"depthUpdate"'):
+                i = text.find('"s":"')
+                if i > 0:
+                    self._standby_depth.add(text[i + 5 : text.index('"', i + 5)].lower())
+        # else: a retired connection closing; everything it still delivers, the new one has
 
     def _on_control(self, client: Any, msg: dict[str, Any]) -> None:
         rid = msg.get("id")
@@ -461,18 +481,25 @@ class Capture:
 
     async def _connection_loop(self) -> None:
         attempt = 0
+        need_connect = True
         while not self._stopping:
             reason = "error"
             detail = ""
             try:
                 opened = time.monotonic()
                 got_data_before = sum(self.stats.messages.values())
-                await self._connect_and_subscribe()
+                if need_connect:
+                    await self._connect_and_subscribe()
+                need_connect = True
                 self._connected = True
                 self.metrics.connected.labels(self.venue).set(1)
                 reason, detail = await self._wait_connection_end(opened)
-                if sum(self.stats.messages.values()) > got_data_before or reason == "planned":
+                if sum(self.stats.messages.values()) > got_data_before:
                     attempt = 0
+                if reason == "planned" and await self._make_before_break(detail):
+                    need_connect = False
+                    attempt = 0
+                    continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every transport failure leads to a reconnect
@@ -488,24 +515,96 @@ class Capture:
             log.warning("reconnecting in %.2f s after %s: %s", delay, reason, detail)
             await asyncio.sleep(delay)
 
-    async def _connect_and_subscribe(self) -> None:
+    async def _subscribe(self, url: str) -> tuple[Any, Any]:
+        """Open (or reuse) the ccxt client of `url` and send one SUBSCRIBE for every stream;
+        returns the client and the future resolved by the exchange's answer."""
         ex = self._ex
-        url = self.adapter.ws_endpoint(ex)
-        self._conn_url = url
         streams = [
             n for s in self.config.symbols for n in self.adapter.stream_names(self._markets[s])
         ]
         req = self.adapter.subscribe_request(ex, url, streams)
         h = f"mdpipe:sub:{req['id']}"
-        self._sub_hash = h
         # our own backoff governs redials; ccxt's per-url dial backoff would stack on top of it
         if getattr(ex, "ws_dial_backoff", None):
             ex.ws_dial_backoff.pop(url, None)
-        self._depth_seen.clear()
         fut = ex.watch_multiple(url, [h], req, [h], {"id": str(req["id"])})
+        return ex.clients[url], fut
+
+    async def _make_before_break(self, detail: str) -> bool:
+        """Replace the connection without a hole: subscribe a second connection, wait until it
+        streams every symbol's depth, then switch. Frames both connections received are kept
+        once (identical events are byte-identical frames); the normalizer's sequence checks
+        still guard the seam, and a gap there would resync as usual."""
+        old_url, old_client = self._conn_url, self._primary
+        self._slot ^= 1
+        url = self.adapter.ws_endpoint(self._ex, self._slot)
+        self._overlap = set()
+        self._standby_ns, self._standby_text, self._standby_depth = [], [], set()
+        try:
+            client, fut = await self._subscribe(url)
+            self._standby = client
+            await asyncio.wait_for(fut, timeout=self.config.connect_timeout_s)
+            want = {self._markets[s]["lowercaseId"] for s in self.config.symbols}
+            deadline = time.monotonic() + self.config.connect_timeout_s
+            while not want <= self._standby_depth:
+                if time.monotonic() > deadline or client.closed():
+                    raise TimeoutError("the new connection delivered no depth for every symbol")
+                await asyncio.sleep(0.01)
+        except (TimeoutError, Exception) as exc:
+            log.warning("make-before-break failed (%s); falling back to a plain reconnect", exc)
+            self._standby = None
+            self._overlap = None
+            bad = self._ex.clients.pop(url, None)
+            if bad is not None:
+                with contextlib.suppress(Exception):
+                    await bad.close()
+            self._slot ^= 1
+            return False
+        # the switch itself: no await from here until the old client is detached
+        self._process_pending()
+        seen = self._overlap
+        keep = [
+            (n, t)
+            for n, t in zip(self._standby_ns, self._standby_text, strict=True)
+            if t not in seen
+        ]
+        dup = len(self._standby_text) - len(keep)
+        self._primary, self._conn_url = client, url
+        self._standby, self._overlap = None, None
+        self._standby_ns, self._standby_text = [], []
+        for n, t in keep:
+            self._p_ns.append(n)
+            self._p_text.append(t)
+        self._depth_seen |= self._standby_depth
+        self._last_rx_mono = time.monotonic()
+        self._ex.clients.pop(old_url, None)
+        self.stats.reconnects["planned"] = self.stats.reconnects.get("planned", 0) + 1
+        self.metrics.reconnects.labels(self.venue, "planned").inc()
+        now = time.time_ns()
+        ep = Episode(
+            now,
+            "planned_reconnect",
+            "*",
+            f"{detail}; switched to {url} "
+            f"({len(keep)} new frames after the seam, {dup} duplicates dropped)",
+            now,
+        )
+        self.episodes.append(ep)
+        log.info("%s", ep.detail)
+        if old_client is not None:
+            with contextlib.suppress(Exception):
+                await old_client.close()
+        return True
+
+    async def _connect_and_subscribe(self) -> None:
+        url = self.adapter.ws_endpoint(self._ex, self._slot)
+        self._conn_url = url
+        self._depth_seen.clear()
+        client, fut = await self._subscribe(url)
+        self._primary = client
         await asyncio.wait_for(fut, timeout=self.config.connect_timeout_s)
         self._last_rx_mono = time.monotonic()
-        log.info("subscribed %d streams on %s", len(streams), url)
+        log.info("subscribed on %s", url)
 
     async def _wait_connection_end(self, opened: float) -> tuple[str, str]:
         client = self._ex.clients.get(self._conn_url)
@@ -537,6 +636,7 @@ class Capture:
         if self._ex is None or self._conn_url is None:
             return
         client = self._ex.clients.pop(self._conn_url, None)
+        self._primary = None
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.close()
@@ -553,7 +653,7 @@ class Capture:
         kind = "stale" if reason == "stale" else "reconnect"
         ts = time.time_ns()
         for sym in self.config.symbols:
-            b = self.normalizer.force_resync(sym, ts, f"{reason}: {detail}", kind=kind)  # type: ignore[call-arg]
+            b = self.normalizer.force_resync(sym, ts, f"{reason}: {detail}", kind=kind)
             self._absorb(b)
 
     # ---- processing --------------------------------------------------------------------------
@@ -647,7 +747,7 @@ class Capture:
             for sym, n in book.group_by("symbol").len().iter_rows():
                 self.stats.book_rows[sym] = self.stats.book_rows.get(sym, 0) + n
         for sym in self.config.symbols:
-            synced = self.normalizer.is_synced(sym)  # type: ignore[attr-defined]
+            synced = self.normalizer.is_synced(sym)
             self.metrics.book_synced.labels(self.venue, sym).set(1 if synced else 0)
             if synced and self._open_episodes.get(sym):
                 now = time.time_ns()
@@ -749,16 +849,16 @@ class Capture:
         for sym in book["symbol"].unique().to_list():
             st = getattr(self.normalizer, "_symbols", {}).get(sym)
             bk = getattr(st, "book", None)
-            if bk is None or not self.normalizer.is_synced(sym):  # type: ignore[attr-defined]
+            if st is None or bk is None or not self.normalizer.is_synced(sym):
                 continue
             bid = bk.filter(pl.col("side") == "bid")["price"].max()
             ask = bk.filter(pl.col("side") == "ask")["price"].min()
-            if bid is not None and ask is not None and bid >= ask:  # type: ignore[operator]
+            if bid is not None and ask is not None and bid >= ask:
                 detail = (
                     f"crossed book after update {st.last_update_id}: best bid {bid} >= best ask "
                     f"{ask}; resyncing"
                 )
-                b = self.normalizer.force_resync(sym, time.time_ns(), detail, kind="sequence_gap")  # type: ignore[call-arg]
+                b = self.normalizer.force_resync(sym, time.time_ns(), detail, kind="sequence_gap")
                 self._absorb(b)
 
     # ---- resync ------------------------------------------------------------------------------
@@ -770,7 +870,7 @@ class Capture:
         for sym in self.config.symbols:
             m = self._markets[sym]
             need = sym in awaiting or (
-                m["lowercaseId"] in self._depth_seen and not self.normalizer.is_synced(sym)  # type: ignore[attr-defined]
+                m["lowercaseId"] in self._depth_seen and not self.normalizer.is_synced(sym)
             )
             # ask only once this connection has delivered a diff of the symbol: a snapshot older
             # than the first buffered diff would not bridge to the stream
@@ -929,8 +1029,7 @@ class Capture:
         site = web.TCPSite(runner, self.config.metrics_host, self.config.metrics_port)
         await site.start()
         self._metrics_runner = runner
-        server = site._server
-        self.metrics_port = server.sockets[0].getsockname()[1] if server is not None else None  # type: ignore[union-attr]
+        self.metrics_port = int(runner.addresses[0][1])
         log.info("metrics on http://%s:%s/metrics", self.config.metrics_host, self.metrics_port)
 
     def _refresh_gauges(self) -> None:

@@ -329,9 +329,8 @@ class ExchangeSim:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server
-        if self.port == 0 and server is not None:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self.port == 0:
+            self.port = int(self._runner.addresses[0][1])
         self._replay_task = asyncio.create_task(self._replay(), name="exchange-sim-replay")
 
     async def stop(self) -> None:

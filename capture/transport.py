@@ -27,7 +27,7 @@ import ccxt.pro as ccxtpro
 
 log = logging.getLogger("mdpipe.capture.transport")
 
-RawSink = Callable[[int, str], None]
+RawSink = Callable[[int, str, Any], None]  # (recv ns, text, ccxt client)
 
 # Frames that are answers to our own requests, not market data: ccxt sees these too.
 _CONTROL_PREFIXES = ('{"result"', '{"id"', '{"error"', '{"code"')
@@ -40,7 +40,7 @@ def _tap(client: Any, sink: RawSink, on_control: Callable[[Any, dict[str, Any]],
         recv_ns = time.time_ns()
         if isinstance(data, bytes):
             data = data.decode("utf-8", errors="replace")
-        sink(recv_ns, data)
+        sink(recv_ns, data, client)
         if data.startswith(_CONTROL_PREFIXES):
             try:
                 msg = json.loads(data)
@@ -64,7 +64,7 @@ def make_exchange(
 ) -> Any:
     """An instance of a ccxt.pro exchange class whose websocket clients are all tapped."""
 
-    class Tapped(ccxt_class):  # type: ignore[misc, valid-type]
+    class Tapped(ccxt_class):
         mdpipe_last_status: int | None = None
 
         def on_rest_response(
@@ -115,7 +115,8 @@ class VenueAdapter:
     def stream_names(self, market: dict[str, Any]) -> list[str]:
         raise NotImplementedError
 
-    def ws_endpoint(self, ex: Any) -> str:
+    def ws_endpoint(self, ex: Any, slot: int = 0) -> str:
+        """The websocket URL; `slot` 0/1 give two distinct URLs, for make-before-break."""
         raise NotImplementedError
 
     def subscribe_request(self, ex: Any, url: str, streams: list[str]) -> dict[str, Any]:
@@ -151,9 +152,10 @@ class BinanceAdapter(VenueAdapter):
     def stream_names(self, market: dict[str, Any]) -> list[str]:
         return [f"{market['lowercaseId']}@{c}" for c in self.channels]
 
-    def ws_endpoint(self, ex: Any) -> str:
+    def ws_endpoint(self, ex: Any, slot: int = 0) -> str:
         # the stream-index suffix ccxt itself uses (`/ws/0`), so real Binance sees a familiar URL
-        return str(ex.get_ws_url(self.ws_type, "public")) + "/" + ex.stream(self.ws_type, "mdpipe")
+        index = ex.stream(self.ws_type, f"mdpipe-{slot}")
+        return str(ex.get_ws_url(self.ws_type, "public")) + "/" + str(index)
 
     ws_type = "spot"
 

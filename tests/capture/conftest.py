@@ -125,9 +125,11 @@ async def run_capture(
                 await asyncio.sleep(0.02)
 
         await asyncio.wait_for(drained(), 30)
-        async with aiohttp.ClientSession() as s:
-            async with s.get(f"http://127.0.0.1:{cap.metrics_port}/health") as r:
-                run.final_health = await r.json()
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{cap.metrics_port}/health") as r,
+        ):
+            run.final_health = await r.json()
     finally:
         poller_stop.set()
         await asyncio.gather(poller, return_exceptions=True)
