@@ -7,12 +7,14 @@ trade_features -> detector_step. The online engine runs the same kernels in the 
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 from numba import njit
 
+from mdpipe.core.book import book_apply_event
 from mdpipe.core.detectors.ensemble import (
     DET_INPUTS,
     O_DIR,
@@ -48,6 +50,9 @@ from mdpipe.core.features import (
     trade_add,
     trade_features,
 )
+
+if TYPE_CHECKING:
+    from mdpipe.lake import Lake
 
 META_COLUMNS: tuple[str, ...] = (
     "venue",
@@ -141,6 +146,7 @@ def batch_chunk(
     e0: int,
     e1: int,
     emit_from: int,
+    full_from_ts: np.int64,
     b_uid: np.ndarray,
     b_ts: np.ndarray,
     b_recv: np.ndarray,
@@ -179,7 +185,12 @@ def batch_chunk(
     sig_f: np.ndarray,
     sig_i: np.ndarray,
 ) -> tuple[int, int]:
-    """Events [e0, e1) of the merged input; rows are written only for events >= emit_from."""
+    """Events [e0, e1) of the merged input; rows are written only for events >= emit_from.
+
+    Events stamped before `full_from_ts` only update the book (a previous day replayed to
+    rebuild the book before its last minutes are run in full as warm-up); the trades up to
+    them are skipped.
+    """
     top = np.empty((4, 10))
     scratch = np.empty(N_FEATURES)
     xdet = np.empty(DET_INDEX.shape[0])
@@ -194,6 +205,11 @@ def batch_chunk(
         emit = e >= emit_from
         row = out_f[nr] if emit else scratch
         snap = b_snap[s]
+        if b_ts[s] < full_from_ts and not emit:
+            book_apply_event(qty, bits, bi, b_isbid, b_px, b_qty, s, stop, snap)
+            while tp < nt and t_ts[tp] <= b_ts[s]:
+                tp += 1
+            continue
         asof, warm = book_event_step(
             qty, bits, bi, rts, rf, bkf, bki, bst, lgt, bparams, mp,
             b_isbid, b_px, b_qty, s, stop, snap, b_ts[s], row, top,
@@ -218,8 +234,6 @@ def batch_chunk(
 
 
 def _book_arrays(book: pl.DataFrame) -> dict[str, np.ndarray]:
-    if "seq" in book.columns:
-        book = book.sort("seq", maintain_order=True)
     return {
         "uid": book["update_id"].cast(pl.Int64).to_numpy(),
         "ts": book["exch_ts_ns"].cast(pl.Int64).to_numpy(),
@@ -227,7 +241,7 @@ def _book_arrays(book: pl.DataFrame) -> dict[str, np.ndarray]:
         "isbid": (book["side"] == "bid").to_numpy(),
         "px": book["price"].cast(pl.Float64).to_numpy(),
         "qty": book["qty"].cast(pl.Float64).to_numpy(),
-        "snap": book["is_snapshot"].to_numpy(),
+        "snap": book["is_snapshot"].cast(pl.Boolean).to_numpy(),
     }
 
 
@@ -259,11 +273,116 @@ def _market(df: pl.DataFrame, venue: str | None, symbol: str | None) -> tuple[st
     return venue, symbol
 
 
-def _concat(prev: pl.DataFrame | None, cur: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
-    cur = cur.select(cols)
-    if prev is None or prev.height == 0:
-        return cur
-    return pl.concat([prev.select(cols).cast(dict(cur.schema)), cur])
+BOOK_INPUT_COLUMNS = ("update_id", "exch_ts_ns", "recv_ts_ns", "side", "price", "qty",
+                      "is_snapshot")  # fmt: skip
+TRADE_INPUT_COLUMNS = ("exch_ts_ns", "trade_id", "price", "qty", "side")
+_BOOK_KEYS = ("uid", "ts", "recv", "isbid", "px", "qty", "snap")
+
+
+class BatchRun:
+    """One market's batch state machine, fed book rows in applied order chunk by chunk.
+
+    Trades are given whole (sorted here by exch_ts_ns, trade_id): they are small next to the
+    book. Book chunks may cut an event anywhere: the incomplete last event is carried over to
+    the next chunk. Memory is bounded by the chunk size plus the output.
+    """
+
+    def __init__(
+        self,
+        venue: str,
+        symbol: str,
+        trades: dict[str, np.ndarray],
+        *,
+        feature_config: FeatureConfig | None = None,
+        detector_config: DetectorConfig | None = None,
+        microprice: MicropriceModel | None = None,
+        chunk_events: int = 1 << 16,
+    ) -> None:
+        if not (isinstance(chunk_events, int) and chunk_events >= 1):
+            raise ValueError(f"chunk_events must be a positive int, got {chunk_events!r}")
+        self.venue = venue
+        self.symbol = symbol
+        self.fcfg = feature_config or FeatureConfig()
+        self.dcfg = detector_config or DetectorConfig()
+        self.trades = trades
+        self.chunk_events = chunk_events
+        self.bs = BookState(self.fcfg, microprice)
+        self.ts_ = TradeState(self.fcfg)
+        self.dfs, self.dis, self.dq = self.dcfg.new_state()
+        self.dparams = self.dcfg.params()
+        self.tpos = np.zeros(1, dtype=np.int64)
+        self._carry: dict[str, np.ndarray] | None = None
+        self._features: list[pl.DataFrame] = []
+        self._signals: list[pl.DataFrame] = []
+
+    def feed(
+        self,
+        book: dict[str, np.ndarray],
+        *,
+        emit: bool = True,
+        final: bool = False,
+        full_from_ts: int = -(2**63),
+    ) -> None:
+        """Process the complete events of `book` (arrays keyed like `_BOOK_KEYS`)."""
+        if self._carry is not None:
+            book = {k: np.concatenate([self._carry[k], book[k]]) for k in _BOOK_KEYS}
+            self._carry = None
+        starts = event_starts(book["uid"], book["snap"])
+        n_events = starts.shape[0] - 1
+        if not final and n_events > 0:
+            # The last event may continue in the next chunk.
+            cut = int(starts[-2])
+            self._carry = {k: book[k][cut:] for k in _BOOK_KEYS}
+            starts = starts[:-1]
+            n_events -= 1
+        bs, ts_, t = self.bs, self.ts_, self.trades
+        for e0 in range(0, n_events, self.chunk_events):
+            e1 = min(n_events, e0 + self.chunk_events)
+            n = (e1 - e0) if emit else 0
+            out_f = np.empty((n, N_FEATURES))
+            out_m = np.zeros((n, N_META), dtype=np.int64)
+            sig_f = np.empty((3 * n, SIG_F_COLS))
+            sig_i = np.empty(3 * n, dtype=np.int64)
+            nr, ns = batch_chunk(
+                starts, e0, e1, e0 if emit else e1, np.int64(full_from_ts),
+                book["uid"], book["ts"], book["recv"], book["isbid"], book["px"], book["qty"],
+                book["snap"], t["ts"], t["px"], t["qty"], t["buy"], self.tpos,
+                bs.qty, bs.bits, bs.bi, bs.ring_ts, bs.ring_f, bs.bkf, bs.bki, bs.bst, bs.lgt,
+                bs.params, bs.mp,
+                ts_.ring_ts, ts_.ring_f, ts_.tf, ts_.ti, ts_.vp, ts_.params,
+                self.dfs, self.dis, self.dq, self.dparams,
+                out_f, out_m, sig_f, sig_i,
+            )  # fmt: skip
+            if emit:
+                assert nr == n
+                self._features.append(features_frame(self.venue, self.symbol, out_f, out_m))
+                if ns:
+                    self._signals.append(
+                        signals_frame(self.venue, self.symbol, sig_f[:ns], sig_i[:ns], out_f, out_m)
+                    )
+
+    def result(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        if self._carry is not None:
+            self.feed({k: v[:0] for k, v in self._carry.items()}, final=True)
+        feats = (
+            pl.concat(self._features, rechunk=False)
+            if self._features
+            else features_frame(
+                self.venue, self.symbol, np.empty((0, N_FEATURES)), np.empty((0, N_META), np.int64)
+            )
+        )
+        sigs = pl.concat(self._signals) if self._signals else empty_signals()
+        return feats, sigs
+
+    def stats(self) -> dict[str, Any]:
+        return engine_stats(self.bs, self.ts_, self.dis, self.dq)
+
+
+def _frame_chunks(book: pl.DataFrame, rows: int) -> list[dict[str, np.ndarray]]:
+    if "seq" in book.columns:
+        book = book.sort("seq", maintain_order=True)
+    book = book.select(BOOK_INPUT_COLUMNS)
+    return [_book_arrays(book.slice(o, rows)) for o in range(0, max(book.height, 1), rows)]
 
 
 def compute_features_and_signals(
@@ -274,88 +393,144 @@ def compute_features_and_signals(
     symbol: str | None = None,
     prev_book: pl.DataFrame | None = None,
     prev_trades: pl.DataFrame | None = None,
+    warmup_minutes: float | None = None,
     feature_config: FeatureConfig | None = None,
     detector_config: DetectorConfig | None = None,
     microprice: MicropriceModel | None = None,
-    chunk_events: int = 1 << 16,
+    chunk_rows: int = 1 << 22,
     stats: dict[str, Any] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Features (one row per applied book event) and signals of one market's partition.
 
     book, trades   the partition's canonical rows (lake schemas; `seq` orders book rows when
-                   present, otherwise the frame must already be in applied order).
+                   present, otherwise the frame must already be in applied order). Only the
+                   columns BOOK_INPUT_COLUMNS / TRADE_INPUT_COLUMNS are read.
     prev_book, prev_trades
-                   the previous partition (or a tail of it that starts with a snapshot): it is
-                   run through the same state machine first, without output, so rolling
-                   windows, standardisers, BOCPD and the detector start warm. Rows are still
-                   flagged `is_warmup` by time since the first event processed.
+                   the previous partition (it starts with a snapshot): replayed first without
+                   output, so rolling windows, standardisers, BOCPD and the detector start
+                   warm. With `warmup_minutes`, only its last minutes run in full; before
+                   that only the book is rebuilt (cheap). Rows are flagged `is_warmup` by time
+                   since the first event processed in full.
     microprice     a model fitted on an EARLIER partition (`fit_microprice`); without it the
                    `microprice` column is NaN.
     stats          if a dict is given, it is filled with book and detector counters.
 
     Returns (features, signals) with columns FEATURE_COLUMNS and SIGNAL_COLUMNS.
     """
-    fcfg = feature_config or FeatureConfig()
-    dcfg = detector_config or DetectorConfig()
-    if not (isinstance(chunk_events, int) and chunk_events >= 1):
-        raise ValueError(f"chunk_events must be a positive int, got {chunk_events!r}")
     venue, symbol = _market(book, venue, symbol)
-    bcols = ["update_id", "exch_ts_ns", "recv_ts_ns", "side", "price", "qty", "is_snapshot"]
-    if "seq" in book.columns:
-        book = book.sort("seq", maintain_order=True)
-    if prev_book is not None and "seq" in prev_book.columns:
-        prev_book = prev_book.sort("seq", maintain_order=True)
-    n_prev_events = 0
+    tcols = list(TRADE_INPUT_COLUMNS)
+    trades = trades.select(tcols)
+    if prev_trades is not None and prev_trades.height:
+        trades = pl.concat([prev_trades.select(tcols).cast(dict(trades.schema)), trades])
+    run = BatchRun(
+        venue, symbol, _trade_arrays(trades), feature_config=feature_config,
+        detector_config=detector_config, microprice=microprice,
+    )  # fmt: skip
     if prev_book is not None and prev_book.height:
-        pb = prev_book.select(bcols)
-        n_prev_events = int(event_starts(
-            pb["update_id"].to_numpy(), pb["is_snapshot"].to_numpy()
-        ).shape[0] - 1)  # fmt: skip
-    b = _book_arrays(_concat(prev_book, book, bcols))
-    tcols = ["exch_ts_ns", "trade_id", "price", "qty", "side"]
-    t = _trade_arrays(_concat(prev_trades, trades, tcols))
-    starts = event_starts(b["uid"], b["snap"])
-    n_events = starts.shape[0] - 1
-    n_out = n_events - n_prev_events
-
-    bs = BookState(fcfg, microprice)
-    ts_ = TradeState(fcfg)
-    dfs, dis, dq = dcfg.new_state()
-    dparams = dcfg.params()
-    out_f = np.empty((max(n_out, 0), N_FEATURES))
-    out_m = np.zeros((max(n_out, 0), N_META), dtype=np.int64)
-    sig_rows: list[np.ndarray] = []
-    sig_idx: list[np.ndarray] = []
-    tpos = np.zeros(1, dtype=np.int64)
-    written = 0
-    for e0 in range(0, n_events, chunk_events):
-        e1 = min(n_events, e0 + chunk_events)
-        cap = 3 * (e1 - e0)
-        sig_f = np.empty((cap, SIG_F_COLS))
-        sig_i = np.empty(cap, dtype=np.int64)
-        lo = max(e0, n_prev_events) - n_prev_events
-        nr, ns = batch_chunk(
-            starts, e0, e1, n_prev_events,
-            b["uid"], b["ts"], b["recv"], b["isbid"], b["px"], b["qty"], b["snap"],
-            t["ts"], t["px"], t["qty"], t["buy"], tpos,
-            bs.qty, bs.bits, bs.bi, bs.ring_ts, bs.ring_f, bs.bkf, bs.bki, bs.bst, bs.lgt,
-            bs.params, bs.mp,
-            ts_.ring_ts, ts_.ring_f, ts_.tf, ts_.ti, ts_.vp, ts_.params,
-            dfs, dis, dq, dparams,
-            out_f[lo:], out_m[lo:], sig_f, sig_i,
-        )  # fmt: skip
-        written += nr
-        if ns:
-            sig_rows.append(sig_f[:ns].copy())
-            sig_idx.append(sig_i[:ns] + lo)
-    assert written == max(n_out, 0)
+        full_from = -(2**63)
+        if warmup_minutes is not None:
+            full_from = int(prev_book["exch_ts_ns"].max()) - round(warmup_minutes * 60e9)  # type: ignore[arg-type]
+        chunks = _frame_chunks(prev_book, chunk_rows)
+        for i, c in enumerate(chunks):
+            run.feed(c, emit=False, final=i == len(chunks) - 1, full_from_ts=full_from)
+    chunks = _frame_chunks(book, chunk_rows)
+    for i, c in enumerate(chunks):
+        run.feed(c, final=i == len(chunks) - 1)
     if stats is not None:
-        stats.update(engine_stats(bs, ts_, dis, dq))
-    features = features_frame(venue, symbol, out_f, out_m)
-    sf = np.concatenate(sig_rows) if sig_rows else np.empty((0, SIG_F_COLS))
-    si = np.concatenate(sig_idx) if sig_idx else np.empty(0, dtype=np.int64)
-    signals = signals_frame(venue, symbol, sf, si, out_f, out_m)
-    return features, signals
+        stats.update(run.stats())
+    return run.result()
+
+
+def compute_partition(
+    lake: Lake,
+    venue: str,
+    symbol: str,
+    date: str,
+    *,
+    prev_date: str | None = None,
+    warmup_minutes: float | None = 30.0,
+    feature_config: FeatureConfig | None = None,
+    detector_config: DetectorConfig | None = None,
+    microprice: MicropriceModel | None = None,
+    batch_rows: int = 1 << 21,
+    stats: dict[str, Any] | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`compute_features_and_signals` straight from the lake, streaming the book.
+
+    The book partition (tens of millions of rows for a liquid market-day) is read file by
+    file in record batches of `batch_rows`, only the needed columns, so peak memory is the
+    trades, one batch and the output. With `prev_date`, that partition is replayed first:
+    book only, except its last `warmup_minutes` (None: all of it) which run in full.
+    """
+    tcols = list(TRADE_INPUT_COLUMNS)
+    trades = lake.scan("trades", venue, symbol, date).select(tcols).collect()
+    if prev_date is not None:
+        prev_t = lake.scan("trades", venue, symbol, prev_date).select(tcols).collect()
+        if prev_t.height:
+            trades = pl.concat([prev_t.cast(dict(trades.schema)), trades])
+    run = BatchRun(
+        venue, symbol, _trade_arrays(trades), feature_config=feature_config,
+        detector_config=detector_config, microprice=microprice,
+    )  # fmt: skip
+    if prev_date is not None:
+        files = book_files_in_order(lake, venue, symbol, prev_date)
+        full_from = -(2**63)
+        if warmup_minutes is not None and files:
+            last = pl.scan_parquet(files).select(pl.col("exch_ts_ns").max()).collect().item()
+            full_from = int(last) - round(warmup_minutes * 60e9)
+        _stream(run, files, batch_rows, emit=False, full_from_ts=full_from)
+    _stream(run, book_files_in_order(lake, venue, symbol, date), batch_rows, emit=True)
+    if stats is not None:
+        stats.update(run.stats())
+    return run.result()
+
+
+def book_files_in_order(lake: Lake, venue: str, symbol: str, date: str) -> list[Path]:
+    """The partition's book files in applied order (by first `seq` when the column exists,
+    else by file name); rows inside a file are in applied order."""
+    import pyarrow.parquet as pq
+
+    files = lake.files("book", venue, symbol, date)
+    if len(files) < 2:
+        return files
+
+    def first_seq(f: Path) -> tuple[int, str]:
+        pf = pq.ParquetFile(f)
+        if "seq" not in pf.schema_arrow.names or pf.metadata.num_rows == 0:
+            return (0, f.name)
+        v = pf.read_row_group(0, columns=["seq"]).column(0)[0].as_py()
+        return (int(v), f.name)
+
+    return sorted(files, key=first_seq)
+
+
+def _stream(
+    run: BatchRun, files: list[Path], batch_rows: int, *, emit: bool, full_from_ts: int = -(2**63)
+) -> None:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    pending: dict[str, np.ndarray] | None = None
+    for f in files:
+        pf = pq.ParquetFile(f)
+        for rb in pf.iter_batches(batch_size=batch_rows, columns=list(BOOK_INPUT_COLUMNS)):
+            arrays = {
+                "uid": rb.column("update_id").to_numpy().astype(np.int64, copy=False),
+                "ts": rb.column("exch_ts_ns").to_numpy().astype(np.int64, copy=False),
+                "recv": rb.column("recv_ts_ns").to_numpy().astype(np.int64, copy=False),
+                "isbid": pc.equal(rb.column("side"), "bid").to_numpy(zero_copy_only=False),
+                "px": rb.column("price").to_numpy().astype(np.float64, copy=False),
+                "qty": rb.column("qty").to_numpy().astype(np.float64, copy=False),
+                "snap": rb.column("is_snapshot").to_numpy(zero_copy_only=False),
+            }
+            if pending is not None:
+                run.feed(pending, emit=emit, full_from_ts=full_from_ts)
+            pending = arrays
+    if pending is not None:
+        run.feed(pending, emit=emit, final=True, full_from_ts=full_from_ts)
+    elif run._carry is not None:
+        run.feed({k: v[:0] for k, v in run._carry.items()}, emit=emit, final=True,
+                 full_from_ts=full_from_ts)  # fmt: skip
 
 
 def engine_stats(bs: BookState, ts_: TradeState, dis: np.ndarray, dq: np.ndarray) -> dict[str, Any]:
@@ -439,5 +614,7 @@ def empty_signals() -> pl.DataFrame:
 __all__ = [
     "FEATURE_COLUMNS",
     "SIGNAL_COLUMNS",
+    "BatchRun",
     "compute_features_and_signals",
+    "compute_partition",
 ]

@@ -263,3 +263,37 @@ def test_microprice_is_fitted_on_one_day_and_applied_to_the_next(partitions: dic
     err_mid = np.mean((mid[50:] - mid[:-50]) ** 2)
     err_mp = np.mean((mid[50:] - mp[:-50]) ** 2)
     assert err_mp < err_mid
+
+
+def test_streaming_from_the_lake_equals_the_frame_api(
+    lake_with_recordings: Lake, partitions: dict
+) -> None:
+    from mdpipe.core.signals import compute_partition
+
+    _, _, feats, sigs = partitions[("ETH/USDT", "2024-08-09")]
+    # Batches far smaller than an event's rows: every event straddles batch boundaries.
+    got_f, got_s = compute_partition(
+        lake_with_recordings, "binance", "ETH/USDT", "2024-08-09", batch_rows=7
+    )
+    assert got_f.equals(feats)
+    assert got_s.equals(sigs)
+
+
+def test_previous_day_warmup_can_rebuild_the_book_only(lake_with_recordings: Lake) -> None:
+    from mdpipe.core.signals import compute_partition
+
+    f_all, _ = compute_partition(
+        lake_with_recordings, "binance", "BTC/USDT", "2024-08-09",
+        prev_date="2024-08-08", warmup_minutes=None,
+    )  # fmt: skip
+    f_2min, _ = compute_partition(
+        lake_with_recordings, "binance", "BTC/USDT", "2024-08-09",
+        prev_date="2024-08-08", warmup_minutes=2.0,
+    )  # fmt: skip
+    f_none, _ = compute_partition(lake_with_recordings, "binance", "BTC/USDT", "2024-08-09")
+    assert f_all["update_id"].to_list() == f_2min["update_id"].to_list()
+    # Two minutes of full warm-up cover the 60 s warm-up flag; the book state is identical.
+    assert not f_2min["is_warmup"].any()
+    assert f_none["is_warmup"].any()
+    for c in ("best_bid", "best_ask", "imbalance_10", "bid_depth_10"):
+        assert f_2min[c].equals(f_all[c]), c
