@@ -7,8 +7,13 @@ package is present (`mdpipe/defs/alerts.py` exposing `alert_defs`), its definiti
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import dagster as dg
+
+# Dagster 1.13 copies sensor definitions with an explicit `owners=None` when it binds resources,
+# which trips its own beta warning on every load of the code location, in every step process.
+warnings.filterwarnings("ignore", message="Parameter `owners`", category=dg.BetaWarning)
 
 
 def core_defs(lake_path: str = "") -> dg.Definitions:

@@ -33,10 +33,11 @@ def partition_key(date: str, market: str) -> dg.MultiPartitionKey:
 
 
 def part_of(context: dg.AssetExecutionContext | dg.OpExecutionContext) -> Part:
-    """The partition of the running step as a `Part`."""
+    """The partition of the running step as a `Part` (the key arrives as a
+    `MultiPartitionKey` in process and as its string form `date|market` in launched runs)."""
     key = context.partition_key
     if not isinstance(key, dg.MultiPartitionKey):
-        raise ValueError(f"expected a day x market partition key, got {key!r}")
+        key = day_market.get_partition_key_from_str(str(key))
     dims = key.keys_by_dimension
     return Part.from_keys(dims[DATE_DIMENSION], dims[MARKET_DIMENSION])
 
