@@ -165,7 +165,11 @@ class ChannelClient(ABC):
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         self.timeout_s = float(timeout_s)
         self.redact = Redactor(secrets)
-        install_filter(("slack_sdk", "urllib3", "mdpipe.alerts", "dagster"), self.redact)
+        # logger filters see only records created on that exact logger, hence the full names
+        install_filter(
+            ("slack_sdk.webhook", "slack_sdk.web", "urllib3.connectionpool", "mdpipe.alerts"),
+            self.redact,
+        )
 
     @abstractmethod
     def describe(self) -> str:

@@ -133,6 +133,16 @@ class FakeChatAPIs:
                 r for r in self.state.received if r.ok and (api is None or r.api.startswith(api))
             ]
 
+    def wait_served(self, api: str, n: int, timeout_s: float = 10.0) -> bool:
+        """Wait until `n` answers to `api` were served (a slow answer finishes after the
+        client gave up); True if they were."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if len(self.statuses(api)) >= n:
+                return True
+            time.sleep(0.02)
+        return False
+
     def statuses(self, api: str) -> list[int]:
         with self.lock:
             return [s for a, s in self.state.served if a.startswith(api)]

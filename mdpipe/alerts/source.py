@@ -5,13 +5,12 @@ so "new" means "a file not seen before". The cursor keeps a watermark (the newes
 time seen) and the names of the files within `lookback_s` under it. The lookback exists because
 a file's mtime is set while it is written, before its rename: a slow writer can make a file
 appear *after* a newer one was already seen, and a bare watermark would skip it for ever.
-Only date partitions that can hold files past the watermark are listed, so a tick costs a few
-directory reads however long the lake's history is.
+Only date partitions whose directory changed past the watermark are listed, so a tick costs a
+stat per partition and a listing of the few that changed, however long the lake's history is.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import time
@@ -46,7 +45,10 @@ class SignalCursor:
             return None
 
 
-def _date_dirs(base: Path, min_date: str) -> Iterable[Path]:
+def _date_dirs(base: Path, floor_ns: int) -> Iterable[Path]:
+    """Date partitions changed after `floor_ns`. A directory's mtime moves whenever a file is
+    renamed into it, so one stat per partition skips the untouched ones; partitions are not
+    pruned by their date because a replay publishes signals dated in the past."""
     if not base.is_dir():
         return
     for v in base.iterdir():
@@ -56,8 +58,13 @@ def _date_dirs(base: Path, min_date: str) -> Iterable[Path]:
             if not (s.is_dir() and s.name.startswith("symbol=")):
                 continue
             for d in s.iterdir():
-                if d.is_dir() and d.name.startswith("date=") and d.name[5:] >= min_date:
-                    yield d
+                if not (d.is_dir() and d.name.startswith("date=")):
+                    continue
+                try:
+                    if d.stat().st_mtime_ns > floor_ns:
+                        yield d
+                except FileNotFoundError:
+                    continue
 
 
 def scan_new_files(
@@ -79,13 +86,8 @@ def scan_new_files(
     if cursor is None:
         cursor = SignalCursor(watermark_ns=now - int(initial_lookback_s * 1e9))
     floor = cursor.watermark_ns - lb
-    # date partitions are UTC days of the signal's exchange time; a day of slack covers
-    # signals published a little after midnight for the previous day
-    min_date = (
-        dt.datetime.fromtimestamp(max(floor, 0) / 1e9, tz=dt.UTC) - dt.timedelta(days=1)
-    ).strftime("%Y-%m-%d")
     seen: list[tuple[int, str]] = []
-    for d in _date_dirs(root / SIGNALS_TABLE, min_date):
+    for d in _date_dirs(root / SIGNALS_TABLE, floor):
         for f in d.iterdir():
             if f.suffix != ".parquet" or f.name.startswith(TMP_PREFIX):
                 continue

@@ -176,6 +176,8 @@ class AlertSettingsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     max_attempts: int = 4
     max_wait_s: float = 30.0
     run_budget_s: float = 120.0
+    backoff_initial_s: float = 0.5
+    retry_base_s: float = 5.0
     lookback_s: float = 120.0
     initial_lookback_s: float = 900.0
 
@@ -192,6 +194,8 @@ class AlertSettingsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
             max_attempts=self.max_attempts,
             max_wait_s=self.max_wait_s,
             run_budget_s=self.run_budget_s,
+            backoff_initial_s=self.backoff_initial_s,
+            retry_base_s=self.retry_base_s,
         )
 
 

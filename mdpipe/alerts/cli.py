@@ -1,0 +1,159 @@
+"""`mdpipe alerts ...`: test the configured channels, inspect the ledger, serve its metrics.
+
+Channels are configured by the same environment variables the Dagster resources read
+(SLACK_WEBHOOK_URL | SLACK_BOT_TOKEN + SLACK_CHANNEL, DISCORD_WEBHOOK_URL, TELEGRAM_BOT_TOKEN +
+TELEGRAM_CHAT_ID; SLACK_API_BASE_URL and TELEGRAM_API_BASE_URL point at a proxy or a local stand-in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from mdpipe.alerts.channels import (
+    ChannelClient,
+    DiscordWebhookClient,
+    SlackBotClient,
+    SlackWebhookClient,
+    TelegramClient,
+)
+from mdpipe.alerts.redact import Redactor
+
+
+def clients_from_env(
+    environ: Mapping[str, str] | None = None, *, timeout_s: float = 10.0
+) -> tuple[list[ChannelClient], list[tuple[str, str]]]:
+    """(configured clients, [(channel, what to set)] for the unconfigured ones)."""
+    env = os.environ if environ is None else environ
+    clients: list[ChannelClient] = []
+    skipped: list[tuple[str, str]] = []
+    if env.get("SLACK_WEBHOOK_URL"):
+        clients.append(SlackWebhookClient(env["SLACK_WEBHOOK_URL"], timeout_s=timeout_s))
+    elif env.get("SLACK_BOT_TOKEN") and env.get("SLACK_CHANNEL"):
+        clients.append(
+            SlackBotClient(
+                env["SLACK_BOT_TOKEN"],
+                env["SLACK_CHANNEL"],
+                api_base_url=env.get("SLACK_API_BASE_URL") or "https://slack.com/api/",
+                timeout_s=timeout_s,
+            )
+        )
+    else:
+        skipped.append(("slack", "set SLACK_WEBHOOK_URL, or SLACK_BOT_TOKEN and SLACK_CHANNEL"))
+    if env.get("DISCORD_WEBHOOK_URL"):
+        clients.append(DiscordWebhookClient(env["DISCORD_WEBHOOK_URL"], timeout_s=timeout_s))
+    else:
+        skipped.append(("discord", "set DISCORD_WEBHOOK_URL"))
+    if env.get("TELEGRAM_BOT_TOKEN") and env.get("TELEGRAM_CHAT_ID"):
+        clients.append(
+            TelegramClient(
+                env["TELEGRAM_BOT_TOKEN"],
+                env["TELEGRAM_CHAT_ID"],
+                api_base_url=env.get("TELEGRAM_API_BASE_URL") or "https://api.telegram.org",
+                timeout_s=timeout_s,
+            )
+        )
+    else:
+        skipped.append(("telegram", "set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID"))
+    return clients, skipped
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    clients, skipped = clients_from_env(timeout_s=args.timeout)
+    redact = Redactor()
+    for c in clients:
+        redact.add(*c.redact._secrets)
+    table = Table(title="mdpipe alerts test")
+    for col in ("channel", "destination", "result", "detail"):
+        table.add_column(col)
+    text = args.message or (
+        f"mdpipe alerts test from {socket.gethostname()} at "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC: this channel is configured."
+    )
+    failed = 0
+    for c in clients:
+        r = c.send_text(text)
+        if not r.ok:
+            failed += 1
+        detail = r.error or (f"message {r.message_ref}" if r.message_ref else "")
+        status = "[green]sent[/green]" if r.ok else f"[red]{r.outcome}[/red]"
+        table.add_row(c.name, redact(c.describe()), status, redact(detail))
+    for name, why in skipped:
+        table.add_row(name, "-", "[yellow]not configured[/yellow]", why)
+    console.print(table)
+    if not clients:
+        print("no alert channel configured; see docs/alerts.md", file=sys.stderr)
+        return 2
+    return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mdpipe.alerts.ledger import Ledger, default_ledger_path
+    from mdpipe.lake import Lake
+
+    console = Console()
+    path = default_ledger_path(Lake.resolve(args.lake).root)
+    if not path.exists():
+        console.print(f"no delivery ledger yet at {path}")
+        return 0
+    ledger = Ledger(path)
+    table = Table(title=f"delivery ledger {path}")
+    for col in ("channel", "status", "signals"):
+        table.add_column(col)
+    for (ch, st), n in sorted(ledger.status_counts().items()):
+        table.add_row(ch, st, str(n))
+    console.print(table)
+    for row in ledger.rows():
+        if row["status"] in ("failed", "uncertain"):
+            console.print(
+                f"{row['channel']} {row['status']} {row['signal_id']} after "
+                f"{row['attempts']} attempt(s): {row['last_error']}"
+            )
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from prometheus_client import start_http_server
+
+    from mdpipe.alerts.ledger import default_ledger_path
+    from mdpipe.alerts.metrics import alert_registry
+    from mdpipe.lake import Lake
+
+    path = default_ledger_path(Lake.resolve(args.lake).root)
+    start_http_server(args.port, addr=args.host, registry=alert_registry(path))
+    print(f"alert metrics from {path} on http://{args.host}:{args.port}/metrics", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
+def register_cli(sub: Any) -> None:
+    """Hook called by mdpipe.cli: adds `mdpipe alerts {test,status,metrics}`."""
+    p = sub.add_parser("alerts", help="live alerts: test channels, ledger status, metrics")
+    asub = p.add_subparsers(dest="alerts_command", required=True)
+    t = asub.add_parser("test", help="send a test message to every configured channel")
+    t.add_argument("--message", default=None, help="text to send (default: a short test note)")
+    t.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    t.set_defaults(func=cmd_test)
+    s = asub.add_parser("status", help="delivery ledger: counts, failures, uncertain deliveries")
+    s.add_argument("--lake", default=None)
+    s.set_defaults(func=cmd_status)
+    m = asub.add_parser("metrics", help="serve the ledger's Prometheus metrics (no capture)")
+    m.add_argument("--lake", default=None)
+    m.add_argument("--port", type=int, default=9109)
+    m.add_argument("--host", default="127.0.0.1")
+    m.set_defaults(func=cmd_metrics)
