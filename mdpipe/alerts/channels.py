@@ -192,7 +192,7 @@ class ChannelClient(ABC):
 
     def _guard(self, fn: Any) -> SendResult:
         try:
-            return fn()  # type: ignore[no-any-return]
+            return fn()
         except Exception as exc:  # classified: every network failure becomes a SendResult
             return classify_exception(exc, self.redact)
 

@@ -45,7 +45,7 @@ CHANNEL_KEYS = ("slack", "discord", "telegram")
 
 
 # ---- channel resources -----------------------------------------------------------------------
-class AlertChannelResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class AlertChannelResource(dg.ConfigurableResource):
     """An alert destination. Subclasses build a `ChannelClient`, or None when unconfigured."""
 
     timeout_s: float = 10.0
@@ -165,7 +165,7 @@ class FileChannelResource(AlertChannelResource):
         return FileChannelClient(self.path, name=self.name)
 
 
-class AlertSettingsResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class AlertSettingsResource(dg.ConfigurableResource):
     """Where signals and the ledger live, how messages link back, and the delivery policy."""
 
     lake: str = ""

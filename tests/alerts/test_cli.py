@@ -1,0 +1,68 @@
+"""`mdpipe alerts test` against the loopback APIs, configured by environment variables."""
+
+from __future__ import annotations
+
+import pytest
+
+from mdpipe.alerts.loopback import FakeChatAPIs, Fault
+from mdpipe.cli import main
+
+ALL = (
+    "SLACK_WEBHOOK_URL",
+    "SLACK_BOT_TOKEN",
+    "SLACK_CHANNEL",
+    "SLACK_API_BASE_URL",
+    "DISCORD_WEBHOOK_URL",
+    "TELEGRAM_BOT_TOKEN",
+    "TELEGRAM_CHAT_ID",
+    "TELEGRAM_API_BASE_URL",
+)
+
+
+def _env(monkeypatch: pytest.MonkeyPatch, apis: FakeChatAPIs) -> None:
+    for k in ALL:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLACK_BOT_TOKEN", apis.slack_token)
+    monkeypatch.setenv("SLACK_CHANNEL", "C0TEST")
+    monkeypatch.setenv("SLACK_API_BASE_URL", apis.slack_api_url)
+    monkeypatch.setenv("DISCORD_WEBHOOK_URL", apis.discord_webhook_url)
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", apis.telegram_token)
+    monkeypatch.setenv("TELEGRAM_CHAT_ID", "-42")
+    monkeypatch.setenv("TELEGRAM_API_BASE_URL", apis.url)
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def test_alerts_test_sends_one_message_per_channel(
+    apis: FakeChatAPIs, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _env(monkeypatch, apis)
+    assert main(["alerts", "test", "--message", "hello from the test"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("sent") == 3
+    for api in ("slack_bot", "discord", "telegram"):
+        (m,) = apis.messages(api)
+        assert "hello from the test" in (m.body.get("text") or m.body.get("content"))
+    assert apis.messages("slack_bot")[0].body["channel"] == "C0TEST"
+    for secret in (apis.slack_token, "DiscordSecretTokenAbc", apis.telegram_token):
+        assert secret not in out
+
+
+def test_alerts_test_reports_a_failing_channel(
+    apis: FakeChatAPIs, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _env(monkeypatch, apis)
+    apis.fault("telegram", Fault("502"))
+    assert main(["alerts", "test"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("sent") == 2 and "transient" in out and "HTTP 502" in out
+
+
+def test_alerts_test_without_configuration(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for k in ALL:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["alerts", "test"]) == 2
+    out = capsys.readouterr().out
+    assert out.count("not configured") == 3 and "set DISCORD_WEBHOOK_URL" in out
