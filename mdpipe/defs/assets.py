@@ -111,17 +111,23 @@ def check_result(asset: str, c: steps.Check) -> dg.AssetCheckResult:
 # ---------------------------------------------------------------- ticks (observed source)
 
 
-def observe_ticks(lake: Lake, markets: set[str]) -> list[tuple[dg.MultiPartitionKey, str, dict]]:
-    """(partition key, data version, metadata) for every raw partition of a registered market."""
+def observe_ticks(
+    lake: Lake, markets: set[str], known: dict[str, str] | None = None, limit: int | None = None
+) -> list[tuple[dg.MultiPartitionKey, str, dict]]:
+    """(partition key, data version, metadata) for raw partitions of registered markets whose
+    data version differs from `known` (at most `limit` of them, oldest first), from Parquet
+    footers and the gaps table only (cheap enough for a sensor over months of data)."""
     out = []
     for part in steps.raw_parts(lake):
         if part.market not in markets or part.date < START_DATE:
             continue
-        q = steps.tick_quality(lake, part)
-        meta = _clean(q.as_metadata())
-        out.append(
-            (partition_key(part.date, part.market), steps.partition_fingerprint(lake, part), meta)
-        )
+        key = partition_key(part.date, part.market)
+        version = steps.partition_fingerprint(lake, part)
+        if known is not None and known.get(str(key)) == version:
+            continue
+        out.append((key, version, _clean(steps.tick_summary(lake, part))))
+        if limit is not None and len(out) >= limit:
+            break
     return out
 
 

@@ -17,6 +17,9 @@ from mdpipe.defs.partitions import MARKET_DIMENSION, market_partitions, partitio
 from mdpipe.defs.resources import LakeResource
 from mdpipe.lake import Lake, market_key
 
+# Observations per tick: a first scan of a large lake catches up over a few ticks.
+MAX_OBSERVATIONS = 500
+
 
 def new_markets(lake: Lake, registered: set[str]) -> list[str]:
     return sorted({market_key(v, s) for v, s in lake.markets()} - registered)
@@ -36,10 +39,8 @@ def market_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg
     events = []
     # Observations only for markets registered before this tick: a partition must exist before
     # events are recorded against it; new markets are observed on the next tick.
-    for key, version, meta in observe_ticks(lk, registered):
+    for key, version, meta in observe_ticks(lk, registered, seen, limit=MAX_OBSERVATIONS):
         k = str(key)
-        if seen.get(k) == version:
-            continue
         seen[k] = version
         events.append(
             dg.AssetObservation(
