@@ -61,6 +61,7 @@ from mdpipe.core.features import (
 )
 from mdpipe.core.signals import (
     SIG_F_COLS,
+    _np,
     event_starts,
     features_frame,
     finish_event,
@@ -654,14 +655,14 @@ class OnlineEngine:
         if book.height and "seq" in book.columns:
             book = book.sort("seq", maintain_order=True)
         if book.height:
-            uid = book["update_id"].cast(pl.Int64).to_numpy()
-            snap = book["is_snapshot"].to_numpy()
+            uid = _np(book["update_id"].cast(pl.Int64))
+            snap = _np(book["is_snapshot"])
             starts = event_starts(uid, snap)
-            b_ts = book["exch_ts_ns"].cast(pl.Int64).to_numpy()
-            b_recv = book["recv_ts_ns"].cast(pl.Int64).to_numpy()
-            b_isbid = (book["side"] == "bid").to_numpy()
-            b_px = book["price"].cast(pl.Float64).to_numpy()
-            b_qty = book["qty"].cast(pl.Float64).to_numpy()
+            b_ts = _np(book["exch_ts_ns"].cast(pl.Int64))
+            b_recv = _np(book["recv_ts_ns"].cast(pl.Int64))
+            b_isbid = _np(book["side"] == "bid")
+            b_px = _np(book["price"].cast(pl.Float64))
+            b_qty = _np(book["qty"].cast(pl.Float64))
         else:
             starts = np.zeros(1, dtype=np.int64)
             uid = b_ts = b_recv = np.zeros(0, dtype=np.int64)
@@ -669,11 +670,11 @@ class OnlineEngine:
             b_px = b_qty = np.zeros(0)
         n_ev = starts.shape[0] - 1
         if trades.height:
-            t_ts = trades["exch_ts_ns"].cast(pl.Int64).to_numpy()
-            t_recv = trades["recv_ts_ns"].cast(pl.Int64).to_numpy()
-            t_px = trades["price"].cast(pl.Float64).to_numpy()
-            t_qty = trades["qty"].cast(pl.Float64).to_numpy()
-            t_buy = (trades["side"] == "buy").to_numpy()
+            t_ts = _np(trades["exch_ts_ns"].cast(pl.Int64))
+            t_recv = _np(trades["recv_ts_ns"].cast(pl.Int64))
+            t_px = _np(trades["price"].cast(pl.Float64))
+            t_qty = _np(trades["qty"].cast(pl.Float64))
+            t_buy = _np(trades["side"] == "buy")
         else:
             t_ts = t_recv = np.zeros(0, dtype=np.int64)
             t_px = t_qty = np.zeros(0)

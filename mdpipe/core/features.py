@@ -175,7 +175,7 @@ class FeatureConfig:
     zscore_min_count        events before a z-score is reported (NaN before).
     bocpd_hazard            constant hazard of the changepoint model, per 1 s bar
                             (1 / expected regime length in seconds).
-    bocpd_max_run_length    run-length bins kept (time and memory per bar are O(this)).
+    bocpd_max_run_length    run-length hypotheses kept (time and memory per bar are O(this)).
     bocpd_cp_lag            changepoint probability = posterior P(run length < this), in bars.
     vpin_trades_per_bucket  VPIN bucket volume, as a multiple of the EWMA trade size.
     vpin_buckets            buckets in the VPIN average.
@@ -188,7 +188,7 @@ class FeatureConfig:
     zscore_halflife: float = 3000.0
     zscore_min_count: int = 30
     bocpd_hazard: float = 1.0 / 300.0
-    bocpd_max_run_length: int = 32
+    bocpd_max_run_length: int = 48
     bocpd_cp_lag: int = 10
     vpin_trades_per_bucket: float = 50.0
     vpin_buckets: int = 50
@@ -255,7 +255,7 @@ class BookState:
         self.bki[J_L5] = -1
         self.bki[J_BAR] = -1
         self.bst = np.zeros((BOCPD_ROWS, config.bocpd_max_run_length))
-        self.lgt = lgamma_table(config.bocpd_max_run_length, 1.0)
+        self.lgt = lgamma_table(1.0)
         self.params = config.book_params()
         self.bki[J_BOCPD_M] = bocpd_reset(self.bst, 0.0, 1.0, 1.0, 1.0)
         for k in (K_PBID, K_PBIDQ, K_PASK, K_PASKQ, K_PWMID, K_PMID, K_BAR_REF):

@@ -233,25 +233,31 @@ def batch_chunk(
     return nr, ns
 
 
+def _np(s: pl.Series) -> np.ndarray:
+    # polars may hand out read-only views; see `_stream` for why kernels want writable ones.
+    a = s.to_numpy()
+    return a if a.flags.writeable else a.copy()
+
+
 def _book_arrays(book: pl.DataFrame) -> dict[str, np.ndarray]:
     return {
-        "uid": book["update_id"].cast(pl.Int64).to_numpy(),
-        "ts": book["exch_ts_ns"].cast(pl.Int64).to_numpy(),
-        "recv": book["recv_ts_ns"].cast(pl.Int64).to_numpy(),
-        "isbid": (book["side"] == "bid").to_numpy(),
-        "px": book["price"].cast(pl.Float64).to_numpy(),
-        "qty": book["qty"].cast(pl.Float64).to_numpy(),
-        "snap": book["is_snapshot"].cast(pl.Boolean).to_numpy(),
+        "uid": _np(book["update_id"].cast(pl.Int64)),
+        "ts": _np(book["exch_ts_ns"].cast(pl.Int64)),
+        "recv": _np(book["recv_ts_ns"].cast(pl.Int64)),
+        "isbid": _np(book["side"] == "bid"),
+        "px": _np(book["price"].cast(pl.Float64)),
+        "qty": _np(book["qty"].cast(pl.Float64)),
+        "snap": _np(book["is_snapshot"].cast(pl.Boolean)),
     }
 
 
 def _trade_arrays(trades: pl.DataFrame) -> dict[str, np.ndarray]:
     trades = trades.sort(["exch_ts_ns", "trade_id"], maintain_order=True)
     return {
-        "ts": trades["exch_ts_ns"].cast(pl.Int64).to_numpy(),
-        "px": trades["price"].cast(pl.Float64).to_numpy(),
-        "qty": trades["qty"].cast(pl.Float64).to_numpy(),
-        "buy": (trades["side"] == "buy").to_numpy(),
+        "ts": _np(trades["exch_ts_ns"].cast(pl.Int64)),
+        "px": _np(trades["price"].cast(pl.Float64)),
+        "qty": _np(trades["qty"].cast(pl.Float64)),
+        "buy": _np(trades["side"] == "buy"),
     }
 
 
@@ -514,14 +520,16 @@ def _stream(
     for f in files:
         pf = pq.ParquetFile(f)
         for rb in pf.iter_batches(batch_size=batch_rows, columns=list(BOOK_INPUT_COLUMNS)):
+            # Arrow hands out read-only views; numba would compile (and cache) a second,
+            # read-only specialisation of every kernel for them, so take writable copies.
             arrays = {
-                "uid": rb.column("update_id").to_numpy().astype(np.int64, copy=False),
-                "ts": rb.column("exch_ts_ns").to_numpy().astype(np.int64, copy=False),
-                "recv": rb.column("recv_ts_ns").to_numpy().astype(np.int64, copy=False),
-                "isbid": pc.equal(rb.column("side"), "bid").to_numpy(zero_copy_only=False),
-                "px": rb.column("price").to_numpy().astype(np.float64, copy=False),
-                "qty": rb.column("qty").to_numpy().astype(np.float64, copy=False),
-                "snap": rb.column("is_snapshot").to_numpy(zero_copy_only=False),
+                "uid": np.array(rb.column("update_id"), dtype=np.int64),
+                "ts": np.array(rb.column("exch_ts_ns"), dtype=np.int64),
+                "recv": np.array(rb.column("recv_ts_ns"), dtype=np.int64),
+                "isbid": np.array(pc.equal(rb.column("side"), "bid"), dtype=np.bool_),
+                "px": np.array(rb.column("price"), dtype=np.float64),
+                "qty": np.array(rb.column("qty"), dtype=np.float64),
+                "snap": np.array(rb.column("is_snapshot"), dtype=np.bool_),
             }
             if pending is not None:
                 run.feed(pending, emit=emit, full_from_ts=full_from_ts)

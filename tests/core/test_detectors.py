@@ -144,13 +144,13 @@ def _crossings(cp: np.ndarray, thr: float = 0.7, start: int = 50) -> list[int]:
 def test_truncated_bocpd_matches_exact_posterior(seed: int) -> None:
     x, _ = _piecewise(seed)
     rl_e, cp_e = bocpd_exact(x, cp_lag=10)
-    rl_t, cp_t = Bocpd(max_run_length=32, cp_lag=10).run(x)
+    rl_t, cp_t = Bocpd(cp_lag=10).run(x)
     err = np.abs(cp_t - cp_e)
     assert err.max() < 0.1
     assert err.mean() < 0.005
-    # Until the tail bin is first reached the truncated recursion IS the exact one.
-    np.testing.assert_array_equal(cp_t[:31], cp_e[:31])
-    np.testing.assert_array_equal(rl_t[:31], rl_e[:31])
+    # Until the first hypothesis is dropped the truncated recursion IS the exact one.
+    np.testing.assert_array_equal(cp_t[:47], cp_e[:47])
+    np.testing.assert_array_equal(rl_t[:47], rl_e[:47])
     assert _crossings(cp_t) == _crossings(cp_e)
 
 
@@ -168,7 +168,7 @@ def test_bocpd_finds_piecewise_gaussian_changepoints() -> None:
     false_alarms = 0
     for seed in range(10):
         x, truth = _piecewise(seed)
-        _, cp = Bocpd(max_run_length=32, cp_lag=10).run(x)
+        _, cp = Bocpd(cp_lag=10).run(x)
         found = _detections(cp)
         for t in truth:
             assert any(0 <= f - t <= 15 for f in found), (seed, found, truth)
@@ -180,9 +180,10 @@ def test_bocpd_finds_piecewise_gaussian_changepoints() -> None:
 def test_bocpd_memory_is_bounded() -> None:
     det = Bocpd(max_run_length=16)
     det.run(np.random.default_rng(0).normal(size=5_000))
-    post = det.posterior()
+    r, post = det.posterior()
     assert post.shape == (16,)
     assert post.sum() == pytest.approx(1.0)
+    assert r.max() > 1_000  # the long regime is kept, with its own run length
 
 
 def test_bocpd_rejects_bad_parameters() -> None:

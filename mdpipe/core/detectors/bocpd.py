@@ -2,15 +2,20 @@
 
 Unknown mean and precision (Normal-Gamma prior), Student-t predictive, constant hazard H.
 
-Run-length truncation keeps memory and time per event bounded: at most `max_run_length` bins
-(R). Bins 0..R-2 are exact run lengths; bin R-1 is the tail "run length >= R-1". When the tail
-receives mass both from bin R-2 and from itself, it keeps the sufficient statistics of the
-heavier contributor, so a long stable regime keeps ALL its statistics (the tail is that regime)
-and a new regime that outgrows the old one takes the tail over. With R greater than the series
-length the tail is never reached and the recursion is the exact one: `bocpd_exact` is the same
-kernel with R = n + 1, which is what tests and the benchmark compare against.
+Truncation keeps memory and time per observation bounded: at most `max_run_length` (R)
+run-length hypotheses are kept. When a new one (a changepoint now) would make R + 1, the two
+adjacent hypotheses (in run length, both >= cp_lag) with the least total mass are merged: the
+mass is kept, the statistics are the heavier one's (adjacent runs share almost all their data).
+Why merge and not drop: on heavy-tailed market data the posterior over long runs is diffuse,
+thousands of hypotheses each small but together a large share; dropping them one at a time
+loses that share and changes the detections, merging keeps it. Run lengths below cp_lag are
+never merged, so the changepoint probability is exact up to the merged runs' likelihoods.
+With R greater than the series length nothing is ever dropped and the recursion is the exact
+one: `bocpd_exact` is the same kernel with R = n + 1, which tests and the benchmark compare
+against.
 
-State, float64[6, R]: rows prob, mu, kappa, alpha, beta, scratch; `m` = bins in use.
+State, float64[6, R]: rows prob, mu, kappa, alpha, beta, scratch, hypotheses in increasing
+run length (run length = kappa - kappa0); `m` = hypotheses in use.
 """
 
 from __future__ import annotations
@@ -22,17 +27,26 @@ from numba import njit
 
 BOCPD_ROWS = 6
 _LOG_PI = math.log(math.pi)
+LGAMMA_TABLE_SIZE = 4096
 
 
-def lgamma_table(max_run_length: int, alpha0: float) -> np.ndarray:
-    """lgamma((nu+1)/2) - lgamma(nu/2) for bin r, where nu = 2 * (alpha0 + r/2).
+def lgamma_table(alpha0: float, size: int = LGAMMA_TABLE_SIZE) -> np.ndarray:
+    """lgamma(alpha + 1/2) - lgamma(alpha) for run length r, alpha = alpha0 + r/2.
 
-    In an exact bin alpha depends only on r, so the two lgamma calls per bin and event become a
-    table lookup; only the merged tail bin evaluates lgamma at run time.
+    alpha depends only on the run length, so the two lgamma calls per hypothesis and
+    observation become a lookup (beyond the table, an asymptotic series).
     """
-    r = np.arange(max_run_length, dtype=np.float64)
-    a = alpha0 + 0.5 * r
+    a = alpha0 + 0.5 * np.arange(size, dtype=np.float64)
     return np.array([math.lgamma(v + 0.5) - math.lgamma(v) for v in a], dtype=np.float64)
+
+
+@njit(cache=True, inline="always")
+def _lg_half(lgt: np.ndarray, r: int, alpha: float) -> float:
+    if r < lgt.shape[0]:
+        return lgt[r]
+    # lgamma(a + 1/2) - lgamma(a) ~ ln(a)/2 - 1/(8a) + 1/(192 a^3); a >= 2048 here, so the
+    # next term (~1e-16) is below double precision.
+    return 0.5 * math.log(alpha) - 0.125 / alpha + 1.0 / (192.0 * alpha**3)
 
 
 @njit(cache=True)
@@ -46,7 +60,7 @@ def bocpd_reset(st: np.ndarray, mu0: float, kappa0: float, alpha0: float, beta0:
     return 1
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"contract", "afn", "reassoc", "arcp"})
 def bocpd_update(
     st: np.ndarray,
     lgt: np.ndarray,
@@ -59,7 +73,7 @@ def bocpd_update(
     beta0: float,
     cp_lag: int,
 ) -> tuple[int, float, float]:
-    """Fold in `x`; returns (bins in use, expected run length, P(run length < cp_lag)).
+    """Fold in `x`; returns (hypotheses in use, expected run length, P(run length < cp_lag)).
 
     P(r_t = 0) alone is identically the hazard under a constant hazard, so the changepoint
     probability reported is the posterior mass of run lengths shorter than `cp_lag`: it rises
@@ -73,92 +87,96 @@ def bocpd_update(
     alpha = st[3]
     beta = st[4]
     lp = st[5]
-    if not math.isfinite(x):
-        rl = 0.0
-        cp = 0.0
-        for r in range(m):
-            rl += prob[r] * (kappa[r] - kappa0)
-            if r < cp_lag:
-                cp += prob[r]
-        return m, rl, cp
-    tail = R - 1
-    mx = -math.inf
-    for r in range(m):
-        nu = 2.0 * alpha[r]
-        scale2 = beta[r] * (kappa[r] + 1.0) / (alpha[r] * kappa[r])
-        # Only the merged tail's alpha is not alpha0 + r/2.
-        lg = math.lgamma(alpha[r] + 0.5) - math.lgamma(alpha[r]) if r == tail else lgt[r]
-        d = x - mu[r]
-        v = (
-            lg
-            - 0.5 * (math.log(nu * scale2) + _LOG_PI)
-            - 0.5 * (nu + 1.0) * math.log1p(d * d / (nu * scale2))
-        )
-        lp[r] = v
-        if v > mx:
-            mx = v
-    # Joint mass of (run length, x) up to the common factor exp(mx): underflow-safe.
-    total = 0.0
-    for r in range(m):
-        w = prob[r] * math.exp(lp[r] - mx)
-        lp[r] = w
-        total += w
-    cp_mass = hazard * total
-    full = m == R
-    if full:
-        # Tail bin: merge the grown tail with the grown bin R-2; keep the heavier one's stats.
-        w_tail = lp[tail]
-        w_prev = lp[tail - 1]
-        src = tail if w_tail >= w_prev else tail - 1
-        k_src = kappa[src]
-        t_mu = (k_src * mu[src] + x) / (k_src + 1.0)
-        t_beta = beta[src] + k_src * (x - mu[src]) ** 2 / (2.0 * (k_src + 1.0))
-        t_alpha = alpha[src] + 0.5
-        t_kappa = k_src + 1.0
-        t_prob = (1.0 - hazard) * (w_tail + w_prev)
-        top = tail - 1
-        new_m = R
-    else:
-        top = m
-        new_m = m + 1
-    # Grow: bin r+1 <- bin r updated with x, from the top down so nothing is overwritten early.
-    for r in range(top, 0, -1):
-        k = kappa[r - 1]
-        d = x - mu[r - 1]
-        mu[r] = (k * mu[r - 1] + x) / (k + 1.0)
-        beta[r] = beta[r - 1] + k * d * d / (2.0 * (k + 1.0))
-        alpha[r] = alpha[r - 1] + 0.5
-        kappa[r] = k + 1.0
-        prob[r] = (1.0 - hazard) * lp[r - 1]
-    if full:
-        mu[tail] = t_mu
-        beta[tail] = t_beta
-        alpha[tail] = t_alpha
-        kappa[tail] = t_kappa
-        prob[tail] = t_prob
-    prob[0] = cp_mass
-    mu[0] = mu0
-    kappa[0] = kappa0
-    alpha[0] = alpha0
-    beta[0] = beta0
-    norm = 0.0
-    for r in range(new_m):
-        norm += prob[r]
-    if not (norm > 0.0 and math.isfinite(norm)):
-        # Every hypothesis assigns x zero density (cannot happen with a t predictive and a
-        # finite x, but a corrupted state must not poison every later event): restart.
-        new_m = bocpd_reset(st, mu0, kappa0, alpha0, beta0)
-        norm = 1.0
+    if math.isfinite(x):
+        mx = -math.inf
+        for i in range(m):
+            a = alpha[i]
+            k = kappa[i]
+            nu = 2.0 * a
+            scale2 = beta[i] * (k + 1.0) / (a * k)
+            d = x - mu[i]
+            v = (
+                _lg_half(lgt, int(k - kappa0 + 0.5), a)
+                - 0.5 * (math.log(nu * scale2) + _LOG_PI)
+                - 0.5 * (nu + 1.0) * math.log1p(d * d / (nu * scale2))
+            )
+            lp[i] = v
+            if v > mx:
+                mx = v
+        # Joint mass of (run length, x) up to the common factor exp(mx): underflow-safe.
+        total = 0.0
+        for i in range(m):
+            w = prob[i] * math.exp(lp[i] - mx)
+            total += w
+            # Grow every hypothesis by x (Normal-Gamma conjugate update).
+            k = kappa[i]
+            d = x - mu[i]
+            prob[i] = (1.0 - hazard) * w
+            mu[i] = (k * mu[i] + x) / (k + 1.0)
+            beta[i] = beta[i] + k * d * d / (2.0 * (k + 1.0))
+            alpha[i] = alpha[i] + 0.5
+            kappa[i] = k + 1.0
+        cp_mass = hazard * total
+        # Insert the new hypothesis (run length 0) in front. When full, first merge the
+        # adjacent pair of run lengths >= cp_lag with the least mass into one (mass kept,
+        # statistics of the heavier): the changepoint probability stays exact, and a diffuse
+        # posterior over long runs keeps its total mass instead of losing it hypothesis by
+        # hypothesis.
+        if m == R:
+            j = -1
+            best = math.inf
+            for i in range(m - 1):
+                if kappa[i] - kappa0 >= cp_lag:
+                    c = prob[i] + prob[i + 1]
+                    if c < best:
+                        best = c
+                        j = i
+            if j < 0:
+                j = m - 2
+            if prob[j + 1] > prob[j]:
+                mu[j] = mu[j + 1]
+                kappa[j] = kappa[j + 1]
+                alpha[j] = alpha[j + 1]
+                beta[j] = beta[j + 1]
+            prob[j] += prob[j + 1]
+            for i in range(j + 1, m - 1):
+                prob[i] = prob[i + 1]
+                mu[i] = mu[i + 1]
+                kappa[i] = kappa[i + 1]
+                alpha[i] = alpha[i + 1]
+                beta[i] = beta[i + 1]
+            m -= 1
+        for i in range(m, 0, -1):
+            prob[i] = prob[i - 1]
+            mu[i] = mu[i - 1]
+            kappa[i] = kappa[i - 1]
+            alpha[i] = alpha[i - 1]
+            beta[i] = beta[i - 1]
+        m += 1
+        prob[0] = cp_mass
+        mu[0] = mu0
+        kappa[0] = kappa0
+        alpha[0] = alpha0
+        beta[0] = beta0
+        norm = 0.0
+        for i in range(m):
+            norm += prob[i]
+        if not (norm > 0.0 and math.isfinite(norm)):
+            # Cannot happen with a t predictive and a finite x, but a corrupted state must
+            # not poison every later observation: restart.
+            m = bocpd_reset(st, mu0, kappa0, alpha0, beta0)
+            norm = 1.0
+        inv = 1.0 / norm
+        for i in range(m):
+            prob[i] *= inv
     rl = 0.0
     cp = 0.0
-    inv = 1.0 / norm
-    for r in range(new_m):
-        p = prob[r] * inv
-        prob[r] = p
-        rl += p * (kappa[r] - kappa0)
+    for i in range(m):
+        r = kappa[i] - kappa0
+        rl += prob[i] * r
         if r < cp_lag:
-            cp += p
-    return new_m, rl, cp
+            cp += prob[i]
+    return m, rl, cp
 
 
 @njit(cache=True)
@@ -187,7 +205,8 @@ class Bocpd:
     """Online changepoint detector; `update(x)` per observation, `run(xs)` over an array.
 
     hazard            constant hazard H = 1 / expected run length, in (0, 1).
-    max_run_length    R, bins kept (>= 2); time and memory per observation are O(R).
+    max_run_length    R, run-length hypotheses kept (>= 2); time and memory per observation
+                      are O(R).
     cp_lag            changepoint probability = posterior P(run length < cp_lag).
     mu0, kappa0, alpha0, beta0   Normal-Gamma prior (the defaults suit standardised input).
     """
@@ -196,7 +215,7 @@ class Bocpd:
         self,
         *,
         hazard: float = 1.0 / 250.0,
-        max_run_length: int = 32,
+        max_run_length: int = 48,
         cp_lag: int = 10,
         mu0: float = 0.0,
         kappa0: float = 1.0,
@@ -208,7 +227,7 @@ class Bocpd:
         self.max_run_length = int(max_run_length)
         self.cp_lag = int(cp_lag)
         self.prior = (float(mu0), float(kappa0), float(alpha0), float(beta0))
-        self._lgt = lgamma_table(self.max_run_length, self.prior[2])
+        self._lgt = lgamma_table(self.prior[2])
         self._st = np.zeros((BOCPD_ROWS, self.max_run_length))
         self._m = bocpd_reset(self._st, *self.prior)
 
@@ -228,9 +247,10 @@ class Bocpd:
         )
         return rl, cp
 
-    def posterior(self) -> np.ndarray:
-        """Current run-length posterior over the bins in use (the last one is the tail)."""
-        return self._st[0, : self._m].copy()
+    def posterior(self) -> tuple[np.ndarray, np.ndarray]:
+        """(run lengths, posterior probabilities) of the hypotheses kept."""
+        st = self._st[:, : self._m]
+        return st[2] - self.prior[1], st[0].copy()
 
 
 def validate_bocpd(
