@@ -401,6 +401,7 @@ class OrderBookFeatureExtractor:
         self._top = np.empty((4, 10))
         self.last_asof_ns = 0
         self.last_is_warmup = True
+        self._view: tuple[set[float], set[float]] | None = None
 
     def update(
         self,
@@ -434,6 +435,27 @@ class OrderBookFeatureExtractor:
         self.last_asof_ns = int(asof)
         self.last_is_warmup = bool(warm)
         return _dict(self._row, _BOOK_NAMES, range(F_TI1))
+
+    def update_top(
+        self,
+        bids: Sequence[tuple[float, float]],
+        asks: Sequence[tuple[float, float]],
+        *,
+        ts_ns: int,
+    ) -> dict[str, float]:
+        """The current top levels of each side (a full-book view, e.g. a capture callback's
+        `book.top(20)`), as an update: levels that left the view are removed, so the kernel's
+        book is exactly the view and the top-10 features are exact when at least 10 levels
+        per side are given. The first call is a snapshot; later calls are order flow (OFI)."""
+        if not self._view:
+            self._view = ({p for p, _ in bids}, {p for p, _ in asks})
+            return self.update(bids, asks, ts_ns=ts_ns, is_snapshot=True)
+        nb = {p for p, _ in bids}
+        na = {p for p, _ in asks}
+        rb = [(p, 0.0) for p in self._view[0] - nb] + list(bids)
+        ra = [(p, 0.0) for p in self._view[1] - na] + list(asks)
+        self._view = (nb, na)
+        return self.update(rb, ra, ts_ns=ts_ns)
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         s = self.state

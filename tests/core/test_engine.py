@@ -180,3 +180,35 @@ def test_engine_rejects_bad_parameters() -> None:
         OnlineEngine(venue="v", symbol="s", max_wait_ms=-1.0)
     with pytest.raises(ValueError, match="pending_events"):
         OnlineEngine(venue="v", symbol="s", pending_events=0)
+
+
+def test_full_book_views_through_update_top_give_the_batch_book_features(data: dict) -> None:
+    """What examples/live_detect.py does with the capture's book callback (top-20 views)."""
+    from mdpipe.core.engine import OrderBookFeatureExtractor
+
+    book, trades = _subset(*data[("BTC/USDT", "2024-08-08")], 600)
+    feats, _ = compute_features_and_signals(book, trades)
+    ob = OrderBookFeatureExtractor()
+    bids: dict[float, float] = {}
+    asks: dict[float, float] = {}
+    rows = book.select("update_id", "exch_ts_ns", "side", "price", "qty", "is_snapshot").rows()
+    got = []
+    i = 0
+    while i < len(rows):
+        uid, ts, snap = rows[i][0], rows[i][1], rows[i][5]
+        if snap:
+            bids, asks = {}, {}
+        while i < len(rows) and rows[i][0] == uid and rows[i][5] == snap:
+            side = bids if rows[i][2] == "bid" else asks
+            if rows[i][4] == 0.0:
+                side.pop(rows[i][3], None)
+            else:
+                side[rows[i][3]] = rows[i][4]
+            i += 1
+        top_b = sorted(bids.items(), reverse=True)[:20]
+        top_a = sorted(asks.items())[:20]
+        got.append(ob.update_top(top_b, top_a, ts_ns=ts))
+    cols = ["best_bid", "best_ask", "wmid", "imbalance_5", "imbalance_10", "ofi", "ofi_5s",
+            "wmid_drift_1s_bps", "spread_compression"]  # fmt: skip
+    for c in cols:
+        np.testing.assert_array_equal(np.array([g[c] for g in got]), feats[c].to_numpy(), c)
