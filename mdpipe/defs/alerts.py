@@ -42,6 +42,8 @@ from mdpipe.lake import Lake
 SENSOR_INTERVAL_ENV = "MDPIPE_ALERT_SENSOR_INTERVAL"
 DEFAULT_SENSOR_INTERVAL_S = 5
 CHANNEL_KEYS = ("slack", "discord", "telegram")
+# alerts go ahead of queued pipeline runs (QueuedRunCoordinator dequeues by priority)
+RUN_TAGS = {"dagster/priority": "10"}
 
 
 # ---- channel resources -----------------------------------------------------------------------
@@ -282,6 +284,9 @@ def deliver_alerts(
     description="Deliver live signals to Slack, Discord and Telegram (requested by "
     "live_signal_sensor; safe to re-run: the ledger sends each signal once per channel).",
     tags={"mdpipe/kind": "alerts"},
+    # one step: the default multiprocess executor would start a second process per run,
+    # seconds of latency for nothing
+    executor_def=dg.in_process_executor,
 )
 def alert_job() -> None:
     deliver_alerts()
@@ -316,7 +321,11 @@ def evaluate_live_signals(
         req = dg.RunRequest(
             run_key=key,
             run_config=dg.RunConfig(ops={"deliver_alerts": AlertRunConfig(signal_files=new)}),
-            tags={"mdpipe/alert_reason": "signals", "mdpipe/signal_files": str(len(new))},
+            tags={
+                **RUN_TAGS,
+                "mdpipe/alert_reason": "signals",
+                "mdpipe/signal_files": str(len(new)),
+            },
         )
         return [req], cursor.dumps(), None
     ledger_file = settings.ledger_file()
@@ -325,7 +334,7 @@ def evaluate_live_signals(
         req = dg.RunRequest(
             run_key=f"retry-{token}",
             run_config=dg.RunConfig(ops={"deliver_alerts": AlertRunConfig(signal_files=[])}),
-            tags={"mdpipe/alert_reason": "retry"},
+            tags={**RUN_TAGS, "mdpipe/alert_reason": "retry"},
         )
         return [req], cursor.dumps(), None
     return [], cursor.dumps(), "no new live signals and nothing due for retry"
