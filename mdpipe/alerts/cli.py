@@ -141,8 +141,34 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from mdpipe.alerts.loopback import FakeChatAPIs
+
+    apis = FakeChatAPIs().start(port=args.port)
+    print(f"loopback Slack/Discord/Telegram APIs on {apis.url}; export these to use them:")
+    print(f"export SLACK_WEBHOOK_URL={apis.slack_webhook_url}")
+    print(f"export DISCORD_WEBHOOK_URL={apis.discord_webhook_url}")
+    print(f"export TELEGRAM_BOT_TOKEN={apis.telegram_token}")
+    print("export TELEGRAM_CHAT_ID=-1")
+    print(f"export TELEGRAM_API_BASE_URL={apis.url}", flush=True)
+    seen = 0
+    try:
+        while True:
+            time.sleep(0.5)
+            msgs = apis.messages()
+            for m in msgs[seen:]:
+                text = m.body.get("text") or m.body.get("content") or ""
+                if not text and m.body.get("embeds"):
+                    text = m.body["embeds"][0].get("title", "")
+                print(f"[{m.api}] {text.splitlines()[0] if text else m.body}", flush=True)
+            seen = len(msgs)
+    except KeyboardInterrupt:
+        apis.stop()
+        return 0
+
+
 def register_cli(sub: Any) -> None:
-    """Hook called by mdpipe.cli: adds `mdpipe alerts {test,status,metrics}`."""
+    """Hook called by mdpipe.cli: adds `mdpipe alerts {test,status,metrics,sandbox}`."""
     p = sub.add_parser("alerts", help="live alerts: test channels, ledger status, metrics")
     asub = p.add_subparsers(dest="alerts_command", required=True)
     t = asub.add_parser("test", help="send a test message to every configured channel")
@@ -157,3 +183,8 @@ def register_cli(sub: Any) -> None:
     m.add_argument("--port", type=int, default=9109)
     m.add_argument("--host", default="127.0.0.1")
     m.set_defaults(func=cmd_metrics)
+    x = asub.add_parser(
+        "sandbox", help="local stand-ins for the Slack, Discord and Telegram APIs (offline demo)"
+    )
+    x.add_argument("--port", type=int, default=8766)
+    x.set_defaults(func=cmd_sandbox)
