@@ -553,9 +553,9 @@ class OnlineEngine:
         self._feat_f: list[np.ndarray] = []
         self._feat_m: list[np.ndarray] = []
         d = self.detector
-        self._tail = (*self.trades.arrays(), d.dfs, d.dis, d.dq, d.params,
+        self._tail: tuple[Any, ...] = (*self.trades.arrays(), d.dfs, d.dis, d.dq, d.params,
                       self.pq_f, self.pq_m, self.pt_ts, self.pt_f, self.pi, self.max_wait_ns)  # fmt: skip
-        self._all = (*self.book.arrays(), *self._tail)
+        self._all: tuple[Any, ...] = (*self.book.arrays(), *self._tail)
 
     # ---- per event ----------------------------------------------------------------------
     def on_book_event(
@@ -570,7 +570,7 @@ class OnlineEngine:
         is_snapshot: bool = False,
     ) -> list[Signal]:
         """One book event (all its level changes; absolute sizes, 0 removes)."""
-        nr, ns = _arrive_book(
+        nr, ns = _arrive_book(  # type: ignore[call-arg]  # state tuple is variadic to mypy
             *self._all, is_bid, price, qty, 0, is_bid.shape[0], bool(is_snapshot),
             np.int64(exch_ts_ns), np.int64(update_id), np.int64(recv_ts_ns),
             self._out_f, self._out_m, self._sig_f, self._sig_i, 0, 0,
@@ -582,7 +582,7 @@ class OnlineEngine:
         self, exch_ts_ns: int, recv_ts_ns: int, price: float, qty: float, side: str | bool
     ) -> list[Signal]:
         buy = side if isinstance(side, bool) else side == "buy"
-        nr, ns = _arrive_trade(
+        nr, ns = _arrive_trade(  # type: ignore[call-arg]  # state tuple is variadic to mypy
             *self._tail, np.int64(exch_ts_ns), float(price), float(qty), bool(buy),
             np.int64(recv_ts_ns), self._out_f, self._out_m, self._sig_f, self._sig_i, 0, 0,
             self._xdet, self._dout,
@@ -617,7 +617,7 @@ class OnlineEngine:
         fs, ms, sfs, sis = [], [], [], []
         base = 0
         while True:
-            nr, ns = _release(
+            nr, ns = _release(  # type: ignore[call-arg]  # state tuple is variadic to mypy
                 *self._tail, now, force, 0, self._out_f, self._out_m, self._sig_f,
                 self._sig_i, 0, 0, self._xdet, self._dout,
             )  # fmt: skip
@@ -714,7 +714,7 @@ class OnlineEngine:
         base = 0
         a = 0
         while a < kind.shape[0]:
-            a, nr, ns = _feed_chunk(
+            a, nr, ns = _feed_chunk(  # type: ignore[call-arg]  # state tuple is variadic to mypy
                 *self._all, kind, index, a, starts, uid, b_ts, b_recv, b_isbid, b_px, b_qty,
                 snap, t_ts, t_recv, t_px, t_qty, t_buy, out_f, out_m, sig_f, sig_i,
             )  # fmt: skip

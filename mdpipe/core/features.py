@@ -514,7 +514,7 @@ def book_event_step(
                 m, rl, cp = bocpd_update(
                     bst, lgt, bki[J_BOCPD_M], x, params[PB_HAZARD], params[PB_MU0],
                     params[PB_KAPPA0], params[PB_ALPHA0], params[PB_BETA0],
-                    np.int64(params[PB_CPLAG]),
+                    int(params[PB_CPLAG]),
                 )  # fmt: skip
                 bki[J_BOCPD_M] = m
                 bkf[K_RL] = rl

@@ -427,7 +427,7 @@ def compute_features_and_signals(
     tcols = list(TRADE_INPUT_COLUMNS)
     trades = trades.select(tcols)
     if prev_trades is not None and prev_trades.height:
-        trades = pl.concat([prev_trades.select(tcols).cast(dict(trades.schema)), trades])
+        trades = pl.concat([prev_trades.select(tcols).cast(trades.schema), trades])
     run = BatchRun(
         venue, symbol, _trade_arrays(trades), feature_config=feature_config,
         detector_config=detector_config, microprice=microprice,
@@ -473,7 +473,7 @@ def compute_partition(
     if prev_date is not None:
         prev_t = lake.scan("trades", venue, symbol, prev_date).select(tcols).collect()
         if prev_t.height:
-            trades = pl.concat([prev_t.cast(dict(trades.schema)), trades])
+            trades = pl.concat([prev_t.cast(trades.schema), trades])
     run = BatchRun(
         venue, symbol, _trade_arrays(trades), feature_config=feature_config,
         detector_config=detector_config, microprice=microprice,
