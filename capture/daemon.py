@@ -246,6 +246,8 @@ class Capture:
         self._standby_ns: list[int] = []
         self._standby_text: list[str] = []
         self._standby_depth: set[str] = set()
+        self._seam: set[str] | None = None
+        self._seam_until = 0.0
 
     # ---- public API --------------------------------------------------------------------------
 
@@ -297,6 +299,7 @@ class Capture:
         for t in list(self._snapshot_tasks.values()):
             t.cancel()
         await asyncio.gather(*self._tasks, *self._snapshot_tasks.values(), return_exceptions=True)
+        await self._unsubscribe_and_drain()
         await self._teardown_client()
         self._process_pending()
         await self._flush()
@@ -306,6 +309,24 @@ class Capture:
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
         self.metrics.connected.labels(self.venue).set(0)
+
+    async def _unsubscribe_and_drain(self, timeout_s: float = 2.0) -> None:
+        """UNSUBSCRIBE and wait for its answer: the exchange answers after every frame it sent
+        before, so nothing already on the wire is lost by closing."""
+        client = self._primary
+        if client is None or self._ex is None or client.closed():
+            return
+        streams = [
+            n for s in self.config.symbols for n in self.adapter.stream_names(self._markets[s])
+        ]
+        req = self.adapter.subscribe_request(self._ex, client.url, streams)
+        req["method"] = "UNSUBSCRIBE"
+        fut = client.future(f"mdpipe:sub:{req['id']}")
+        try:
+            await client.send(req)
+            await asyncio.wait_for(fut, timeout_s)
+        except (TimeoutError, Exception) as exc:
+            log.warning("no answer to UNSUBSCRIBE before closing (%s)", exc)
 
     async def run_until_signal(self) -> None:
         """Start, run until SIGINT/SIGTERM, then stop (flushing) and return."""
@@ -445,6 +466,14 @@ class Capture:
 
     def _on_raw(self, recv_ns: int, text: str, client: Any = None) -> None:
         if client is None or client is self._primary:
+            if self._seam is not None and client is not None:
+                # just after a switch the new connection may still deliver events the old one
+                # already gave us (it was behind); they are dropped here, once each
+                if text in self._seam:
+                    self._seam.discard(text)
+                    return
+                if time.monotonic() > self._seam_until:
+                    self._seam = None
             self._p_ns.append(recv_ns)
             self._p_text.append(text)
             self._last_rx_mono = time.monotonic()
@@ -569,6 +598,8 @@ class Capture:
             if t not in seen
         ]
         dup = len(self._standby_text) - len(keep)
+        self._seam = seen.difference(self._standby_text)
+        self._seam_until = time.monotonic() + self.config.connect_timeout_s
         self._primary, self._conn_url = client, url
         self._standby, self._overlap = None, None
         self._standby_ns, self._standby_text = [], []
@@ -611,8 +642,17 @@ class Capture:
         if client is None:
             return "error", "client vanished after subscribing"
         alive = client.future("mdpipe:alive")
+        last_tick = time.monotonic()
         while not self._stopping:
             done, _ = await asyncio.wait({alive}, timeout=0.2)
+            tick = time.monotonic()
+            stalled = tick - last_tick > 1.0
+            last_tick = tick
+            if stalled:
+                # our own loop was blocked (CPU starvation, a long flush): frames may be waiting
+                # in the socket; give the receive loop a turn before judging the exchange silent
+                self._last_rx_mono = max(self._last_rx_mono, tick - 1.0)
+                await asyncio.sleep(0)
             if done:
                 exc = alive.exception() if not alive.cancelled() else None
                 return "closed", f"connection closed: {exc}"
