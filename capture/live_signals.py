@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
@@ -49,6 +50,7 @@ class LiveSignals:
         feature_config: Any = None,
         export_alert_metrics: bool = True,
         warm_up: bool = True,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
         from mdpipe.core.engine import OnlineEngine
 
@@ -61,6 +63,9 @@ class LiveSignals:
         self.poll_interval_s = poll_interval_s
         self.detector_config = detector_config
         self.feature_config = feature_config
+        # the receive-time clock: live, receive stamps are the wall clock; a replay injects
+        # its own so held events are released exactly as they would have been live
+        self.clock = clock
         self.engines: dict[str, Any] = {}
         self.metrics = SignalMetrics(registry) if registry is not None else None
         if registry is not None and export_alert_metrics:
@@ -95,7 +100,7 @@ class LiveSignals:
             self._count_events(sym, res.features)
             if res.signals.height:
                 out.append(_with_receive_time(res.signals, res.features))
-        out.extend(self._poll_all(time.time_ns()))
+        out.extend(self._poll_all(self.clock()))
         if self.metrics is not None and symbols:
             self.metrics.batch_seconds.labels(self.venue).observe(time.perf_counter() - t0)
         if out:
@@ -103,7 +108,7 @@ class LiveSignals:
 
     def poll(self, now_ns: int | None = None) -> None:
         """Release held events (quiet streams); publishes what they trigger."""
-        out = self._poll_all(now_ns or time.time_ns())
+        out = self._poll_all(now_ns or self.clock())
         if out:
             self._publish(pl.concat(out, how="diagonal_relaxed"))
 
