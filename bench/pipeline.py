@@ -1,8 +1,9 @@
 """Every asset of one full market-day, with and without Dagster; appends to bench/RESULTS.md.
 
-Input: the bundled BTCUSDT recording (~11 min, 2024-08-08 23:54 to 2024-08-09 00:05) tiled with
-`bench/tiling.py` (times and ids shifted per copy, one REST snapshot) until it covers the whole
-of 2024-08-09, imported into a lake under bench/out (cached). Partition measured:
+Input: the bundled BTCUSDT recording (~11 min, 2024-08-08 23:54 to 2024-08-09 00:05), depth
+diffs, trades and the REST snapshot, tiled (times and ids shifted per copy, each copy with its
+own shifted snapshot: `tile_with_snapshots`) until it covers the whole of 2024-08-09, imported
+into a lake under bench/out (cached). Partition measured:
 2024-08-09 x binance:BTC-USDT, a full UTC day; it warms up on 2024-08-08's six minutes and
 its labels read into 2024-08-10's first minutes, whose features are materialised beforehand
 (outside the timing) in both modes.
@@ -54,9 +55,65 @@ def _first_last_ts(files: list[Path]) -> tuple[int, int]:
     return first, last
 
 
+def tile_with_snapshots(copies: int) -> Path:
+    """Like `bench/tiling.py` (copy k shifted by k x span in time and k x id range in ids) but
+    every copy k > 0 starts with the recording's REST snapshot, re-stamped just below the
+    copy's first diff id, so the book is replaced at each copy's start instead of carrying the
+    previous copy's levels (which leaves a crossed book for the rest of the day) and no diff is
+    lost to a sequence gap. bookTicker lines are left out: the pipeline does not read them."""
+    out = OUT / f"btcusdt_sync_x{copies}.gz"
+    if out.exists():
+        return out
+    from bench.tiling import DATA
+
+    rows: list[tuple[int, dict]] = []
+    for f in sorted(DATA.glob("btcusdt_*.gz")):
+        with gzip.open(f, "rt") as fh:
+            for line in fh:
+                ts, msg = line.rstrip("\n").split(" ", 1)
+                m = json.loads(msg)
+                if "lastUpdateId" in m or m.get("data", {}).get("e") in ("depthUpdate", "trade"):
+                    rows.append((int(ts), m))
+    span = rows[-1][0] - rows[0][0] + 100_000_000
+    span_ms = span // 1_000_000
+    depth = [m["data"] for _, m in rows if "data" in m and m["data"]["e"] == "depthUpdate"]
+    id_span = depth[-1]["u"] - depth[0]["U"] + 1
+    trade_ids = [m["data"]["t"] for _, m in rows if "data" in m and m["data"]["e"] == "trade"]
+    trade_span = max(trade_ids) - min(trade_ids) + 1
+    tmp = out.with_suffix(".partial")
+    OUT.mkdir(parents=True, exist_ok=True)
+    snapshot = next(m for _, m in rows if "lastUpdateId" in m)
+    with gzip.open(tmp, "wt", compresslevel=1) as fh:
+        for k in range(copies):
+            if k:
+                # the copy starts synced: a snapshot just below its first diff, so every diff
+                # of the copy applies (no gap); its levels are the recording's snapshot,
+                # which the copy's first diffs then update
+                snap = dict(snapshot, lastUpdateId=depth[0]["U"] - 1 + k * id_span)
+                line = json.dumps(snap, separators=(",", ":"))
+                fh.write(f"{rows[0][0] + k * span - 1} {line}\n")
+            for ts, msg in rows:
+                if "lastUpdateId" in msg:
+                    if not k:
+                        fh.write(f"{ts} {json.dumps(msg, separators=(',', ':'))}\n")
+                    continue
+                d = dict(msg["data"])
+                if d["e"] == "depthUpdate":
+                    d["U"] += k * id_span
+                    d["u"] += k * id_span
+                else:
+                    d["t"] += k * trade_span
+                    d["T"] += k * span_ms
+                d["E"] += k * span_ms
+                frame = {"stream": msg["stream"], "data": d}
+                fh.write(f"{ts + k * span} {json.dumps(frame, separators=(',', ':'))}\n")
+    tmp.replace(out)
+    return out
+
+
 def prepare() -> tuple[Path, int]:
     """The tiled recording (enough copies to pass 2024-08-10 00:05) imported into LAKE."""
-    from bench.tiling import DATA, tile
+    from bench.tiling import DATA
     from mdpipe.ingest import import_paths
     from mdpipe.lake import Lake, day_start_ns
 
@@ -64,9 +121,9 @@ def prepare() -> tuple[Path, int]:
     span = last - first + 100_000_000
     target = day_start_ns("2024-08-10") + 5 * 60 * 1_000_000_000
     copies = -(-(target - first) // span)
-    marker = LAKE / f".imported-x{copies}"
+    marker = LAKE / f".imported-sync-x{copies}"
     if not marker.exists():
-        src = tile("btcusdt", copies)
+        src = tile_with_snapshots(copies)
         shutil.rmtree(LAKE, ignore_errors=True)
         t0 = time.perf_counter()
         report = import_paths([src], Lake(LAKE))
@@ -126,6 +183,7 @@ def mode_steps(lake_root: Path) -> dict[str, Any]:
         "labels": lab.labels.height,
         "cv_rows": folds.folds.height,
         "checks_passed": all(c.passed for c in checks),
+        "checks_failed": {c.name: c.metadata for c in checks if not c.passed},
         "span_s": f.quality.span["seconds"],
         "peak_rss_mb": _rss_mb(),
         "headline": ev.headline,
@@ -155,6 +213,7 @@ def mode_dagster(lake_root: Path) -> dict[str, Any]:
     walls: dict[str, float] = {}
     step_s = 0.0
     ok = True
+    failed: list[str] = []
     with dg.DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions("market", [MARKET])
         t0 = time.perf_counter()
@@ -180,7 +239,7 @@ def mode_dagster(lake_root: Path) -> dict[str, Any]:
                 if dur is not None and node not in seen:  # one duration per step
                     seen.add(node)
                     step_s += float(dur.value)
-            ok = ok and all(e.passed for e in res.get_asset_check_evaluations())
+            failed += [e.check_name for e in res.get_asset_check_evaluations() if not e.passed]
         total = time.perf_counter() - t0
     return {
         "definitions_load_s": load_s,
@@ -190,6 +249,7 @@ def mode_dagster(lake_root: Path) -> dict[str, Any]:
         "steps_own_s": step_s,
         "dagster_overhead_s": total - step_s,
         "success": ok,
+        "checks_failed": failed,
         "peak_rss_mb": _rss_mb(),
     }
 
@@ -225,7 +285,7 @@ def main() -> None:
         fn = mode_steps if args.mode == "steps" else mode_dagster
         print(json.dumps(fn(LAKE), default=float))
         return
-    lake, copies = prepare()
+    _, copies = prepare()
     load_before = _load()
     steps_r = _child("steps")
     dag_r = _child("dagster")
@@ -239,11 +299,12 @@ def main() -> None:
     text = f"""
 ## pipeline: every asset for one full market-day ({now})
 
-Command: `.venv/bin/python bench/pipeline.py`  
+Command: `.venv/bin/python bench/pipeline.py`\\
 Machine: {platform.machine()}, {os.cpu_count()} cores (shared; load avg before / after:
-{load_before} -> {load_after}), Python {platform.python_version()}, numba caches warm.  
-Input: the bundled BTCUSDT recording tiled x{copies} (`bench/tiling.py`: times and ids
-shifted per copy, one snapshot), imported; partition 2024-08-09 x binance:BTC-USDT covers the
+{load_before} -> {load_after}), Python {platform.python_version()}, numba caches warm.\\
+Input: the bundled BTCUSDT recording (depth diffs + trades + snapshot) tiled x{copies}
+(`tile_with_snapshots`: times and ids shifted per copy, each copy re-synced by its own shifted
+snapshot), imported; partition 2024-08-09 x binance:BTC-USDT covers the
 whole UTC day ({s["span_s"] / 3600:.2f} h): {s["book_rows"]:,} book rows, {s["book_events"]:,}
 book events, {s["trades"]:,} trades. Warm-up on 2024-08-08 (6 min), labels reading into
 2024-08-10 (features of both side days materialised before the timing). Default
