@@ -703,7 +703,10 @@ class Capture:
             await asyncio.sleep(self.config.batch_interval_s)
             self._process_pending()
             self._schedule_resyncs()
-            if time.monotonic() - self._last_flush_mono >= self.config.flush_interval_s:
+            # start early by the last flush's duration, so that the oldest line of a flush is
+            # on disk about flush_interval_s after it arrived, not flush_interval_s + write time
+            lead = min(self.stats.last_flush_s, self.config.flush_interval_s / 2)
+            if time.monotonic() - self._last_flush_mono >= self.config.flush_interval_s - lead:
                 await self._flush()
 
     def _process_pending(self) -> None:

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -62,6 +63,9 @@ class _SymbolState:
     snapshot_id: int | None = None
     snapshot_recv_ns: int | None = None  # where the recorder took its REST snapshot
     snapshot_served: bool = False
+    first_bids: dict[str, str] | None = None  # the recorded snapshot, to restart laps from
+    first_asks: dict[str, str] | None = None
+    snapshot_id_shift: int = 0
     hold_done: bool = False
     bids: dict[str, str] = field(default_factory=dict)
     asks: dict[str, str] = field(default_factory=dict)
@@ -71,16 +75,18 @@ class _SymbolState:
     recent_trades: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))
     sent_trade_ids: list[int] = field(default_factory=list)
     sent_diffs: int = 0
+    trades_sent: int = 0
     skipped_update_ids: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def last_update_id(self) -> int:
-        ids = [x for x in (self.snapshot_id, self.last_u) if x is not None]
+        snap = None if self.snapshot_id is None else self.snapshot_id + self.snapshot_id_shift
+        ids = [x for x in (snap, self.last_u) if x is not None]
         return max(ids) if ids else 0
 
-    def apply_diff(self, d: dict[str, Any]) -> None:
-        u = int(d["u"])
-        if self.snapshot_id is not None and u <= self.snapshot_id:
+    def apply_diff(self, d: dict[str, Any], id_shift: int = 0) -> None:
+        u = int(d["u"]) + id_shift
+        if self.snapshot_id is not None and u <= self.snapshot_id + id_shift:
             return  # already contained in the recorded snapshot
         for side, levels in ((self.bids, d["b"]), (self.asks, d["a"])):
             for px, qty in levels:
@@ -130,6 +136,8 @@ def load_recording_cached(
             snapshot_recv_ns=st.snapshot_recv_ns,
             bids=dict(st.bids),
             asks=dict(st.asks),
+            first_bids=st.bids,
+            first_asks=st.asks,
         )
         for sym, st in states.items()
     }
@@ -251,6 +259,7 @@ class ExchangeSim:
         start_grace_s: float = 5.0,
         hold_for_snapshot_s: float = 5.0,
         limit_events: int | None = None,
+        laps: int = 1,
     ) -> None:
         if not recordings:
             raise ValueError("ExchangeSim needs at least one recording file")
@@ -266,10 +275,15 @@ class ExchangeSim:
         if hold_for_snapshot_s < 0:
             raise ValueError(f"hold_for_snapshot_s must be >= 0, got {hold_for_snapshot_s!r}")
         self.hold_for_snapshot_s = hold_for_snapshot_s
+        if laps < 0:
+            raise ValueError(f"laps must be >= 0 (0: forever), got {laps!r}")
+        self.laps = laps
+        self.lap = 0
         self.events, self.symbols = load_recording_cached(self.recordings)
         if limit_events is not None:
             self.events = self.events[:limit_events]
         self.all_streams = {e.stream for e in self.events}
+        self._spans = _lap_spans(self.events)
         self._conns: list[_Conn] = []
         self._runner: web.AppRunner | None = None
         self._replay_task: asyncio.Task[None] | None = None
@@ -503,6 +517,7 @@ class ExchangeSim:
     def status(self) -> dict[str, Any]:
         return {
             "position": self._pos,
+            "lap": self.lap,
             "events": len(self.events),
             "finished": self.finished.is_set(),
             "frames_sent": self.frames_sent,
@@ -511,7 +526,7 @@ class ExchangeSim:
             "symbols": {
                 s: {
                     "last_update_id": st.last_update_id,
-                    "trades_sent": len(st.sent_trade_ids),
+                    "trades_sent": st.trades_sent,
                     "diffs_sent": st.sent_diffs,
                     "skipped": st.skipped_update_ids,
                 }
@@ -611,7 +626,22 @@ class ExchangeSim:
         rec0 = events[0].recv_ns if events else 0
         wall0 = time.monotonic()
         since_yield = 0
-        while self._pos < len(events):
+        while True:
+            if self._pos >= len(events):
+                if self.laps and self.lap + 1 >= self.laps:
+                    break
+                # next lap: the same recording shifted in time and ids, see _lap_spans
+                self.lap += 1
+                self._pos = 0
+                self._reanchor = True
+                for st in self.symbols.values():
+                    # each lap starts from the recorded snapshot again: the book then matches the
+                    # lap's diffs; clients see the one-id hole at the seam and resync
+                    if st.snapshot_id is not None and st.first_bids is not None:
+                        st.bids, st.asks = dict(st.first_bids), dict(st.first_asks or {})
+                        st.last_u = None
+                        st.snapshot_id_shift = self._spans[st.sym][1] * self.lap
+                continue
             waited = await self._wait_ready()
             now = time.monotonic()
             if now < self._silent_until and not self._silence_lose:
@@ -661,28 +691,37 @@ class ExchangeSim:
 
     async def _emit(self, ev: _Event, silent: bool) -> None:
         st = self.symbols[ev.sym]
+        lap = self.lap
+        dt_ms, du, dt = (0, 0, 0)
+        frame = ev.frame
+        if lap:
+            span_ms, upd, trd = self._spans[ev.sym]
+            dt_ms, du, dt = lap * span_ms, lap * upd, lap * trd
+            frame = _shift_frame(ev, dt_ms, du, dt)
         if ev.data is not None and "E" in ev.data:
-            self._clock_ms = int(ev.data["E"])
+            self._clock_ms = int(ev.data["E"]) + dt_ms
         if ev.kind == "depth":
             assert ev.data is not None
-            st.apply_diff(ev.data)
+            st.apply_diff(ev.data, du)
             if st.skip_diffs > 0:
                 st.skip_diffs -= 1
-                st.skipped_update_ids.append((int(ev.data["U"]), int(ev.data["u"])))
+                st.skipped_update_ids.append((int(ev.data["U"]) + du, int(ev.data["u"]) + du))
                 return
         elif ev.kind == "trade":
             assert ev.data is not None
-            st.recent_trades.append(ev.data)
+            st.recent_trades.append(ev.data if not lap else {**ev.data, "t": ev.data["t"] + dt})
         if silent:
             return
         delivered = False
         for c in list(self._conns):
             if ev.stream in c.streams:
-                delivered = await self._send(c, ev.frame, as_recorded=c.wrapped) or delivered
+                delivered = await self._send(c, frame, as_recorded=c.wrapped) or delivered
         if delivered:
             if ev.kind == "trade":
                 assert ev.data is not None
-                st.sent_trade_ids.append(int(ev.data["t"]))
+                st.trades_sent += 1
+                if self.laps == 1:  # ids are kept for checks; a long soak only counts
+                    st.sent_trade_ids.append(int(ev.data["t"]) + dt)
             elif ev.kind == "depth":
                 st.sent_diffs += 1
 
@@ -697,6 +736,40 @@ class ExchangeSim:
         c.sent += 1
         self.frames_sent += 1
         return True
+
+
+_SHIFT_RE = {
+    "depth": re.compile(r'"([EUu])":(\d+)'),
+    "trade": re.compile(r'"([ETt])":(\d+)'),
+    "bookTicker": re.compile(r'"(u)":(\d+)'),
+}
+
+
+def _lap_spans(events: list[_Event]) -> dict[str, tuple[int, int, int]]:
+    """Per symbol: (time span ms, update-id span, trade-id span) of one lap of the recording.
+    Lap k shifts times and ids by k spans, so trade ids never repeat and update ids keep
+    increasing, with a one-id hole at each seam (see below)."""
+    if not events:
+        return {}
+    span_ms = (events[-1].recv_ns - events[0].recv_ns) // 1_000_000 + 100
+    out: dict[str, tuple[int, int, int]] = {}
+    for sym in {e.sym for e in events}:
+        depth = [e.data for e in events if e.sym == sym and e.kind == "depth" and e.data]
+        trades = [int(e.data["t"]) for e in events if e.sym == sym and e.kind == "trade" and e.data]
+        # +2, not +1: one update id is left out at each seam, so a client sees an honest
+        # sequence gap there (the book restarts from the recorded snapshot) and resyncs
+        upd = (int(depth[-1]["u"]) - int(depth[0]["U"]) + 2) if depth else 0
+        trd = (max(trades) - min(trades) + 1) if trades else 0
+        out[sym] = (span_ms, upd, trd)
+    return out
+
+
+def _shift_frame(ev: _Event, dt_ms: int, du: int, dt: int) -> str:
+    pattern = _SHIFT_RE.get(ev.kind)
+    if pattern is None:
+        return ev.frame
+    off = {"E": dt_ms, "T": dt_ms, "U": du, "u": du, "t": dt}
+    return pattern.sub(lambda m: f'"{m[1]}":{int(m[2]) + off[m[1]]}', ev.frame)
 
 
 def _unwrap(frame: str) -> str:
