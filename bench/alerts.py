@@ -24,6 +24,7 @@ import argparse
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -205,6 +206,7 @@ def main() -> int:
     ap.add_argument("--no-results", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args()
     random.seed(7)
+    load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as d:
         tmp = Path(d)
         print(f"daemon mode: dagster-daemon, sensor every {args.interval} s", flush=True)
@@ -212,6 +214,11 @@ def main() -> int:
         print("in-process baseline", flush=True)
         b_lats = run_in_process(args.signals, args.interval, tmp)
     target = args.interval + 10
+    dy = (ROOT / "dagster.yaml").read_text()
+    m = re.search(r"dequeue_interval_seconds:\s*(\d+)", dy)
+    coordinator = (
+        "QueuedRunCoordinator, dequeue every " + (m.group(1) if m else "5 (default)") + " s"
+    )
     rows = []
     for name, lats in (
         ("dagster-daemon (run per process)", d_lats),
@@ -228,7 +235,7 @@ def main() -> int:
 
 Command: `.venv/bin/python bench/alerts.py --signals {args.signals} --interval {args.interval}`
 
-Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other work), Python {platform.python_version()}.
+Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other work: load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end), Python {platform.python_version()}. Instance settings: the project's `dagster.yaml` ({coordinator}).
 
 Loopback Slack webhook + Discord webhook + Telegram (`mdpipe.alerts.loopback`); one signal file per
 measurement, published at a random point of the sensor period; latency = file published ->
