@@ -2,6 +2,26 @@
 
 `build_defs()` assembles the code location; `mdpipe.definitions` only calls it. When the alerts
 package is present (`mdpipe/defs/alerts.py` exposing `alert_defs`), its definitions are merged.
+
+Three ways to materialise (all write the same lake partitions, idempotently):
+
+    mdpipe run [--lake DIR] [--market binance:BTC-USDT] [--date 2024-08-08] [--set fee_rate=0.0004]
+    mdpipe demo                      # import the bundled recording, then `mdpipe run`
+    dagster dev                      # UI; or from the shell, once the markets are registered:
+    dagster asset materialize -m mdpipe.definitions --select features,signals \
+        --partition "2024-08-08|binance:BTC-USDT"
+
+Partitions are day x market ("2024-08-08|binance:BTC-USDT"); the `market` dimension is
+dynamic. A market becomes a partition (a) when `market_sensor` (running by default under
+`dagster dev` / the daemon) sees it in the lake, within a minute of `mdpipe import` or a
+capture writing it, or (b) when `mdpipe run` / `mdpipe demo` start, which register the lake's
+markets in the instance they use: `DagsterInstance.get()` when `DAGSTER_HOME` is set (so the UI
+pointed at the same home sees them and the runs), an ephemeral instance otherwise.
+`mdpipe import` itself never imports Dagster (the lake is the only interface).
+
+The lake is `LakeResource(path=...)`: empty means `$MDPIPE_LAKE`, else `./lake`, resolved when a
+step runs. `BacktestConfig` is run config of labels, cv_folds and evaluation
+(`BacktestRunConfig`, editable in the launchpad).
 """
 
 from __future__ import annotations
