@@ -140,11 +140,18 @@ def observe_ticks(
 )
 def ticks(context: OpExecutionContext, lake: LakeResource) -> dg.DataVersionsByPartition:
     markets = set(context.instance.get_dynamic_partitions(MARKET_DIMENSION))
-    versions = {}
     for key, version, meta in observe_ticks(lake.get(), markets):
-        context.log_event(dg.AssetObservation(asset_key="ticks", partition=key, metadata=meta))
-        versions[key] = version
-    return dg.DataVersionsByPartition(versions)
+        # one observation per partition carrying both the metadata and the data version
+        # (returning the versions as well would record a second, metadata-less observation)
+        context.log_event(
+            dg.AssetObservation(
+                asset_key="ticks",
+                partition=key,
+                metadata=meta,
+                tags={"dagster/data_version": version},
+            )
+        )
+    return dg.DataVersionsByPartition({})
 
 
 # ---------------------------------------------------------------- features and signals

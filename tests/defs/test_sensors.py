@@ -118,3 +118,29 @@ def test_daily_schedule_requests_yesterday_for_every_market_with_data(lake: Lake
         ) as ctx:
             [skip] = list(daily_pipeline_schedule(ctx))
         assert isinstance(skip, dg.SkipReason)
+
+
+def test_observing_ticks_records_one_observation_per_partition(lake: Lake) -> None:
+    # `observe` is Dagster's in-process runner for observable source assets (what the UI's
+    # "Observe sources" button launches); it is not re-exported at the top level
+    from dagster._core.definitions.observe import observe
+
+    from mdpipe.defs.assets import ticks
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("market", MARKETS)
+        res = observe(
+            [ticks], instance=instance, resources={"lake": LakeResource(path=str(lake.root))}
+        )
+        assert res.success
+        obs = [
+            e.event_specific_data.asset_observation
+            for e in res.all_events
+            if e.event_type_value == "ASSET_OBSERVATION"
+        ]
+    assert sorted(o.partition for o in obs) == sorted(
+        f"{d}|{m}" for d in ("2024-08-08", "2024-08-09") for m in MARKETS
+    )
+    for o in obs:
+        assert o.metadata["book_rows"].value > 0
+        assert o.tags["dagster/data_version"]
