@@ -31,7 +31,6 @@ from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -40,6 +39,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 SIGNAL_METRIC_NAMES = (
     "mdpipe_signals_total",
@@ -181,13 +181,12 @@ class LedgerCollector(Collector):
                     messages.add_metric([ch], n_req)
                 else:
                     failures.add_metric([ch, outcome], n_req)
-            edges = np.asarray(LATENCY_BUCKETS)
-            for ch, lats in sorted(ledger.delivery_latencies().items()):
-                a = np.asarray(lats, dtype=np.float64)
-                cum = [int(np.count_nonzero(a <= e)) for e in edges]
-                buckets = [(f"{e:g}", c) for e, c in zip(edges, cum, strict=True)]
-                buckets.append(("+Inf", int(a.size)))
-                latency.add_metric([ch], buckets, float(a.sum()))
+            for ch, (cum, n, total) in sorted(ledger.latency_histogram(LATENCY_BUCKETS).items()):
+                buckets = [
+                    (floatToGoString(e), c) for e, c in zip(LATENCY_BUCKETS, cum, strict=True)
+                ]
+                buckets.append(("+Inf", n))
+                latency.add_metric([ch], buckets, total)
         yield from (deliveries, messages, failures, queue, latency)
 
 

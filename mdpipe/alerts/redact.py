@@ -82,9 +82,7 @@ class RedactingFilter(logging.Filter):
         record.args = None
         if record.exc_info and record.exc_info[1] is not None:
             # the formatted traceback would quote the exception text verbatim
-            record.exc_text = self.redactor(
-                logging.Formatter().formatException(record.exc_info)
-            )
+            record.exc_text = self.redactor(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         return True
 

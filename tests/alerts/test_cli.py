@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mdpipe.alerts.loopback import FakeChatAPIs, Fault
@@ -66,3 +68,27 @@ def test_alerts_test_without_configuration(
     assert main(["alerts", "test"]) == 2
     out = capsys.readouterr().out
     assert out.count("not configured") == 3 and "set DISCORD_WEBHOOK_URL" in out
+
+
+def test_alerts_status_lists_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mdpipe.alerts.channels import TelegramClient
+    from mdpipe.alerts.delivery import deliver_channel
+    from mdpipe.alerts.ledger import Ledger
+
+    from .conftest import FAST, make_signal
+
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("MDPIPE_ALERT_LEDGER", raising=False)
+    lake = tmp_path / "lake"
+    assert main(["alerts", "status", "--lake", str(lake)]) == 0
+    assert "no delivery ledger yet" in capsys.readouterr().out
+    ledger = Ledger(lake / "state" / "alerts-ledger.sqlite")
+    ledger.register([make_signal(0)], ["telegram"])
+    dead = TelegramClient("123:abcdefghijklmnopqrstuvwxyz", "1", api_base_url="http://127.0.0.1:9")
+    deliver_channel(ledger, dead, link=None, run_id="r", policy=FAST)
+    assert main(["alerts", "status", "--lake", str(lake)]) == 0
+    out = capsys.readouterr().out
+    assert "telegram failed sig00000 after 1 attempt(s): could not send" in out
+    assert "abcdefghijklmnop" not in out

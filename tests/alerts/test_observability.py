@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,9 @@ def test_every_dashboard_metric_is_exported(tmp_path: Path) -> None:
     sm.signals.labels("binance", "BTC/USDT", "drift").inc()
     sm.active.add("binance", "BTC/USDT", "drift", 0)
     ledger = Ledger(tmp_path / "ledger.sqlite")
-    ledger.register([make_signal(i) for i in range(2)], ["file"])
+    # triggering events received 3 s before delivery: the latency histogram must say so
+    received = time.time_ns() - 3_000_000_000
+    ledger.register([make_signal(i, recv_ns=received) for i in range(2)], ["file"])
     deliver_channel(ledger, FileChannelClient(tmp_path / "out.jsonl"), link=None, run_id="r")
     reg.register(LedgerCollector(ledger.path))
     names = exported(reg)
@@ -96,6 +99,8 @@ def test_every_dashboard_metric_is_exported(tmp_path: Path) -> None:
     text = generate_latest(reg).decode()
     assert 'mdpipe_alert_deliveries_total{channel="file"} 2.0' in text
     assert 'mdpipe_alert_latency_seconds_count{channel="file"} 2.0' in text
+    assert 'mdpipe_alert_latency_seconds_bucket{channel="file",le="2.0"} 0.0' in text
+    assert 'mdpipe_alert_latency_seconds_bucket{channel="file",le="5.0"} 2.0' in text
     assert 'mdpipe_alert_queue{channel="file",status="delivered"} 2.0' in text
 
 
