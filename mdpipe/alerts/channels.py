@@ -95,7 +95,10 @@ def classify_exception(exc: BaseException, redact: Redactor) -> SendResult:
         )
     if isinstance(exc, OSError):
         return SendResult(TRANSIENT, error=redact(f"could not send: {exc}"))
-    raise exc
+    # anything else (a malformed URL, a client library error) is a configuration problem; it
+    # is not re-raised because its message or traceback can quote the secret URL
+    log.error("unexpected %s while sending: %s", type(exc).__name__, redact(exc))
+    return SendResult(REJECTED, error=redact(f"{type(exc).__name__}: {exc}"))
 
 
 def classify_status(

@@ -44,6 +44,7 @@ DEFAULT_SENSOR_INTERVAL_S = 5
 CHANNEL_KEYS = ("slack", "discord", "telegram")
 # alerts go ahead of queued pipeline runs (QueuedRunCoordinator dequeues by priority)
 RUN_TAGS = {"dagster/priority": "10"}
+MAX_FILES_PER_RUN = 200
 
 
 # ---- channel resources -----------------------------------------------------------------------
@@ -317,17 +318,26 @@ def evaluate_live_signals(
             + "; ".join(f"{r.channel_name()}: {r.missing_settings()}" for r in channels),
         )
     if new:
-        key = "signals-" + hashlib.sha1("\n".join(new).encode()).hexdigest()[:20]
-        req = dg.RunRequest(
-            run_key=key,
-            run_config=dg.RunConfig(ops={"deliver_alerts": AlertRunConfig(signal_files=new)}),
-            tags={
-                **RUN_TAGS,
-                "mdpipe/alert_reason": "signals",
-                "mdpipe/signal_files": str(len(new)),
-            },
-        )
-        return [req], cursor.dumps(), None
+        reqs = []
+        # a backlog (the sensor was off for a day) becomes several runs, each with a small
+        # run config, rather than one run whose config lists thousands of files
+        for i in range(0, len(new), MAX_FILES_PER_RUN):
+            chunk = new[i : i + MAX_FILES_PER_RUN]
+            key = "signals-" + hashlib.sha1("\n".join(chunk).encode()).hexdigest()[:20]
+            reqs.append(
+                dg.RunRequest(
+                    run_key=key,
+                    run_config=dg.RunConfig(
+                        ops={"deliver_alerts": AlertRunConfig(signal_files=chunk)}
+                    ),
+                    tags={
+                        **RUN_TAGS,
+                        "mdpipe/alert_reason": "signals",
+                        "mdpipe/signal_files": str(len(chunk)),
+                    },
+                )
+            )
+        return reqs, cursor.dumps(), None
     ledger_file = settings.ledger_file()
     token = Ledger(ledger_file).due_token(configured, now_ns) if ledger_file.exists() else None
     if token:

@@ -257,3 +257,24 @@ def test_no_channel_at_all_skips_and_leaves_the_sensor_off(tmp_path: Path) -> No
     assert sensor.minimum_interval_seconds == 3
     with pytest.raises(ValueError, match="MDPIPE_ALERT_SENSOR_INTERVAL"):
         build_alert_defs({"MDPIPE_ALERT_SENSOR_INTERVAL": "soon"})
+
+
+def test_a_backlog_of_files_is_split_into_several_runs(
+    tmp_path: Path, apis: FakeChatAPIs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mdpipe.defs.alerts as alerts
+
+    monkeypatch.setattr(alerts, "MAX_FILES_PER_RUN", 2)
+    lake = Lake(tmp_path / "lake")
+    for i in range(5):
+        publish_signals(lake, [make_signal(i)], f"s{i}.parquet")
+    settings = AlertSettingsResource(lake=str(lake.root))
+    chans = list(channel_resources({"SLACK_WEBHOOK_URL": apis.slack_webhook_url}).values())
+    reqs, cursor, skip = alerts.evaluate_live_signals(None, settings, chans)
+    assert skip is None and [
+        len(r.run_config["ops"]["deliver_alerts"]["config"]["signal_files"]) for r in reqs
+    ] == [2, 2, 1]
+    assert len({r.run_key for r in reqs}) == 3
+    again, _, _ = alerts.evaluate_live_signals(None, settings, chans)
+    assert [r.run_key for r in again] == [r.run_key for r in reqs]  # re-evaluation: same keys
+    assert alerts.evaluate_live_signals(cursor, settings, chans)[0] == []

@@ -260,3 +260,36 @@ def test_policy_validates_parameters() -> None:
         DeliveryPolicy(digest_min=5, digest_max=4)
     with pytest.raises(ValueError, match="max_wait_s"):
         DeliveryPolicy(max_wait_s=0)
+
+
+def test_slack_bot_429_is_honoured(apis: FakeChatAPIs, ledger: Ledger) -> None:
+    apis.fault("slack", Fault("429", 0.7))
+    c = clients(apis)["slack_bot"]
+    ledger.register([make_signal(6)], ["slack"])
+    rep = deliver_channel(ledger, c, link=None, run_id="r", policy=FAST)  # type: ignore[arg-type]
+    assert rep.signals_delivered == 1 and apis.statuses("slack_bot") == [429, 200]
+
+
+def test_a_malformed_url_fails_without_quoting_the_secret(ledger: Ledger) -> None:
+    c = SlackWebhookClient("hooks.example/services/T1/B2/SECRETxyz123")  # no scheme
+    ledger.register([make_signal(7)], ["slack"])
+    rep = deliver_channel(ledger, c, link=None, run_id="r", policy=FAST)
+    assert rep.failed == 1
+    (row,) = ledger.rows()
+    assert row["status"] == "failed" and "SECRETxyz123" not in str(row["last_error"])
+    assert "SECRETxyz123" not in " ".join(rep.errors)
+
+
+def test_a_run_that_died_mid_send_leaves_uncertain_rows_not_resends(
+    apis: FakeChatAPIs, ledger: Ledger
+) -> None:
+    ledger.register([make_signal(8)], ["slack"])
+    assert ledger.claim("slack", ["sig00008"], "crashed-run") == ["sig00008"]
+    c = clients(apis)["slack"]
+    pol = DeliveryPolicy(lease_s=0.001)
+    import time
+
+    time.sleep(0.01)
+    rep = deliver_channel(ledger, c, link=None, run_id="next", policy=pol)  # type: ignore[arg-type]
+    assert rep.recovered_uncertain == 1 and rep.requests == 0
+    assert ledger.rows()[0]["status"] == "uncertain" and apis.messages("slack") == []
