@@ -2,9 +2,10 @@
 
 For tests, benchmarks and offline demos (`mdpipe alerts test` against it), in the spirit of
 `mdpipe exchange-sim`: it answers like the real APIs (bodies, status codes, rate-limit headers),
-enforces their pacing (Telegram and Slack: one message per second per chat, answered with 429 and
-Retry-After when broken; Discord: a bucket of `discord_bucket` messages per
-`discord_window_s`, announced in X-RateLimit-* headers), and plays scripted faults on command:
+enforces their pacing (Telegram and Slack: about one message per second per chat; a message
+within `min_interval_s` of the previous one, default 0.5 s so scheduling jitter on a loaded
+machine is not mistaken for a burst, gets 429 and Retry-After; Discord: a bucket of
+`discord_bucket` messages per `discord_window_s`, announced in X-RateLimit-* headers), and plays scripted faults on command:
 429 with Retry-After, 5xx, slow answers, and dropping the connection after reading the request
 (the "did it arrive?" case).
 
@@ -65,7 +66,7 @@ class FakeChatAPIs:
         *,
         slack_token: str = "xoxb-test-token",
         telegram_token: str = "123456:TEST-telegram-token-abcdefghijkl",
-        min_interval_s: float = 0.9,
+        min_interval_s: float = 0.5,
         discord_bucket: int = 5,
         discord_window_s: float = 2.0,
     ) -> None:
