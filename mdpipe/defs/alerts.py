@@ -267,12 +267,16 @@ def deliver_alerts(
         meta[f"{rep.channel}_failed"] = rep.failed
         meta[f"{rep.channel}_uncertain"] = rep.uncertain + rep.recovered_uncertain
         meta[f"{rep.channel}_destination"] = redact(rep.destination)
+        if rep.latencies_s:
+            # triggering event received -> delivery confirmed, the number a trader feels
+            meta[f"{rep.channel}_latency_max_s"] = round(max(rep.latencies_s), 3)
         if rep.failed or rep.uncertain or rep.recovered_uncertain:
             problems.append(redact(f"{rep.summary()}: {'; '.join(rep.errors[:3])}"))
     if problems:
         # the ledger already holds the outcome; failing the step makes the run red in the UI
         raise dg.Failure(
-            description="alert delivery incomplete (kept in the ledger, retried next tick): "
+            description="alert delivery incomplete (in the ledger: failed messages are retried "
+            "on the next tick, uncertain ones are reported and not re-sent): "
             + " | ".join(problems),
             metadata={k: v for k, v in meta.items() if not isinstance(v, list)},
             allow_retries=False,
