@@ -278,3 +278,35 @@ def test_a_backlog_of_files_is_split_into_several_runs(
     again, _, _ = alerts.evaluate_live_signals(None, settings, chans)
     assert [r.run_key for r in again] == [r.run_key for r in reqs]  # re-evaluation: same keys
     assert alerts.evaluate_live_signals(cursor, settings, chans)[0] == []
+
+
+def test_a_file_channel_swaps_in_for_a_real_one(
+    tmp_path: Path, instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resources are swappable: a dry run writes the messages to a file instead of Slack."""
+    import json
+
+    from mdpipe.defs.alerts import FileChannelResource
+
+    for k in ("SLACK_WEBHOOK_URL", "SLACK_BOT_TOKEN", "DISCORD_WEBHOOK_URL", "TELEGRAM_BOT_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    out = tmp_path / "dry-run.jsonl"
+    settings = AlertSettingsResource(lake=str(tmp_path / "lake"))
+    resources = {
+        **channel_resources({}),
+        "slack": FileChannelResource(path=str(out), name="dry-run"),
+        "alert_settings": settings,
+    }
+    defs = build_alert_defs({}, sensor_interval_s=2, resources=resources)
+    assert defs.get_sensor_def(SENSOR).default_status == dg.DefaultSensorStatus.RUNNING
+    publish_signals(Lake(tmp_path / "lake"), [make_signal(0)], "a.parquet")
+    with dg.build_sensor_context(instance=instance, resources=resources) as ctx:
+        res = defs.get_sensor_def(SENSOR)(ctx)
+    (req,) = res.run_requests
+    result = defs.get_job_def("alert_job").execute_in_process(
+        run_config=req.run_config, instance=instance
+    )
+    assert result.success
+    (line,) = out.read_text().splitlines()
+    msg = json.loads(line)
+    assert msg["signals"] == ["sig00000"] and "<b>▲ drift up" in msg["telegram"]
