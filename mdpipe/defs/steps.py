@@ -8,11 +8,11 @@ and a concurrent reader sees the old file or the new one, never a mix.
 
 Partition boundaries (DESIGN.md, "Partition boundaries are honest"):
 
-- `features` / `signals` of day D warm up on the last `WARMUP_SECONDS` (30 min) of day D-1
-  when the lake has it: that tail, preceded by a snapshot of D-1's book rebuilt at its start
-  (`warmup_tail`), is replayed through the same state machine without output, hence rolling
+- `features` / `signals` of day D warm up on day D-1 when the lake has it: the core's
+  `compute_partition` replays D-1's book (book only: cheap) and runs its last
+  `WARMUP_SECONDS` (30 min) through the full state machine without output, hence rolling
   windows, standardisers, BOCPD and the detectors start warm at D's first event and D's rows
-  carry `is_warmup = false`. D itself starts from its own day-boundary checkpoint snapshot.
+  carry `is_warmup = false`.
 - `labels` of day D look past the day end into day D+1's `features` partition when it has been
   materialised; a label whose horizon needs prices that are not there is `censored`. Day D is
   known complete up to its end when the lake holds any D+1 book data (the capture moved on);
@@ -47,10 +47,9 @@ MAX_CLOCK_OFFSET_S = 5.0
 PREVIEW_ROWS = 5
 BOOK_COLUMNS = ("exch_ts_ns", "recv_ts_ns", "update_id", "side", "price", "qty", "is_snapshot")
 SIDE_ENUM = pl.Enum(["bid", "ask"])
-# Warm-up replays this much of the previous day (from a synthetic snapshot at its start): the
-# longest rolling window is 30 s and the standardisers' half-life is 3000 events (~5 min at
-# Binance's 100 ms depth stream), so 30 min starts every statistic warm at a fraction of the
-# cost (time and memory) of replaying a whole previous day.
+# Warm-up runs this much of the previous day in full (before it, the previous day's book is
+# only rebuilt): the longest rolling window is 30 s and the standardisers' half-life is 3000
+# events (~5 min at Binance's 100 ms depth stream), so 30 min starts every statistic warm.
 WARMUP_SECONDS = 1800
 
 
@@ -105,70 +104,27 @@ def has_data(lake: Lake, table: str, part: Part) -> bool:
 def read_book(lake: Lake, part: Part) -> pl.DataFrame:
     """Book rows in applied order: stable sort by (update_id asc, is_snapshot desc), the order
     the lake defines (a snapshot's lastUpdateId sits below every diff applied on top of it).
-
-    Only the columns the driver needs are read (venue and symbol are constant in a partition),
-    with `side` as a two-value Enum: a full BTC/USDT day is ~40 M level changes, and this
-    keeps it near 1.8 GB. Files are written in applied order, so the sort (a full copy) only
-    runs when the rows are not already in that order."""
+    Only the columns the driver needs, `side` as a two-value Enum; the sort (a full copy)
+    only runs when the rows are not already in that order."""
     book = (
         lake.scan("book", part.venue, part.symbol, part.date)
         .select(BOOK_COLUMNS)
         .with_columns(pl.col("side").cast(SIDE_ENUM))
         .collect()
     )
-    if book.height < 2 or _in_applied_order(book):
+    if _ordered(book["update_id"].to_numpy(), book["is_snapshot"].to_numpy()):
         return book
     return book.sort(["update_id", "is_snapshot"], descending=[False, True], maintain_order=True)
 
 
-def _in_applied_order(book: pl.DataFrame) -> bool:
-    # numpy on zero-copy views: polars expressions here would materialise several full-length
-    # temporaries (a GB on a full day), and its allocator keeps the pages afterwards
-    uid = book["update_id"].to_numpy()
+def _ordered(uid: np.ndarray, snap: np.ndarray) -> bool:
+    # numpy on zero-copy views: the same test as polars expressions, without full-length
+    # temporaries
+    if uid.shape[0] < 2:
+        return True
     if np.any(uid[1:] < uid[:-1]):
         return False
-    snap = book["is_snapshot"].to_numpy()
     return not np.any((uid[1:] == uid[:-1]) & snap[1:] & ~snap[:-1])
-
-
-def warmup_tail(book: pl.DataFrame, start_ns: int) -> pl.DataFrame:
-    """The part of a (previous) day's book from `start_ns` on, preceded by a synthetic
-    snapshot of the book just before it, so warm-up can replay the last minutes of a day
-    instead of the whole day.
-
-    The snapshot is the last quantity of every (side, price) since the last real snapshot
-    before the cut (columnar: one group-by), with the update id, times of the last event
-    before the cut. It only feeds the warm-up replay (no output rows): the partition itself
-    starts from its own day-boundary checkpoint snapshot, so its features do not depend on
-    how exactly the warm-up book was rebuilt."""
-    if book.height == 0:
-        return book
-    ts = book["exch_ts_ns"].cum_max().to_numpy()
-    cut = int(np.searchsorted(ts, start_ns, side="left"))
-    if cut == 0:
-        return book
-    head = book.slice(0, cut)
-    snap = head["is_snapshot"].to_numpy()
-    uid = head["update_id"].to_numpy()
-    starts = np.flatnonzero(snap & np.r_[True, ~snap[:-1] | (uid[1:] != uid[:-1])])
-    if starts.size == 0:  # never synced before the cut: nothing to rebuild
-        return book.slice(cut)
-    last = head.row(cut - 1, named=True)
-    state = (
-        head.slice(int(starts[-1]))
-        .group_by("side", "price")
-        .agg(pl.col("qty").last())
-        .filter(pl.col("qty") > 0)
-        .sort("side", "price")
-        .with_columns(
-            pl.lit(last["exch_ts_ns"], pl.Int64).alias("exch_ts_ns"),
-            pl.lit(last["recv_ts_ns"], pl.Int64).alias("recv_ts_ns"),
-            pl.lit(last["update_id"], pl.Int64).alias("update_id"),
-            pl.lit(True).alias("is_snapshot"),
-        )
-        .select(book.columns)
-    )
-    return pl.concat([state, book.slice(cut)], how="vertical")
 
 
 def read_trades(lake: Lake, part: Part) -> pl.DataFrame:
@@ -230,47 +186,38 @@ def _round(x: float, nd: int = 4) -> float | None:
     return round(x, nd) if math.isfinite(x) else None
 
 
-def event_rows(book: pl.DataFrame) -> pl.DataFrame:
-    """The first row of every book event (rows of one event are contiguous in applied order
-    and share update_id and the snapshot flag)."""
-    if book.height == 0:
-        return pl.DataFrame(schema={"exch_ts_ns": pl.Int64, "recv_ts_ns": pl.Int64})
-    uid = book["update_id"].to_numpy()
-    snap = book["is_snapshot"].to_numpy()
-    first = np.r_[True, (uid[1:] != uid[:-1]) | (snap[1:] != snap[:-1])]
-    return book.select("exch_ts_ns", "recv_ts_ns").filter(pl.Series(first))
-
-
-def tick_quality(
-    lake: Lake, part: Part, book: pl.DataFrame | None = None, trades: pl.DataFrame | None = None
-) -> TickQuality:
-    """Rows, gaps, silences and clock offsets of a partition's raw tables (columnar only)."""
-    book = read_book(lake, part) if book is None else book
-    trades = read_trades(lake, part) if trades is None else trades
+def tick_quality(lake: Lake, part: Part, features: pl.DataFrame) -> TickQuality:
+    """Rows, gaps, silences and clock offsets of a partition: row counts from the Parquet
+    footers, gaps from the (small) gaps table, and event timing from the `features` rows (one
+    per applied book event, with exchange and receive time), so the raw book is never read
+    a second time."""
+    summary = tick_summary(lake, part)
     gaps = _read(lake, "gaps", part)
-    events = event_rows(book)
-    ets = events["exch_ts_ns"].to_numpy()
+    ets = features["ts_ns"].to_numpy() if features.height else np.zeros(0, np.int64)
     silence = float(np.max(np.diff(np.sort(ets)))) / 1e9 if ets.size > 1 else 0.0
-    offs = (events["exch_ts_ns"] - events["recv_ts_ns"]).drop_nulls().to_numpy() / 1e9
+    offs = (
+        (features["ts_ns"] - features["recv_ts_ns"]).drop_nulls().to_numpy() / 1e9
+        if features.height
+        else np.zeros(0)
+    )
     seq = gaps.filter(pl.col("kind") == "sequence_gap") if gaps.height else gaps
     longest = 0
     if seq.height:
         missing = (seq["next_update_id"] - seq["prev_update_id"] - 1).drop_nulls()
         longest = int(missing.max()) if missing.len() else 0  # type: ignore[arg-type]
-    recv = pl.Series([book["recv_ts_ns"].max(), trades["recv_ts_ns"].max()]).drop_nulls()
     return TickQuality(
-        book_rows=book.height,
-        book_events=events.height,
-        trade_rows=trades.height,
+        book_rows=summary["book_rows"],
+        book_events=features.height,
+        trade_rows=summary["trade_rows"],
         gap_rows=gaps.height,
-        gap_kinds=dict(gaps.group_by("kind").len().sort("kind").iter_rows()) if gaps.height else {},
+        gap_kinds=summary["gap_kinds"],
         sequence_gaps=seq.height,
         longest_gap_ids=longest,
         longest_silence_s=silence,
         clock_offset_median_s=float(np.median(offs)) if offs.size else math.nan,
         clock_offset_max_abs_s=float(np.max(np.abs(offs))) if offs.size else math.nan,
-        last_recv_ns=int(recv.max()) if recv.len() else None,  # type: ignore[arg-type]
-        span=_span(events["exch_ts_ns"]),
+        last_recv_ns=summary["last_recv_ns"],
+        span=_span(features["ts_ns"]) if features.height else _span(pl.Series([])),
     )
 
 
@@ -318,6 +265,7 @@ def tick_summary(lake: Lake, part: Part) -> dict[str, Any]:
         "first_event": _iso(min(b[0] for b in exch)) if exch else None,
         "last_event": _iso(max(b[1] for b in exch)) if exch else None,
         "last_received": _iso(max(recv)) if recv else None,
+        "last_recv_ns": max(recv) if recv else None,
         "files": sum(len(v) for v in files.values()),
     }
 
@@ -357,26 +305,37 @@ class FeaturesOutput:
 
 
 def compute_features_signals(
-    book: pl.DataFrame,
-    trades: pl.DataFrame,
-    *,
-    venue: str,
-    symbol: str,
-    prev_book: pl.DataFrame | None,
-    prev_trades: pl.DataFrame | None,
-    stats: dict[str, Any],
+    lake: Lake, part: Part, prev: Part | None, warmup_seconds: float, stats: dict[str, Any]
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The one call into the core's batch driver (features and detectors share one pass)."""
-    from mdpipe.core.signals import compute_features_and_signals
+    """The one call into the core's batch driver (features and detectors share one pass).
 
+    `compute_partition` streams the book from the lake in record batches (a full BTC/USDT
+    day is ~40 M level changes; holding it in memory would not fit the 4 GiB budget) and
+    replays the previous day book-only except its last `warmup_seconds`. It reads each
+    partition's files in name order, which is applied order only when a partition is one
+    file (what `mdpipe import` produces in one go); several files are read whole and sorted
+    into applied order instead (slower, more memory, always correct)."""
+    from mdpipe.core.signals import compute_features_and_signals, compute_partition
+
+    kw: dict[str, Any] = {"warmup_minutes": warmup_seconds / 60.0, "stats": stats}
+    single = all(len(lake.files("book", p.venue, p.symbol, p.date)) <= 1 for p in (part, prev) if p)
+    if single:
+        return compute_partition(
+            lake,
+            part.venue,
+            part.symbol,
+            part.date,
+            prev_date=prev.date if prev else None,
+            **kw,
+        )
     return compute_features_and_signals(
-        book,
-        trades,
-        venue=venue,
-        symbol=symbol,
-        prev_book=prev_book,
-        prev_trades=prev_trades,
-        stats=stats,
+        read_book(lake, part),
+        read_trades(lake, part),
+        venue=part.venue,
+        symbol=part.symbol,
+        prev_book=read_book(lake, prev) if prev else None,
+        prev_trades=read_trades(lake, prev) if prev else None,
+        **kw,
     )
 
 
@@ -386,25 +345,12 @@ def features_step(
     """`features` and `signals` of a partition, written under derived/; warmed up on the last
     `warmup_seconds` of the previous day when the lake has it."""
     t0 = time.perf_counter()
-    book = read_book(lake, part)
-    trades = read_trades(lake, part)
-    quality = tick_quality(lake, part, book, trades)
     prev = part.shifted(-1)
-    prev_book = prev_trades = None
-    if warmup and has_data(lake, "book", prev):
-        cut = part.start_ns - round(warmup_seconds * 1e9)
-        prev_book = warmup_tail(read_book(lake, prev), cut)
-        prev_trades = read_trades(lake, prev).filter(pl.col("exch_ts_ns") >= cut)
+    warm = warmup and has_data(lake, "book", prev)
     stats: dict[str, Any] = {}
-    if book.height:
+    if has_data(lake, "book", part):
         features, signals = compute_features_signals(
-            book,
-            trades,
-            venue=part.venue,
-            symbol=part.symbol,
-            prev_book=prev_book,
-            prev_trades=prev_trades,
-            stats=stats,
+            lake, part, prev if warm else None, warmup_seconds, stats
         )
     else:
         from mdpipe.core.features import N_FEATURES, N_META
@@ -414,6 +360,7 @@ def features_step(
             part.venue, part.symbol, np.empty((0, N_FEATURES)), np.empty((0, N_META), np.int64)
         )
         signals = empty_signals()
+    quality = tick_quality(lake, part, features)
     paths = {
         "features": lake.replace_partition(
             derived("features"), part.venue, part.symbol, part.date, features
@@ -427,7 +374,7 @@ def features_step(
         signals=signals,
         quality=quality,
         stats=stats,
-        warmup_from=prev.date if prev_book is not None else None,
+        warmup_from=prev.date if warm else None,
         seconds=time.perf_counter() - t0,
         paths=paths,
     )
@@ -669,7 +616,7 @@ def evaluation_step(lake: Lake, part: Part, config: BacktestConfig) -> Evaluatio
         derived("evaluation"), part.venue, part.symbol, part.date, ev.metrics
     )
     gaps = _read(lake, "gaps", part)
-    offsets = clock_offsets(read_book(lake, part))
+    offsets = clock_offsets(_read(lake, derived("features"), part))
     report = write_report(
         ev,
         own,
@@ -681,13 +628,12 @@ def evaluation_step(lake: Lake, part: Part, config: BacktestConfig) -> Evaluatio
     return EvaluationOutput(ev.metrics, ev.headline, report, time.perf_counter() - t0, p)
 
 
-def clock_offsets(book: pl.DataFrame, max_points: int = 5000) -> pl.DataFrame:
-    """Exchange minus receive time per book event, decimated for plotting."""
-    ev = event_rows(book).drop_nulls()
+def clock_offsets(features: pl.DataFrame, max_points: int = 5000) -> pl.DataFrame:
+    """Exchange minus receive time per applied book event, decimated for plotting."""
+    ev = features.select("ts_ns", "recv_ts_ns").drop_nulls()
     step = max(1, ev.height // max_points)
     return ev.gather_every(step).select(
-        pl.col("exch_ts_ns").alias("ts_ns"),
-        ((pl.col("exch_ts_ns") - pl.col("recv_ts_ns")) / 1e6).alias("offset_ms"),
+        "ts_ns", ((pl.col("ts_ns") - pl.col("recv_ts_ns")) / 1e6).alias("offset_ms")
     )
 
 

@@ -16,76 +16,44 @@ BTC8 = steps.Part("2024-08-08", "binance", "BTC/USDT")
 BTC9 = BTC8.shifted(1)
 
 
-def _book(rows: list[tuple[int, int, str, float, float, bool]]) -> pl.DataFrame:
-    return pl.DataFrame(
-        rows,
-        schema={
-            "exch_ts_ns": pl.Int64,
-            "update_id": pl.Int64,
-            "side": steps.SIDE_ENUM,
-            "price": pl.Float64,
-            "qty": pl.Float64,
-            "is_snapshot": pl.Boolean,
-        },
-        orient="row",
-    ).with_columns(pl.col("exch_ts_ns").alias("recv_ts_ns"))
-
-
-def test_warmup_tail_rebuilds_the_book_at_the_cut() -> None:
-    book = _book(
-        [
-            (10, 100, "bid", 99.0, 1.0, True),  # snapshot
-            (10, 100, "bid", 98.0, 2.0, True),
-            (10, 100, "ask", 101.0, 1.0, True),
-            (20, 101, "bid", 98.0, 0.0, False),  # removes 98
-            (20, 101, "ask", 102.0, 5.0, False),
-            (30, 102, "bid", 99.0, 3.0, False),
-            (40, 103, "ask", 101.0, 0.0, False),  # after the cut
-        ]
-    )
-    tail = steps.warmup_tail(book, 35)
-    snap = tail.filter(pl.col("is_snapshot"))
-    # 98 was removed, 99 updated to 3, 102 added; 101 is removed only after the cut
-    assert snap.select("side", "price", "qty").rows() == [
-        ("bid", 99.0, 3.0),
-        ("ask", 101.0, 1.0),
-        ("ask", 102.0, 5.0),
-    ]
-    assert snap["update_id"].unique().to_list() == [102]
-    assert snap["exch_ts_ns"].unique().to_list() == [30]
-    assert tail.filter(~pl.col("is_snapshot")).rows() == book.slice(6).rows()
-    # a cut before the first event keeps everything; after the last keeps only the snapshot
-    assert steps.warmup_tail(book, 0).equals(book)
-    assert steps.warmup_tail(book, 1000)["is_snapshot"].all()
-
-
-def test_warmup_over_the_whole_previous_day_equals_a_full_replay(
-    lake_with_recordings: Lake,
+def test_features_step_warms_up_on_the_previous_day(
+    lake_with_recordings: Lake, tmp_path: Path
 ) -> None:
-    lake = lake_with_recordings
+    lake = Lake(tmp_path / "lake")
+    shutil.copytree(lake_with_recordings.root, lake.root)
+    out = steps.features_step(lake, BTC9)
+    assert out.warmup_from == "2024-08-08"
     b8, t8 = steps.read_book(lake, BTC8), steps.read_trades(lake, BTC8)
     b9, t9 = steps.read_book(lake, BTC9), steps.read_trades(lake, BTC9)
     kw = {"venue": "binance", "symbol": "BTC/USDT"}
-    full, sig_full = compute_features_and_signals(b9, t9, prev_book=b8, prev_trades=t8, **kw)
-    # the bundled day 8 is six minutes long: a 30-min tail covers all of it
-    tail = steps.warmup_tail(b8, BTC9.start_ns - steps.WARMUP_SECONDS * 10**9)
-    f, s = compute_features_and_signals(b9, t9, prev_book=tail, prev_trades=t8, **kw)
-    assert f.equals(full)
-    assert s["signal_id"].to_list() == sig_full["signal_id"].to_list()
-    # a 2-minute tail starts from a rebuilt snapshot: the book side is exact, the long-memory
-    # statistics differ a little (that is what warm-up is for)
-    short = steps.warmup_tail(b8, BTC9.start_ns - 120 * 10**9)
-    assert short.height < b8.height
-    f2, _ = compute_features_and_signals(
-        b9,
-        t9,
-        prev_book=short,
-        prev_trades=t8.filter(pl.col("exch_ts_ns") >= short["exch_ts_ns"].min()),
-        **kw,
-    )
-    for col in ("best_bid", "best_ask", "mid", "imbalance_5", "imbalance_10", "wmid"):
-        assert f2[col].equals(full[col]), col
-    assert not f2["is_warmup"].any()
+    # the bundled day 8 is six minutes long, inside the 30-min full warm-up: the streamed step
+    # equals a full in-memory replay of day 8 followed by day 9
+    full, sig = compute_features_and_signals(b9, t9, prev_book=b8, prev_trades=t8, **kw)
+    assert out.features.equals(full)
+    assert out.signals.equals(sig)
+    assert not out.features["is_warmup"].any()
+    cold = steps.features_step(lake, BTC9, warmup=False)
+    assert cold.features["is_warmup"].any()
+    assert cold.features.select("best_bid", "best_ask").equals(full.select("best_bid", "best_ask"))
+
+
+def test_several_book_files_are_replayed_in_applied_order(
+    lake_with_recordings: Lake, tmp_path: Path
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    shutil.copytree(lake_with_recordings.root, lake.root)
+    one = steps.features_step(lake, BTC8)
+    [f] = lake.files("book", BTC8.venue, BTC8.symbol, BTC8.date)
+    raw = pl.read_parquet(f)
+    uid = raw["update_id"].to_numpy()
+    half = int(next(i for i in range(raw.height // 2, raw.height) if uid[i] != uid[i - 1]))
+    # names that sort in the wrong order
+    lake.publish("book", BTC8.venue, BTC8.symbol, BTC8.date, raw.slice(half), name="a.parquet")
+    lake.publish("book", BTC8.venue, BTC8.symbol, BTC8.date, raw.slice(0, half), name="b.parquet")
+    f.unlink()
+    two = steps.features_step(lake, BTC8)
+    assert two.features.equals(one.features)
+    assert two.signals.equals(one.signals)
 
 
 def test_read_book_restores_applied_order_across_files(
@@ -94,7 +62,7 @@ def test_read_book_restores_applied_order_across_files(
     lake = Lake(tmp_path / "lake")
     shutil.copytree(lake_with_recordings.root, lake.root)
     ordered = steps.read_book(lake, BTC8)
-    assert steps._in_applied_order(ordered)
+    assert steps._ordered(ordered["update_id"].to_numpy(), ordered["is_snapshot"].to_numpy())
     # split the partition into two files whose names sort in the wrong order
     [f] = lake.files("book", BTC8.venue, BTC8.symbol, BTC8.date)
     raw = pl.read_parquet(f)
@@ -104,9 +72,8 @@ def test_read_book_restores_applied_order_across_files(
     lake.publish("book", BTC8.venue, BTC8.symbol, BTC8.date, raw.slice(half), name="a.parquet")
     lake.publish("book", BTC8.venue, BTC8.symbol, BTC8.date, raw.slice(0, half), name="b.parquet")
     f.unlink()
-    assert not steps._in_applied_order(
-        lake.read("book", BTC8.venue, BTC8.symbol, BTC8.date).select(ordered.columns)
-    )
+    mixed = lake.read("book", BTC8.venue, BTC8.symbol, BTC8.date)
+    assert not steps._ordered(mixed["update_id"].to_numpy(), mixed["is_snapshot"].to_numpy())
     assert steps.read_book(lake, BTC8).equals(ordered)
 
 
