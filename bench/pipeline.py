@@ -61,7 +61,7 @@ def tile_with_snapshots(copies: int) -> Path:
     copy's first diff id, so the book is replaced at each copy's start instead of carrying the
     previous copy's levels (which leaves a crossed book for the rest of the day) and no diff is
     lost to a sequence gap. bookTicker lines are left out: the pipeline does not read them."""
-    out = OUT / f"btcusdt_sync_x{copies}.gz"
+    out = OUT / f"btcusdt_sync2_x{copies}.gz"
     if out.exists():
         return out
     from bench.tiling import DATA
@@ -77,7 +77,9 @@ def tile_with_snapshots(copies: int) -> Path:
     span = rows[-1][0] - rows[0][0] + 100_000_000
     span_ms = span // 1_000_000
     depth = [m["data"] for _, m in rows if "data" in m and m["data"]["e"] == "depthUpdate"]
-    id_span = depth[-1]["u"] - depth[0]["U"] + 1
+    # one spare id between copies: the re-stamped snapshot gets an id of its own (sharing the
+    # previous copy's last diff id would order that diff after the snapshot)
+    id_span = depth[-1]["u"] - depth[0]["U"] + 2
     trade_ids = [m["data"]["t"] for _, m in rows if "data" in m and m["data"]["e"] == "trade"]
     trade_span = max(trade_ids) - min(trade_ids) + 1
     tmp = out.with_suffix(".partial")
@@ -121,7 +123,7 @@ def prepare() -> tuple[Path, int]:
     span = last - first + 100_000_000
     target = day_start_ns("2024-08-10") + 5 * 60 * 1_000_000_000
     copies = -(-(target - first) // span)
-    marker = LAKE / f".imported-sync-x{copies}"
+    marker = LAKE / f".imported-sync2-x{copies}"
     if not marker.exists():
         src = tile_with_snapshots(copies)
         shutil.rmtree(LAKE, ignore_errors=True)
