@@ -347,9 +347,9 @@ def print_outcome(console: Console, lake: Lake, outcome: RunOutcome) -> None:
                 table.add_row(ROW_NAMES.get(row["row"], row["row"]), *[_fmt(row[c]) for c in cols])
             console.print(table)
     for label, path in sorted(outcome.reports.items()):
-        console.print(f"report {label}: {path}")
+        console.print(f"report {label}: {path}", soft_wrap=True)
     if outcome.summary_report:
-        console.print(f"[bold]summary report:[/bold] {outcome.summary_report}")
+        console.print(f"[bold]summary report:[/bold] {outcome.summary_report}", soft_wrap=True)
     for w in outcome.warnings:
         console.print(f"[yellow]check warning:[/yellow] {w}")
     for f in outcome.failed_checks:

@@ -196,7 +196,10 @@ def features_and_signals(
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     part = part_of(context)
     out = steps.features_step(lake.get(), part)
-    common = {"duration_s": round(out.seconds, 3), "warmup_from": out.warmup_from or "none"}
+    common: dict[str, Any] = {
+        "duration_s": round(out.seconds, 3),
+        "warmup_from": out.warmup_from or "none",
+    }
     yield dg.MaterializeResult(
         asset_key="features",
         metadata={

@@ -7,7 +7,7 @@ import dagster as dg
 from mdpipe.lake import Lake
 
 
-class LakeResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+class LakeResource(dg.ConfigurableResource):
     """The Parquet lake the assets read and write.
 
     `path` empty means `$MDPIPE_LAKE`, else `./lake` (the same rule as `mdpipe --lake`), resolved

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
 
@@ -14,7 +14,7 @@ from mdpipe.defs.resources import LakeResource
 
 
 def yesterday_requests(
-    lake: LakeResource, markets: list[str], scheduled: dt.datetime
+    lake: LakeResource, markets: Sequence[str], scheduled: dt.datetime
 ) -> list[dg.RunRequest]:
     day = (scheduled.astimezone(dt.UTC) - dt.timedelta(days=1)).date().isoformat()
     registered = set(markets)
