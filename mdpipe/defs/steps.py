@@ -485,10 +485,23 @@ class LabelsOutput:
     path: Path | None = None
 
 
+def _top_of_book(features: pl.DataFrame) -> pl.DataFrame:
+    """Usable top-of-book rows in time order (a partition never materialised reads as an
+    empty frame without columns: a day with no data has no prices, not an error)."""
+    cols = {"ts_ns": pl.Int64, "best_bid": pl.Float64, "best_ask": pl.Float64, "mid": pl.Float64}
+    if features.height == 0 or not set(cols) <= set(features.columns):
+        return pl.DataFrame(schema=cols)
+    return (
+        features.select(list(cols))
+        .filter(~pl.col("best_bid").is_nan())
+        .sort("ts_ns", maintain_order=True)
+    )
+
+
 def price_path(lake: Lake, part: Part, *, with_next: bool = True) -> tuple[PricePath, str]:
     """The partition's top of book (from its `features`), continued into the next day's
     `features` when that is materialised; `end_ns` as described in the module docstring."""
-    feats = _read(lake, derived("features"), part).filter(~pl.col("best_bid").is_nan())
+    feats = _top_of_book(_read(lake, derived("features"), part))
     nxt = part.shifted(1)
     next_raw = has_data(lake, "book", nxt)
     end = part.end_ns if next_raw else None
@@ -503,7 +516,7 @@ def price_path(lake: Lake, part: Part, *, with_next: bool = True) -> tuple[Price
             path,
             "raw data present, features not materialised (labels past the day end are censored)",
         )
-    nf = nf.filter(~pl.col("best_bid").is_nan()).sort("ts_ns", maintain_order=True)
+    nf = _top_of_book(nf)
     # the next day is complete up to its own end only if the day after it exists as well
     next_end = nxt.end_ns if has_data(lake, "book", nxt.shifted(1)) else None
     # rows of the next partition stamped before this day's end (late events) are dropped so

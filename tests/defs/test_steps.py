@@ -96,3 +96,23 @@ def test_price_path_uses_the_next_day_only_when_materialised(
         assert len(path) == len(own)
         # day 9 exists in the lake, so day 8 is known complete to its very end
         assert path.end_ns == BTC8.end_ns
+
+
+def test_label_stage_of_a_day_without_data_writes_empty_partitions(
+    lake_with_recordings: Lake, tmp_path: Path
+) -> None:
+    """A backfill starting on day D also re-runs labels of D-1 (its labels read D's
+    features); a D-1 without any data must give empty partitions, not a failed run."""
+    from mdpipe.core.config import BacktestConfig
+
+    lake = Lake(tmp_path / "lake")
+    shutil.copytree(lake_with_recordings.root, lake.root)
+    steps.features_step(lake, BTC8)
+    day7 = BTC8.shifted(-1)
+    cfg = BacktestConfig()
+    assert steps.labels_step(lake, day7, cfg).labels.height == 0
+    assert steps.cv_folds_step(lake, day7, cfg).folds.height == 0
+    ev = steps.evaluation_step(lake, day7, cfg)
+    assert ev.report is None and ev.metrics["partition"].to_list() == [day7.label]
+    for asset in ("labels", "cv_folds", "evaluation"):
+        assert len(lake.files(steps.derived(asset), day7.venue, day7.symbol, day7.date)) == 1
