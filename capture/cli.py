@@ -178,9 +178,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
     async def run() -> None:
         await cap.run_until_signal()
 
+    import ccxt
+
     try:
         asyncio.run(run())
-    except ValueError as exc:
+    except (ValueError, ccxt.ExchangeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stats = cap.get_stats()

@@ -266,7 +266,17 @@ class Capture:
             self.adapter.ccxt_class, self._on_raw, self._on_control, self.adapter.ccxt_config()
         )
         self.adapter.apply_urls(self._ex)
-        await self._ex.load_markets()
+        attempt = 0
+        while True:
+            try:
+                await self._ex.load_markets()
+                break
+            except ccxt.NetworkError as exc:
+                # a daemon started before the network (or the exchange) is up waits for it
+                delay = self._backoff(attempt)
+                attempt += 1
+                log.warning("loading markets failed (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
         missing = [s for s in self.config.symbols if s not in self._ex.markets]
         if missing:
             await self._ex.close()
@@ -334,10 +344,20 @@ class Capture:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        starting = asyncio.create_task(self.start())
+        stopping = asyncio.create_task(stop.wait())
         try:
-            await stop.wait()
+            # a signal while start() still waits for the exchange must end the process too
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()
+                await stopping
+            else:
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
         finally:
+            stopping.cancel()
             await self.stop()
 
     def get_stats(self) -> dict[str, Any]:

@@ -315,16 +315,23 @@ class ExchangeSim:
     def ws_url(self) -> str:
         return f"ws://{self.host}:{self.port}/stream"
 
+    @property
+    def futures(self) -> bool:
+        """True for a USD-M futures recording (its depth diffs chain with `pu`)."""
+        return any(e.kind == "depth" and e.data and "pu" in e.data for e in self.events[:2000])
+
     def unified_symbols(self) -> list[str]:
         out = []
         for sym in sorted(self.symbols):
             info = _exchange_info_symbol(sym.upper())
-            out.append(f"{info['baseAsset']}/{info['quoteAsset']}")
+            base, quote = info["baseAsset"], info["quoteAsset"]
+            out.append(f"{base}/{quote}:{quote}" if self.futures else f"{base}/{quote}")
         return out
 
     def capture_command(self) -> str:
+        venue = "binanceusdm" if self.futures else "binance"
         return (
-            f"mdpipe capture --venue binance --symbols {','.join(self.unified_symbols())} "
+            f"mdpipe capture --venue {venue} --symbols {','.join(self.unified_symbols())} "
             f"--ws-url {self.ws_url} --rest-url {self.rest_url}"
         )
 
@@ -335,6 +342,13 @@ class ExchangeSim:
         app.router.add_get("/api/v3/exchangeInfo", self._exchange_info)
         app.router.add_get("/api/v3/depth", self._depth)
         app.router.add_get("/api/v3/trades", self._trades)
+        # USD-M futures: the same books and streams under Binance's /fapi paths; a recording
+        # whose diffs carry `pu` is a futures recording (see `futures`)
+        app.router.add_get("/fapi/v1/ping", self._ping)
+        app.router.add_get("/fapi/v1/time", self._time)
+        app.router.add_get("/fapi/v1/exchangeInfo", self._exchange_info_futures)
+        app.router.add_get("/fapi/v1/depth", self._depth_futures)
+        app.router.add_get("/fapi/v1/trades", self._trades)
         app.router.add_post("/_sim/fault", self._fault_http)
         app.router.add_get("/_sim/status", self._status_http)
         for path in ("/ws", "/ws/{tail:.*}", "/stream", "/stream/{tail:.*}"):
@@ -450,6 +464,62 @@ class ExchangeSim:
             "symbols": [_exchange_info_symbol(s.upper()) for s in sorted(self.symbols)],
         }
         return web.json_response(body)
+
+    async def _exchange_info_futures(self, request: web.Request) -> web.Response:
+        if self._down():
+            return self._unavailable()
+        symbols = []
+        for sym in sorted(self.symbols):
+            spot = _exchange_info_symbol(sym.upper())
+            symbols.append(
+                {
+                    "symbol": spot["symbol"],
+                    "pair": spot["symbol"],
+                    "contractType": "PERPETUAL",
+                    "deliveryDate": 4133404800000,
+                    "onboardDate": 1569398400000,
+                    "status": "TRADING",
+                    "baseAsset": spot["baseAsset"],
+                    "quoteAsset": spot["quoteAsset"],
+                    "marginAsset": spot["quoteAsset"],
+                    "pricePrecision": 2,
+                    "quantityPrecision": 3,
+                    "baseAssetPrecision": 8,
+                    "quotePrecision": 8,
+                    "underlyingType": "COIN",
+                    "triggerProtect": "0.0500",
+                    "filters": spot["filters"],
+                    "orderTypes": ["LIMIT", "MARKET"],
+                    "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
+                }
+            )
+        return web.json_response(
+            {
+                "timezone": "UTC",
+                "serverTime": self.server_time_ms(),
+                "rateLimits": [],
+                "exchangeFilters": [],
+                "assets": [],
+                "symbols": symbols,
+            }
+        )
+
+    async def _depth_futures(self, request: web.Request) -> web.Response:
+        resp = await self._depth(request)
+        if resp.status != 200 or resp.body is None:
+            return resp
+        body = json.loads(bytes(resp.body))  # type: ignore[arg-type]
+        # futures snapshots carry the message and transaction times
+        t = self.server_time_ms()
+        return web.json_response(
+            {
+                "lastUpdateId": body["lastUpdateId"],
+                "E": t,
+                "T": t,
+                "bids": body["bids"],
+                "asks": body["asks"],
+            }
+        )
 
     def _bad_symbol(self) -> web.Response:
         return web.json_response({"code": -1121, "msg": "Invalid symbol."}, status=400)

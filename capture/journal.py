@@ -108,10 +108,16 @@ class JournalWriter:
                 seq = max(seq, int(p.name.split("-", 1)[1].split(".", 1)[0]) + 1)
             except ValueError:
                 continue
-        path = d / f"{hour}-{seq:04d}.jsonl.gz"
-        # O_EXCL: two writers racing for one name must not share a file
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.close(fd)
+        while True:
+            path = d / f"{hour}-{seq:04d}.jsonl.gz"
+            try:
+                # O_EXCL: two writers racing for one name must not share a file
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                seq += 1
+                continue
+            os.close(fd)
+            break
         self.files_written.append(path)
         return JournalFile(path=path, hour=hour)
 

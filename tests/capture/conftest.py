@@ -77,6 +77,7 @@ async def run_capture(
     speed: float | None = None,
     steps: list[Step] = (),  # type: ignore[assignment]
     require_synced: bool = True,
+    prepare: Callable[[Capture], None] | None = None,
     **config: Any,
 ) -> Run:
     sim = ExchangeSim(files, speed=speed, limit_events=limit_events, start_grace_s=1.0)
@@ -94,6 +95,8 @@ async def run_capture(
         )
     )
     run = Run(Lake(tmp / "lake"), sim, cap, {})
+    if prepare is not None:
+        prepare(cap)
     await cap.start()
     poller_stop = asyncio.Event()
 

@@ -1,0 +1,129 @@
+"""The capture as a Python stream object, its settings, and re-deriving its lake from its journal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from capture.cli import add_capture_args, build_config
+from capture.daemon import BookView, Capture
+from mdpipe.ingest import import_paths
+from mdpipe.lake import Lake
+from mdpipe.venues import Batch
+from tests.capture.conftest import ALL_FILES, recorded_book_tickers, run_capture
+
+
+def test_callbacks_and_consumers_see_every_event_in_order(tmp_path: Path) -> None:
+    tickers = recorded_book_tickers(ALL_FILES)
+    books: list[tuple[str, int, tuple[float, float] | None, tuple[float, float] | None]] = []
+    crossed: list[int] = []
+    trades: list[dict[str, Any]] = []
+    batches: list[Batch] = []
+
+    def on_book(b: BookView) -> None:
+        bb, ba = b.best_bid(), b.best_ask()
+        if bb and ba and bb[0] >= ba[0]:
+            crossed.append(b.update_id)
+        books.append((b.symbol, b.update_id, bb, ba))
+
+    def prepare(cap: Capture) -> None:
+        cap.register_book_callback(on_book)
+        cap.register_trade_callback(trades.append)
+        cap.register_consumer(batches.append)
+        cap.register_consumer(lambda b: 1 / 0)  # a broken consumer must not stop the capture
+
+    run = asyncio.run(run_capture(tmp_path, limit_events=20_000, prepare=prepare))
+    assert not crossed
+    # the callback's book equals the exchange's own top of book wherever ids line up
+    compared = 0
+    for _sym, uid, bb, ba in books:
+        t = tickers.get(uid)
+        if t is not None and bb and ba:
+            compared += 1
+            assert (bb[0], bb[1], ba[0], ba[1]) == (
+                float(t["b"]), float(t["B"]), float(t["a"]), float(t["A"])
+            )  # fmt: skip
+    assert compared > 100
+    per_symbol_ids = {
+        s: [u for sym, u, _, _ in books if sym == s] for s in ("BTC/USDT", "ETH/USDT")
+    }
+    for ids in per_symbol_ids.values():
+        assert ids == sorted(ids)  # applied order
+    trade_ids = [t["trade_id"] for t in trades if t["symbol"] == "BTC/USDT"]
+    assert trade_ids == run.sent_trade_ids("BTC/USDT")
+    assert {t["side"] for t in trades} == {"buy", "sell"}
+    assert sum(b.get("trades").height for b in batches) == len(trades)
+    assert sum(b.get("book").height for b in batches) == sum(run.stats["book_rows"].values())
+
+
+def test_journal_rederives_the_same_lake_through_mdpipe_import(tmp_path: Path) -> None:
+    run = asyncio.run(run_capture(tmp_path, limit_events=30_000))
+    journal = [Path(p) for p in run.stats["journal_files"]]
+    again = Lake(tmp_path / "reimported")
+    report = import_paths(journal, again, venue="binance", catalog=False)
+    assert not report.errors, report.errors[:3]
+    for table, key in (
+        ("trades", ["trade_id"]),
+        ("book", ["update_id", "is_snapshot", "side", "price"]),
+    ):
+        for sym in ("BTC/USDT", "ETH/USDT"):
+            a = run.lake.read(table, "binance", sym).sort(key)
+            b = again.read(table, "binance", sym).sort(key)
+            assert a.height > 0
+            assert a.equals(b), (table, sym, a.height, b.height)
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_capture_args(p)
+    return p.parse_args(argv)
+
+
+def test_settings_merge_file_env_and_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "capture.toml"
+    cfg.write_text(
+        '[capture]\nsymbols = ["BTC/USDT"]\nflush_interval_s = 2.0\nstale_after_s = 7\n'
+        'ws_url = "ws://file"\n'
+    )
+    env = {"MDPIPE_CAPTURE_FLUSH_INTERVAL_S": "3", "MDPIPE_LAKE": "/data/lake"}
+    c = build_config(_args(["--config", str(cfg), "--ws-url", "ws://flag"]), env)
+    assert c.symbols == ("BTC/USDT",)
+    assert c.flush_interval_s == 3.0  # env beats file
+    assert c.stale_after_s == 7.0
+    assert c.ws_url == "ws://flag"  # flag beats file
+    assert c.lake == "/data/lake"
+    c = build_config(_args(["--symbols", "BTC/USDT, ETH/USDT", "--lake", "x"]), env)
+    assert c.symbols == ("BTC/USDT", "ETH/USDT") and c.lake == "x"
+    cfg.write_text("symbols = ['BTC/USDT']\nflush_interval = 2\n")
+    with pytest.raises(ValueError, match="unknown capture settings"):
+        build_config(_args(["--config", str(cfg)]), {})
+    with pytest.raises(ValueError, match="at least one symbol"):
+        build_config(_args([]), {})
+
+
+def test_unknown_symbol_is_a_clear_error(tmp_path: Path) -> None:
+    async def run() -> None:
+        from capture.daemon import CaptureConfig
+        from capture.exchange_sim import ExchangeSim
+
+        sim = ExchangeSim(ALL_FILES[:2], speed=None)
+        await sim.start()
+        try:
+            cap = Capture(
+                CaptureConfig(
+                    symbols=("DOGE/USDT",),
+                    lake=str(tmp_path),
+                    ws_url=sim.ws_url,
+                    rest_url=sim.rest_url,
+                )
+            )
+            with pytest.raises(ValueError, match="no market"):
+                await cap.start()
+        finally:
+            await sim.stop()
+
+    asyncio.run(run())
