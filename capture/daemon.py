@@ -698,8 +698,9 @@ class Capture:
         client = self._ex.clients.pop(self._conn_url, None)
         self._primary = None
         if client is not None:
-            with contextlib.suppress(Exception):
-                await client.close()
+            # bounded: a close handshake the peer never answers must not delay the reconnect
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(client.close(), 2.0)
 
     def _on_disconnect(self, reason: str, detail: str) -> None:
         """Every book is unknown after the connection changes: gap rows, then resync each."""
