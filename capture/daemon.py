@@ -759,6 +759,10 @@ class Capture:
             self.metrics.malformed.labels(self.venue).inc()
             # the whole frame as received, so the log alone shows what the exchange sent
             log.warning("skipped a malformed frame (%s): %r", err.message, frame[:2000])
+            now = time.time_ns()
+            self.episodes.append(
+                Episode(now, "malformed", "*", f"{err.message}: {frame[:300]!r}", resolved_ns=now)
+            )
         self._absorb(batch)
         self._check_crossed(batch)
 

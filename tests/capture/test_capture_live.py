@@ -180,6 +180,7 @@ def test_malformed_frame_is_logged_and_skipped(
     assert run.stats["reconnects_total"] == 0
     assert run.gaps().height == 0
     assert any(bad in r.getMessage() for r in caplog.records)
+    assert sum(e["kind"] == "malformed" for e in run.final_health["recent_episodes"]) == 2
     for sym in ("BTC/USDT", "ETH/USDT"):
         assert_trades_exactly_once(run, sym)
     # the journal keeps what was received, including the bad frames
