@@ -65,14 +65,15 @@ def test_full_replay_matches_import_crosscheck_and_every_trade(tmp_path: Path) -
     assert run.final_health["status"] == "ok"
 
 
+@pytest.mark.parametrize("refusal", ["429", "418"])
 def test_sequence_gap_resyncs_only_that_symbol_while_others_and_trades_flow(
-    tmp_path: Path,
+    tmp_path: Path, refusal: str
 ) -> None:
     async def inject(sim: ExchangeSim, cap: Capture) -> None:
         await wait_pos(sim, 10_000)
-        # the resync snapshot is refused once with 429 + Retry-After, so ETH stays unsynced
+        # the resync snapshot is refused once with 429/418 + Retry-After, so ETH stays unsynced
         # for a while and we can watch BTC and ETH trades keep flowing meanwhile
-        await sim.fault("snapshot_429", symbol="ETH/USDT", retry_after=0.6)
+        await sim.fault(f"snapshot_{refusal}", symbol="ETH/USDT", retry_after=0.6)
         await sim.fault("skip", symbol="ETH/USDT", count=3)
 
     run = asyncio.run(run_capture(tmp_path, limit_events=20_000, steps=[inject]))
@@ -87,7 +88,7 @@ def test_sequence_gap_resyncs_only_that_symbol_while_others_and_trades_flow(
     assert f"expected U={skipped[0][0]}" in g["detail"]
     assert run.gaps("BTC/USDT").height == 0
     # 429 honoured: one refusal, retried after Retry-After, then synced
-    assert run.stats["snapshot_errors"] == {"429": 1}
+    assert run.stats["snapshot_errors"] == {refusal: 1}
     assert run.stats["snapshots"] == {"BTC/USDT": 1, "ETH/USDT": 2}
     assert any(
         e["kind"] == "snapshot_error" and "Retry-After" in e["detail"]
@@ -241,6 +242,17 @@ def test_metrics_endpoint_exposes_the_documented_names(tmp_path: Path) -> None:
         assert name in text, name
     assert 'mdpipe_capture_messages_total{stream="btcusdt@trade",venue="binance"}' in text
     assert "mdpipe_capture_latency_seconds_bucket" in text
+
+
+def test_backoff_is_exponential_with_equal_jitter_and_capped() -> None:
+    cap = Capture(
+        CaptureConfig(symbols=("BTC/USDT",), reconnect_initial_s=1.0, reconnect_max_s=60.0)
+    )
+    for attempt in range(12):
+        step = min(60.0, 2.0**attempt)
+        draws = [cap._backoff(attempt) for _ in range(200)]
+        assert all(step / 2 <= d <= step for d in draws)
+        assert max(draws) - min(draws) > step / 4  # jittered, not a fixed delay
 
 
 def test_config_is_validated() -> None:
