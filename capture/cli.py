@@ -204,6 +204,12 @@ def add_sim_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="exit once the whole recording was replayed",
     )
+    p.add_argument(
+        "--retime",
+        action="store_true",
+        help="move exchange times (E, T, serverTime) to now, keeping the recorded clock offset, "
+        "so latency and clock-offset metrics are meaningful (frames are then not byte-identical)",
+    )
 
 
 def cmd_exchange_sim(args: argparse.Namespace) -> int:
@@ -225,6 +231,7 @@ def cmd_exchange_sim(args: argparse.Namespace) -> int:
                 port=args.port,
                 print_fn=lambda s: print(s, flush=True),
                 exit_when_finished=args.exit_when_finished,
+                retime=args.retime,
             )
         )
     except KeyboardInterrupt:

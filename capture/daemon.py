@@ -991,7 +991,7 @@ class Capture:
     async def _sync_clock(self) -> None:
         try:
             t0 = time.time_ns()
-            server_ms = await self._ex.fetch_time()
+            server_ms = await self.adapter.server_time_ms(self._ex)
             t1 = time.time_ns()
         except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
             log.warning("clock sync failed: %s", exc)

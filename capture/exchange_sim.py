@@ -260,6 +260,7 @@ class ExchangeSim:
         hold_for_snapshot_s: float = 5.0,
         limit_events: int | None = None,
         laps: int = 1,
+        retime: bool = False,
     ) -> None:
         if not recordings:
             raise ValueError("ExchangeSim needs at least one recording file")
@@ -279,11 +280,19 @@ class ExchangeSim:
             raise ValueError(f"laps must be >= 0 (0: forever), got {laps!r}")
         self.laps = laps
         self.lap = 0
+        self.retime = retime
         self.events, self.symbols = load_recording_cached(self.recordings)
         if limit_events is not None:
             self.events = self.events[:limit_events]
         self.all_streams = {e.stream for e in self.events}
         self._spans = _lap_spans(self.events)
+        offsets = sorted(
+            int(e.data["E"]) - e.recv_ns // 1_000_000
+            for e in self.events[:20_000]
+            if e.data is not None and "E" in e.data
+        )
+        # the recorder's clock vs the exchange's (about +1.27 s for the bundled recording)
+        self.recorded_offset_ms = offsets[len(offsets) // 2] if offsets else 0
         self._conns: list[_Conn] = []
         self._runner: web.AppRunner | None = None
         self._replay_task: asyncio.Task[None] | None = None
@@ -438,7 +447,10 @@ class ExchangeSim:
         return self._unavailable() if self._down() else web.json_response({})
 
     def server_time_ms(self) -> int:
-        """The recorded exchange clock at the replay position (frames are sent unmodified)."""
+        """The recorded exchange clock at the replay position (frames are sent unmodified), or
+        with `retime`, the local clock plus the recording's exchange-minus-receive offset."""
+        if self.retime:
+            return int(time.time() * 1000) + self.recorded_offset_ms
         return self._clock_ms or int(time.time() * 1000)
 
     async def _time(self, request: web.Request) -> web.Response:
@@ -767,6 +779,10 @@ class ExchangeSim:
         if lap:
             span_ms, upd, trd = self._spans[ev.sym]
             dt_ms, du, dt = lap * span_ms, lap * upd, lap * trd
+        if self.retime:
+            # exchange times move to "now", keeping each event's recorded E - receive time
+            dt_ms = int(time.time() * 1000) - ev.recv_ns // 1_000_000
+        if lap or self.retime:
             frame = _shift_frame(ev, dt_ms, du, dt)
         if ev.data is not None and "E" in ev.data:
             self._clock_ms = int(ev.data["E"]) + dt_ms
@@ -858,9 +874,10 @@ async def serve(
     host: str = "127.0.0.1",
     print_fn: Any = print,
     exit_when_finished: bool = False,
+    retime: bool = False,
 ) -> None:
     """Run the simulator until cancelled (the `mdpipe exchange-sim` command)."""
-    sim = ExchangeSim(recordings, speed=speed, port=port, host=host)
+    sim = ExchangeSim(recordings, speed=speed, port=port, host=host, retime=retime)
     await sim.start()
     # the first line is the exact command that connects a capture to this exchange
     print_fn(sim.capture_command())

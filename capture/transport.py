@@ -125,6 +125,11 @@ class VenueAdapter:
     async def fetch_snapshot(self, ex: Any, market: dict[str, Any]) -> Snapshot:
         raise NotImplementedError
 
+    async def server_time_ms(self, ex: Any) -> int:
+        """The exchange clock, fetched without ccxt's rate-limit queue: time spent waiting for
+        a token would otherwise count as network round trip and bias the offset estimate."""
+        return int(await ex.fetch_time())
+
     def wrap_snapshot(self, market: dict[str, Any], text: str) -> str:
         raise NotImplementedError
 
@@ -168,6 +173,13 @@ class BinanceAdapter(VenueAdapter):
         # it is this request's body, byte for byte (prices stay the exchange's decimal strings)
         return Snapshot(time.time_ns(), str(ex.last_http_response))
 
+    time_path = "public"
+
+    async def server_time_ms(self, ex: Any) -> int:
+        # ex.fetch is ccxt's raw HTTP call: same session and error mapping, no throttle queue
+        body = await ex.fetch(str(ex.urls["api"][self.time_path]) + "/time", "GET")
+        return int(body["serverTime"])
+
     def wrap_snapshot(self, market: dict[str, Any], text: str) -> str:
         # the agreed journal wrapper: it names the symbol, which a bare REST body does not
         return '{"stream":"' + market["lowercaseId"] + '@depthSnapshot","data":' + text + "}"
@@ -180,6 +192,8 @@ class BinanceUsdmAdapter(BinanceAdapter):
     ccxt_class = ccxtpro.binanceusdm
     market_type = "swap"
     ws_type = "linear"
+
+    time_path = "fapiPublic"
 
     def ccxt_config(self) -> dict[str, Any]:
         return {"enableRateLimit": True, "options": {"fetchMarkets": {"types": ["linear"]}}}

@@ -78,9 +78,12 @@ async def run_capture(
     steps: list[Step] = (),  # type: ignore[assignment]
     require_synced: bool = True,
     prepare: Callable[[Capture], None] | None = None,
+    sim_options: dict[str, Any] | None = None,
     **config: Any,
 ) -> Run:
-    sim = ExchangeSim(files, speed=speed, limit_events=limit_events, start_grace_s=1.0)
+    sim = ExchangeSim(
+        files, speed=speed, limit_events=limit_events, start_grace_s=1.0, **(sim_options or {})
+    )
     await sim.start()
     cfg = {
         "flush_interval_s": 0.5,
