@@ -96,7 +96,9 @@ def proc_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def run_capture(seconds: float, flush: float, rate: float | None) -> dict[str, Any]:
+async def run_capture(
+    seconds: float, flush: float, rate: float | None, live_signals: bool
+) -> dict[str, Any]:
     sim = ExchangeSim(FILES, speed=None, laps=0, start_grace_s=2.0)
     if rate is not None:
         span_s = (sim.events[-1].recv_ns - sim.events[0].recv_ns) / 1e9
@@ -110,6 +112,9 @@ async def run_capture(seconds: float, flush: float, rate: float | None) -> dict[
         "--lake", str(lake), "--flush-interval", str(flush), "--metrics-port", str(port),
         "--log-level", "WARNING",
     ]  # fmt: skip
+    if not live_signals:
+        # `mdpipe capture` runs the online engine by default; measure the capture alone
+        cmd.append("--no-live-signals")
     env = {**os.environ, "POLARS_MAX_THREADS": "1"}
     proc = await asyncio.create_subprocess_exec(*cmd, cwd=ROOT, env=env)
     samples: list[dict[str, Any]] = []
@@ -316,6 +321,11 @@ def main() -> int:
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--baseline-only", action="store_true")
+    ap.add_argument(
+        "--live-signals",
+        action="store_true",
+        help="also run the online engine inside the capture (mdpipe capture's default)",
+    )
     args = ap.parse_args()
     if args.baseline_only:
         os.sched_setaffinity(0, {1})
@@ -335,15 +345,18 @@ def main() -> int:
         ap.error("runs must be >= 40 s (20 s warm-up plus a measured window)")
     os.sched_setaffinity(0, {1})  # the simulator; the measured processes get core 0
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
-    fast = asyncio.run(run_capture(args.fast_seconds, args.flush_interval, None))
+    ls = args.live_signals
+    fast = asyncio.run(run_capture(args.fast_seconds, args.flush_interval, None, ls))
     print(json.dumps(fast, indent=1))
-    soak = asyncio.run(run_capture(args.seconds, args.flush_interval, args.rate))
+    soak = asyncio.run(run_capture(args.seconds, args.flush_interval, args.rate, ls))
     print(json.dumps(soak, indent=1))
     base = None if args.no_baseline else asyncio.run(run_baseline(args.baseline_seconds))
     if base:
         print(json.dumps(base, indent=1))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     text = record(fast, soak, base, "python bench/capture.py " + " ".join(sys.argv[1:]), load)
+    what = "capture + online engine (live/signals)" if ls else "capture alone (--no-live-signals)"
+    text = text.replace("\n\nCommand:", f"\n\nMeasured: {what}.  \nCommand:", 1)
     print(text)
     if not args.no_record:
         with open(ROOT / "bench" / "RESULTS.md", "a") as f:
