@@ -234,6 +234,7 @@ class Capture:
         self._stopping = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._flush_lock = asyncio.Lock()
+        self._flush_tasks: set[asyncio.Task[None]] = set()
         self._last_flush_mono = time.monotonic()
         self._name_ns = 0
         self._metrics_runner: Any = None
@@ -312,7 +313,17 @@ class Capture:
         await self._unsubscribe_and_drain()
         await self._teardown_client()
         self._process_pending()
-        await self._flush()
+        for attempt in range(5):
+            await self._flush()
+            if not self._u_ns and not self._acc.tables:
+                break
+            await asyncio.sleep(0.2 * (attempt + 1))  # a failed last flush gets a few retries
+        else:
+            log.error(
+                "exiting with %d raw lines and %s rows unwritten (every flush failed)",
+                len(self._u_ns),
+                {t: df.height for t, df in self._acc.tables.items()},
+            )
         if self._ex is not None:
             with contextlib.suppress(Exception):
                 await self._ex.close()
@@ -740,17 +751,39 @@ class Capture:
         self._line_no += n
         recv = pl.Series("recv", ns, dtype=pl.Int64)
         text = pl.Series("text", texts, dtype=pl.String)
-        self._count_streams(recv, text)
-        batch = self.normalizer.feed(
-            RawLines(
-                recv_ts_ns=recv,
-                text=text,
-                line_no=pl.int_range(first, first + n, dtype=pl.Int64, eager=True),
-                source=f"capture:{self.venue}",
-            )
-        )
+        # raw lines are queued for the journal before anything can fail on them
         self._u_ns.extend(ns)
         self._u_text.extend(texts)
+        self._count_streams(recv, text)
+        try:
+            batch = self.normalizer.feed(
+                RawLines(
+                    recv_ts_ns=recv,
+                    text=text,
+                    line_no=pl.int_range(first, first + n, dtype=pl.Int64, eager=True),
+                    source=f"capture:{self.venue}",
+                )
+            )
+        except Exception as exc:
+            # a normalizer bug must not stop the recording: the lines are in the journal (and
+            # can be re-imported once fixed); every book is unknown from here until resynced
+            log.exception(
+                "normalizer failed on lines %d..%d; resyncing every book", first, first + n - 1
+            )
+            now = time.time_ns()
+            self.episodes.append(Episode(now, "normalizer_error", "*", repr(exc)[:300], now))
+            for sym in self.config.symbols:
+                self._absorb(
+                    self.normalizer.force_resync(
+                        sym,
+                        now,
+                        f"normalizer error on capture lines {first}..{first + n - 1}: {exc!r}"[
+                            :500
+                        ],
+                        kind="resync",
+                    )
+                )
+            return
         for err in batch.errors:
             self.stats.malformed += 1
             idx = err.line - first
@@ -1005,11 +1038,22 @@ class Capture:
     async def _clock_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.clock_sync_interval_s)
-            await self._sync_clock()
+            try:
+                await self._sync_clock()
+            except Exception:  # an odd answer must not end clock tracking for good
+                log.exception("clock sync failed")
 
     # ---- publishing --------------------------------------------------------------------------
 
     async def _flush(self) -> None:
+        # shielded: cancelling the caller (stop() cancels the process loop) must not release the
+        # lock while the writer thread still appends to the journal; stop() then waits for it
+        task = asyncio.ensure_future(self._flush_locked())
+        self._flush_tasks.add(task)
+        task.add_done_callback(self._flush_tasks.discard)
+        await asyncio.shield(task)
+
+    async def _flush_locked(self) -> None:
         async with self._flush_lock:
             self._last_flush_mono = time.monotonic()
             ns, texts = self._u_ns, self._u_text
@@ -1018,7 +1062,19 @@ class Capture:
             if not ns and not acc.tables:
                 return
             t0 = time.perf_counter()
-            published = await asyncio.to_thread(self._flush_sync, ns, texts, acc)
+            try:
+                published = await asyncio.to_thread(self._flush_sync, ns, texts, acc)
+            except _FlushFailed as failed:
+                # disk full, permissions...: keep what was not written and retry next interval
+                log.error("flush failed (%s); keeping the data for the next flush", failed.cause)
+                now = time.time_ns()
+                self.episodes.append(Episode(now, "flush_error", "*", repr(failed.cause)[:300]))
+                if not failed.journal_done:
+                    self._u_ns[:0] = ns
+                    self._u_text[:0] = texts
+                failed.leftover.extend(self._acc)
+                self._acc = failed.leftover
+                return
             dt = time.perf_counter() - t0
             self.stats.flushes += 1
             self.stats.last_flush_s = dt
@@ -1046,11 +1102,15 @@ class Capture:
         self, ns: list[int], texts: list[str], acc: Batch
     ) -> dict[str, tuple[int, int]]:
         out: dict[str, tuple[int, int]] = {}
-        if ns:
-            before = len(self.journal.files_written)
-            self.journal.write_lines(ns, texts)
-            out["raw"] = (len(self.journal.files_written) - before, len(ns))
+        try:
+            if ns:
+                before = len(self.journal.files_written)
+                self.journal.write_lines(ns, texts)
+                out["raw"] = (len(self.journal.files_written) - before, len(ns))
+        except Exception as exc:
+            raise _FlushFailed(exc, journal_done=False, leftover=acc) from exc
         name = self._file_name()
+        parts: list[tuple[str, str, str, pl.DataFrame]] = []
         for table in TABLES:
             df = acc.tables.get(table)
             if df is None or df.height == 0:
@@ -1060,14 +1120,18 @@ class Capture:
             if "recv_ts_ns" in df.columns:
                 ts = pl.coalesce(ts, pl.col("recv_ts_ns"))
             keyed = df.with_columns(_date=pl.from_epoch(ts, time_unit="ns").dt.strftime("%Y-%m-%d"))
-            files = rows = 0
             for (sym, date), part in keyed.group_by("symbol", "_date", maintain_order=True):
-                self.lake.publish(
-                    table, self.venue, str(sym), str(date), part.drop("_date"), name=name
-                )
-                files += 1
-                rows += part.height
-            out[table] = (files, rows)
+                parts.append((table, str(sym), str(date), part.drop("_date")))
+        for i, (table, sym, date, part) in enumerate(parts):
+            try:
+                self.lake.publish(table, self.venue, sym, date, part, name=name)
+            except Exception as exc:
+                leftover = Batch()
+                for t, _, _, p in parts[i:]:
+                    leftover.add(t, p)
+                raise _FlushFailed(exc, journal_done=True, leftover=leftover) from exc
+            files, rows = out.get(table, (0, 0))
+            out[table] = (files + 1, rows + part.height)
         return out
 
     # ---- metrics server ----------------------------------------------------------------------
@@ -1105,6 +1169,16 @@ class Capture:
         for st, last in self._stream_last_ns.items():
             self.metrics.since_last.labels(self.venue, st).set((now - last) / 1e9)
         self.metrics.queue_depth.labels(self.venue).set(len(self._p_ns) + len(self._u_ns))
+
+
+class _FlushFailed(Exception):
+    """A flush that stopped part way: what is already on disk, and what is not."""
+
+    def __init__(self, cause: Exception, *, journal_done: bool, leftover: Batch) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
+        self.journal_done = journal_done
+        self.leftover = leftover
 
 
 def _retry_after_s(headers: dict[str, Any]) -> float | None:

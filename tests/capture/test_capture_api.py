@@ -127,3 +127,40 @@ def test_unknown_symbol_is_a_clear_error(tmp_path: Path) -> None:
             await sim.stop()
 
     asyncio.run(run())
+
+
+def test_a_failed_flush_keeps_its_data_for_the_next_one(tmp_path: Path) -> None:
+    """Disk full for a moment: nothing is lost or written twice, journal or lake."""
+    import errno
+
+    from capture.journal import iter_journal_lines
+
+    def prepare(cap: Capture) -> None:
+        publish, write_lines = cap.lake.publish, cap.journal.write_lines
+        calls = {"publish": 0, "journal": 0}
+
+        def flaky_publish(*a: Any, **k: Any) -> Any:
+            calls["publish"] += 1
+            if calls["publish"] in (3, 4):  # part way through a flush
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return publish(*a, **k)
+
+        def flaky_journal(*a: Any, **k: Any) -> Any:
+            calls["journal"] += 1
+            if calls["journal"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return write_lines(*a, **k)
+
+        cap.lake.publish = flaky_publish  # type: ignore[method-assign]
+        cap.journal.write_lines = flaky_journal  # type: ignore[method-assign]
+
+    run = asyncio.run(run_capture(tmp_path, limit_events=15_000, prepare=prepare))
+    assert sum(e["kind"] == "flush_error" for e in run.stats["episodes"]) == 3
+    for sym in ("BTC/USDT", "ETH/USDT"):
+        ids = run.trades(sym)["trade_id"].to_list()
+        assert sorted(ids) == run.sent_trade_ids(sym)
+        book = run.lake.read("book", "binance", sym)
+        assert book.select("update_id", "is_snapshot", "side", "price").is_duplicated().sum() == 0
+    journal = [t for f in run.stats["journal_files"] for _, t, _ in iter_journal_lines(f)]
+    streamed = [t for t in journal if '@depthSnapshot"' not in t[:40] and '"result"' not in t[:12]]
+    assert streamed == [e.frame for e in run.sim.events[:15_000]]
