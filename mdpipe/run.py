@@ -233,6 +233,8 @@ def run_pipeline(
                 outcome = execute(lake, parts, instance=instance, config=config, on_step=on_step)
             progress.update(task, completed=total, description="done")
     print_outcome(console, lake, outcome)
+    # Derived tables become DuckDB views (signals, labels, evaluation, ...).
+    console.print(f"catalog: {lake.build_catalog()}")
     return 0 if outcome.ok else 1
 
 
