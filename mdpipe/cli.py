@@ -106,14 +106,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print_import_report(report, lake)
     if not report.ok:
         return 1
-    rc = 0
-    try:
-        from mdpipe.run import run_pipeline  # the Dagster pipeline, when present
-    except ImportError:
-        run_pipeline = None
-    if run_pipeline is not None:
-        console.rule("[bold]materialising every asset through Dagster")
-        rc = run_pipeline(lake, console=console)
+    from mdpipe.run import run_pipeline
+
+    console.rule("[bold]materialising every asset through Dagster")
+    rc = run_pipeline(lake, console=console)
     console.rule("[bold]summary")
     print_summary(lake, console)
     return rc
