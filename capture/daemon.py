@@ -471,9 +471,8 @@ class Capture:
                 if bdates
                 else None
             )
-            st = self.normalizer._state(sym)
             if last_trade is not None:
-                st.last_trade_id = int(last_trade)
+                self.normalizer.seed_last_trade_id(sym, int(last_trade))
             rows.append(
                 {
                     "venue": self.venue,
@@ -948,15 +947,15 @@ class Capture:
         if not book.height:
             return
         for sym in book["symbol"].unique().to_list():
-            st = getattr(self.normalizer, "_symbols", {}).get(sym)
-            bk = getattr(st, "book", None)
-            if st is None or bk is None or not self.normalizer.is_synced(sym):
+            state = self.normalizer.book_state(sym)
+            if state is None:
                 continue
+            bk, last_update_id = state
             bid = bk.filter(pl.col("side") == "bid")["price"].max()
             ask = bk.filter(pl.col("side") == "ask")["price"].min()
             if bid is not None and ask is not None and bid >= ask:
                 detail = (
-                    f"crossed book after update {st.last_update_id}: best bid {bid} >= best ask "
+                    f"crossed book after update {last_update_id}: best bid {bid} >= best ask "
                     f"{ask}; resyncing"
                 )
                 b = self.normalizer.force_resync(sym, time.time_ns(), detail, kind="sequence_gap")

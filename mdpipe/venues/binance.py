@@ -282,6 +282,18 @@ class BinanceNormalizer:
             for sym, st in self._symbols.items()
         }
 
+    def book_state(self, symbol: str) -> tuple[pl.DataFrame, int] | None:
+        """The synced book of ``symbol`` after the last batch (side, price, qty) and the update id
+        it is at, or None while the book is unknown (before a snapshot, after a gap)."""
+        st = self._symbols.get(symbol)
+        if st is None or st.book is None or not st.sync.synced or st.last_update_id is None:
+            return None
+        return st.book, st.last_update_id
+
+    def seed_last_trade_id(self, symbol: str, trade_id: int) -> None:
+        """Continue trade-id gap detection from an earlier run (capture restarts)."""
+        self._state(symbol).last_trade_id = trade_id
+
     def is_synced(self, symbol: str) -> bool:
         st = self._symbols.get(symbol)
         return bool(st and st.sync.synced)
