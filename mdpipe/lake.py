@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 LAKE_ENV = "MDPIPE_LAKE"
 CATALOG_NAME = "mdpipe.duckdb"
 TMP_PREFIX = ".tmp-"
+ROW_GROUP_ROWS = 131_072  # rows a streaming writer buffers per Parquet row group
 NS_PER_DAY = 86_400 * 1_000_000_000
 
 # Canonical tables. Timestamps are int64 ns since the epoch, UTC; prices and sizes float64.
@@ -419,6 +420,8 @@ class PartitionWriter:
         # Not named *.parquet: globbing readers (DuckDB views) must never pick it up.
         self.tmp = self.dir / f"{TMP_PREFIX}{uuid.uuid4().hex}.partial"
         self._writer: pq.ParquetWriter | None = None
+        self._buffer: list[pl.DataFrame] = []
+        self._buffered = 0
         self.rows = 0
         self.schema: pa.Schema | None = (
             pl.DataFrame(schema=SCHEMAS[part.table]).to_arrow().schema
@@ -427,17 +430,35 @@ class PartitionWriter:
         )
 
     def write(self, df: pl.DataFrame) -> None:
+        """Buffer ``df``; a row group is written once ``ROW_GROUP_ROWS`` rows are buffered (so
+        memory stays bounded and row groups stay large enough to compress and prune well)."""
         if df.height == 0:
             return
-        table = conform(self.part.table, df).to_arrow()
+        self._buffer.append(conform(self.part.table, df))
+        self._buffered += df.height
+        self.rows += df.height
+        if self._buffered >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        table = pl.concat(self._buffer, how="vertical_relaxed").to_arrow()
+        self._buffer, self._buffered = [], 0
         if self.schema is not None:
             table = table.cast(self.schema)
         if self._writer is None:
-            self._writer = pq.ParquetWriter(self.tmp, table.schema, compression="zstd")
-        self._writer.write_table(table)
-        self.rows += df.height
+            # Statistics on the numeric columns only: DuckDB prunes row groups by time, id and
+            # price; min/max of the constant venue/symbol/side strings cost a quarter of the
+            # write time and prune nothing the hive path does not already.
+            stats = [f.name for f in table.schema if not _is_text(f.type)]
+            self._writer = pq.ParquetWriter(
+                self.tmp, table.schema, compression="zstd", write_statistics=stats
+            )
+        self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
 
     def abort(self) -> None:
+        self._buffer, self._buffered = [], 0
         if self._writer is not None:
             self._writer.close()
         self.tmp.unlink(missing_ok=True)
@@ -446,6 +467,7 @@ class PartitionWriter:
         """Publish under ``name``; rows already present in the partition's other files are
         dropped first (by the table's row key), so overlapping inputs never duplicate rows.
         Returns the path (None when nothing new) and the number of rows published."""
+        self._flush()
         if self._writer is None:
             return None, 0
         self._writer.close()
@@ -476,3 +498,7 @@ class PartitionWriter:
         os.replace(self.tmp, final)
         _fsync_dir(self.dir)
         return final, rows
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
