@@ -19,12 +19,15 @@ the label of the signal that opened it (tested). Sizing: each trade commits
 liquidation value (exit costs included). A position still open when the data ends before its
 deadline is closed at the last book and flagged `censored`.
 
-Barrier touches by trade prices are not implemented here (mid only); `backtest` raises for
-`barrier_price='trade'`.
+With `barrier_price='trade'` the barriers are touched by trade prices instead of mids, with
+the labels' rules: trades after the entry event up to the deadline, a touch exits at the book
+state at or before the touching trade (trades stamped at a book event's time see that event's
+book), and the stop wins inside one timestamp.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -34,7 +37,14 @@ import numpy.typing as npt
 import polars as pl
 
 from mdpipe.core.config import BacktestConfig
-from mdpipe.core.labels import BARRIER_NAMES, BARRIER_PROFIT, BARRIER_STOP, BARRIER_TIME, PricePath
+from mdpipe.core.labels import (
+    BARRIER_NAMES,
+    BARRIER_PROFIT,
+    BARRIER_STOP,
+    BARRIER_TIME,
+    PricePath,
+    TradePath,
+)
 
 F64Array = npt.NDArray[np.float64]
 I64Array = npt.NDArray[np.int64]
@@ -60,6 +70,45 @@ TRADES_SCHEMA: dict[str, pl.DataType] = {
 
 
 @numba.njit(cache=True)
+def _close(
+    tr_i: I64Array,
+    tr_f: F64Array,
+    nt: int,
+    sig: int,
+    entry_idx: int,
+    x: int,
+    t_end: int,
+    barrier: int,
+    censored: int,
+    side: int,
+    qty: float,
+    entry_px: float,
+    bid: F64Array,
+    ask: F64Array,
+    slip: float,
+    fee: float,
+    cash: float,
+) -> float:
+    """Close the position at the book state `x` (long sells at bid, short buys at ask, with
+    slippage and the fee on both legs), record trade `nt`, return the cash after it."""
+    xp = bid[x] * (1.0 - slip) if side > 0 else ask[x] * (1.0 + slip)
+    pnl = side * qty * (xp - entry_px) - fee * qty * (entry_px + xp)
+    cash += pnl
+    tr_i[nt, 0] = sig
+    tr_i[nt, 1] = entry_idx
+    tr_i[nt, 2] = x
+    tr_i[nt, 3] = t_end
+    tr_i[nt, 4] = barrier
+    tr_i[nt, 5] = censored
+    tr_f[nt, 0] = entry_px
+    tr_f[nt, 1] = xp
+    tr_f[nt, 2] = qty
+    tr_f[nt, 3] = pnl
+    tr_f[nt, 4] = cash
+    return cash
+
+
+@numba.njit(cache=True)
 def _backtest_kernel(
     ts: I64Array,
     bid: F64Array,
@@ -75,9 +124,14 @@ def _backtest_kernel(
     fee: float,
     capital: float,
     fraction: float,
+    use_trades: bool,
+    trade_ts: I64Array,
+    trade_px: F64Array,
 ) -> tuple[I64Array, F64Array, I64Array, I64Array, F64Array, F64Array]:
     n = ts.shape[0]
     m = sig_ts.shape[0]
+    nq = trade_ts.shape[0]
+    q = 0  # next trade (trade mode): trades up to the current book event are consumed in order
     # per event-group outputs
     eq_idx = np.empty(n, np.int64)
     equity = np.empty(n, np.float64)
@@ -106,56 +160,111 @@ def _backtest_kernel(
             k += 1
         state = k - 1
         exited_here = False
+        # 0. (trade mode) trades strictly between the previous book event and this one: a touch
+        #    exits at the book state at or before it, i.e. the previous event
+        while use_trades and q < nq and trade_ts[q] < tj:
+            tq = trade_ts[q]
+            got_pt = False
+            got_sl = False
+            while q < nq and trade_ts[q] == tq:
+                if side != 0:
+                    r = side * (trade_px[q] / m0 - 1.0)
+                    if r <= -sl:
+                        got_sl = True
+                    elif r >= pt:
+                        got_pt = True
+                q += 1
+            if side != 0 and tq <= deadline and (got_pt or got_sl):
+                cash = _close(
+                    tr_i,
+                    tr_f,
+                    nt,
+                    cur_sig,
+                    entry_idx,
+                    prev_state,
+                    tq,
+                    BARRIER_STOP if got_sl else BARRIER_PROFIT,
+                    0,
+                    side,
+                    qty,
+                    entry_px,
+                    bid,
+                    ask,
+                    slip,
+                    fee,
+                    cash,
+                )
+                nt += 1
+                side = 0
+                last_exit_t = tq
         # 1. time exit at the deadline's book state (the previous event)
         if side != 0 and tj > deadline:
-            x = prev_state
-            xp = bid[x] * (1.0 - slip) if side > 0 else ask[x] * (1.0 + slip)
-            pnl = side * qty * (xp - entry_px) - fee * qty * (entry_px + xp)
-            cash += pnl
-            tr_i[nt, 0] = cur_sig
-            tr_i[nt, 1] = entry_idx
-            tr_i[nt, 2] = x
-            tr_i[nt, 3] = deadline
-            tr_i[nt, 4] = BARRIER_TIME
-            tr_i[nt, 5] = 0
-            tr_f[nt, 0] = entry_px
-            tr_f[nt, 1] = xp
-            tr_f[nt, 2] = qty
-            tr_f[nt, 3] = pnl
-            tr_f[nt, 4] = cash
+            cash = _close(
+                tr_i,
+                tr_f,
+                nt,
+                cur_sig,
+                entry_idx,
+                prev_state,
+                deadline,
+                BARRIER_TIME,
+                0,
+                side,
+                qty,
+                entry_px,
+                bid,
+                ask,
+                slip,
+                fee,
+                cash,
+            )
             nt += 1
             side = 0
             last_exit_t = deadline
-        # 2. barrier exit on this event's mids
-        if side != 0:
-            got_pt = False
-            got_sl = False
-            for q in range(j, k):
-                r = side * (mid[q] / m0 - 1.0)
+        # 2. barrier exit on this event's mids (trade mode: trades stamped at this event's time;
+        #    they are consumed even when flat, so an entry here never sees them)
+        got_pt = False
+        got_sl = False
+        if use_trades:
+            while q < nq and trade_ts[q] == tj:
+                if side != 0:
+                    r = side * (trade_px[q] / m0 - 1.0)
+                    if r <= -sl:
+                        got_sl = True
+                    elif r >= pt:
+                        got_pt = True
+                q += 1
+        elif side != 0:
+            for c in range(j, k):
+                r = side * (mid[c] / m0 - 1.0)
                 if r <= -sl:
                     got_sl = True
                 elif r >= pt:
                     got_pt = True
-            if got_pt or got_sl:
-                x = state
-                xp = bid[x] * (1.0 - slip) if side > 0 else ask[x] * (1.0 + slip)
-                pnl = side * qty * (xp - entry_px) - fee * qty * (entry_px + xp)
-                cash += pnl
-                tr_i[nt, 0] = cur_sig
-                tr_i[nt, 1] = entry_idx
-                tr_i[nt, 2] = x
-                tr_i[nt, 3] = tj
-                tr_i[nt, 4] = BARRIER_STOP if got_sl else BARRIER_PROFIT
-                tr_i[nt, 5] = 0
-                tr_f[nt, 0] = entry_px
-                tr_f[nt, 1] = xp
-                tr_f[nt, 2] = qty
-                tr_f[nt, 3] = pnl
-                tr_f[nt, 4] = cash
-                nt += 1
-                side = 0
-                last_exit_t = tj
-                exited_here = True
+        if side != 0 and (got_pt or got_sl):
+            cash = _close(
+                tr_i,
+                tr_f,
+                nt,
+                cur_sig,
+                entry_idx,
+                state,
+                tj,
+                BARRIER_STOP if got_sl else BARRIER_PROFIT,
+                0,
+                side,
+                qty,
+                entry_px,
+                bid,
+                ask,
+                slip,
+                fee,
+                cash,
+            )
+            nt += 1
+            side = 0
+            last_exit_t = tj
+            exited_here = True
         # 3. entry at the first event strictly after a signal that arrived while flat
         if side == 0:
             while p < m and sig_ts[p] < last_exit_t:
@@ -183,25 +292,64 @@ def _backtest_kernel(
         ng += 1
         prev_state = state
         j = k
-    # end of data with an open position
+    # (trade mode) trades after the last book event, up to the deadline
+    if use_trades and side != 0:
+        got_pt = False
+        got_sl = False
+        while q < nq and trade_ts[q] <= deadline and not (got_pt or got_sl):
+            tq = trade_ts[q]
+            while q < nq and trade_ts[q] == tq:
+                r = side * (trade_px[q] / m0 - 1.0)
+                if r <= -sl:
+                    got_sl = True
+                elif r >= pt:
+                    got_pt = True
+                q += 1
+            if got_pt or got_sl:
+                cash = _close(
+                    tr_i,
+                    tr_f,
+                    nt,
+                    cur_sig,
+                    entry_idx,
+                    n - 1,
+                    tq,
+                    BARRIER_STOP if got_sl else BARRIER_PROFIT,
+                    0,
+                    side,
+                    qty,
+                    entry_px,
+                    bid,
+                    ask,
+                    slip,
+                    fee,
+                    cash,
+                )
+                nt += 1
+                side = 0
+    # end of data with an open position: closed at the last book; censored when the deadline
+    # lies after the known data (a deadline inside it: the last event is its book state)
     if side != 0:
-        x = n - 1
         censored = 0 if deadline <= end_ns else 1
-        # a deadline inside the known data: the last event is the book state at the deadline
-        xp = bid[x] * (1.0 - slip) if side > 0 else ask[x] * (1.0 + slip)
-        pnl = side * qty * (xp - entry_px) - fee * qty * (entry_px + xp)
-        cash += pnl
-        tr_i[nt, 0] = cur_sig
-        tr_i[nt, 1] = entry_idx
-        tr_i[nt, 2] = x
-        tr_i[nt, 3] = deadline
-        tr_i[nt, 4] = BARRIER_TIME
-        tr_i[nt, 5] = censored
-        tr_f[nt, 0] = entry_px
-        tr_f[nt, 1] = xp
-        tr_f[nt, 2] = qty
-        tr_f[nt, 3] = pnl
-        tr_f[nt, 4] = cash
+        cash = _close(
+            tr_i,
+            tr_f,
+            nt,
+            cur_sig,
+            entry_idx,
+            n - 1,
+            deadline,
+            BARRIER_TIME,
+            censored,
+            side,
+            qty,
+            entry_px,
+            bid,
+            ask,
+            slip,
+            fee,
+            cash,
+        )
         nt += 1
     return eq_idx[:ng], equity[:ng], pos_out[:ng], tr_i[:nt], tr_f[:nt].copy(), np.array([cash])
 
@@ -255,8 +403,10 @@ def backtest(
     stop_loss_pct: float | None = None,
     max_holding_ns: int | None = None,
     equity_points: int | None = 5_000,
+    trades: TradePath | None = None,
 ) -> BacktestResult:
-    """Run the signals (`ts_ns, direction`, optional `signal_id`) through the book `path`.
+    """Run the signals (`ts_ns, direction`, optional `signal_id`) through the book `path`
+    (with `config.barrier_price='trade'`, barriers are touched by the prices in `trades`).
 
     `start_ns` / `end_ns` restrict the Sharpe sampling and the exposure to a window (e.g. a
     test fold's span) so that flat time outside it does not dilute them; trades always run on
@@ -266,8 +416,10 @@ def backtest(
     per-event equity curve. The returned `equity` frame is thinned to about
     2 x `equity_points` rows by min/max decimation (it is for plots; None keeps every event).
     """
-    if config.barrier_price != "mid":
-        raise ValueError("the backtester checks barriers on the mid only (barrier_price='mid')")
+    use_trades = config.barrier_price == "trade"
+    if use_trades and trades is None:
+        raise ValueError("barrier_price='trade' needs a TradePath (trades=...)")
+    tr = trades or TradePath(np.zeros(0, np.int64), np.zeros(0, np.float64))
     sig = signals.sort("ts_ns", maintain_order=True)
     sig_ts = np.ascontiguousarray(sig["ts_ns"].to_numpy().astype(np.int64))
     sig_side = np.ascontiguousarray(sig["direction"].to_numpy().astype(np.int64))
@@ -294,11 +446,14 @@ def backtest(
         float(config.fee_rate),
         float(config.initial_capital),
         float(config.position_fraction),
+        use_trades,
+        tr.ts_ns,
+        tr.price,
     )
     if tr_i.shape[0]:
         si = tr_i[:, 0]
         entry_px, exit_px, qty, pnl, eq_after = (tr_f[:, c] for c in range(5))
-        trades = pl.DataFrame(
+        done = pl.DataFrame(
             {
                 "signal_id": pl.Series([ids[i] for i in si.tolist()], dtype=pl.String),
                 "signal_ts_ns": pl.Series(sig_ts[si], dtype=pl.Int64),
@@ -317,20 +472,20 @@ def backtest(
             }
         )
     else:
-        trades = pl.DataFrame(schema=TRADES_SCHEMA)
+        done = pl.DataFrame(schema=TRADES_SCHEMA)
     cap = config.initial_capital
     ets = ts[eq_idx]
     w_lo = 0 if start_ns is None else int(np.searchsorted(ets, start_ns, side="left"))
     w_hi = ets.size if end_ns is None else int(np.searchsorted(ets, end_ns, side="right"))
     w_eq, w_pos, w_ts = equity[w_lo:w_hi], pos[w_lo:w_hi], ets[w_lo:w_hi]
     final = float(equity[-1]) if equity.size else cap
-    wins = trades.filter(pl.col("pnl") > 0).height
+    wins = done.filter(pl.col("pnl") > 0).height
     summary = {
         "net_pnl": final - cap,
         "net_return": final / cap - 1.0,
-        "n_trades": float(trades.height),
-        "n_skipped": float(sig.height - trades.height),
-        "win_rate": wins / trades.height if trades.height else math.nan,
+        "n_trades": float(done.height),
+        "n_skipped": float(sig.height - done.height),
+        "win_rate": wins / done.height if done.height else math.nan,
         "sharpe": sharpe_ratio(w_ts, w_eq, interval_ns=round(config.sharpe_interval_seconds * 1e9)),
         "max_drawdown": max_drawdown(equity) if equity.size else math.nan,
         "exposure": float(np.mean(w_pos != 0)) if w_pos.size else math.nan,
@@ -348,7 +503,7 @@ def backtest(
             "position": pl.Series(pos[keep], dtype=pl.Int8),
         }
     )
-    return BacktestResult(trades=trades, equity=eq, summary=summary)
+    return BacktestResult(trades=done, equity=eq, summary=summary)
 
 
 def minmax_decimate(values: npt.ArrayLike, n_buckets: int) -> I64Array:
@@ -376,7 +531,7 @@ def buy_and_hold(path: PricePath, config: BacktestConfig) -> BacktestResult:
     return backtest(
         path,
         sig,
-        config,
+        dataclasses.replace(config, barrier_price="mid"),  # no barriers: no touch price needed
         profit_target_pct=math.inf,
         stop_loss_pct=math.inf,
         max_holding_ns=int(path.ts_ns[-1]) - t0,

@@ -45,7 +45,7 @@ import polars as pl
 from mdpipe.core.backtest import BacktestResult, backtest, buy_and_hold
 from mdpipe.core.config import BacktestConfig
 from mdpipe.core.cv import acted, fit_threshold
-from mdpipe.core.labels import PricePath, triple_barrier
+from mdpipe.core.labels import PricePath, TradePath, triple_barrier
 
 F64Array = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -251,6 +251,7 @@ def signal_set_metrics(
     act_mask: npt.ArrayLike | None = None,
     window: tuple[int, int] | None = None,
     bt: BacktestResult | None = None,
+    trades: TradePath | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics of one set of uncensored labelled signals and grid rows, acting on signals with
     `score >= threshold` (or on `act_mask` when given). Returns `(metrics, curves)`; curves hold
@@ -304,7 +305,7 @@ def signal_set_metrics(
     if bt is None:
         acted_sig = signals.filter(pl.Series(act)) if n else signals
         lo, hi = window if window is not None else (None, None)
-        bt = backtest(path, acted_sig, config, start_ns=lo, end_ns=hi)
+        bt = backtest(path, acted_sig, config, start_ns=lo, end_ns=hi, trades=trades)
     out.update(
         {
             k: bt.summary[k]
@@ -357,10 +358,17 @@ def random_baseline_signals(n: int, start_ns: int, end_ns: int, *, seed: int) ->
 
 
 def _label_random(
-    n: int, path: PricePath, config: BacktestConfig, start_ns: int, end_ns: int
+    n: int,
+    path: PricePath,
+    config: BacktestConfig,
+    start_ns: int,
+    end_ns: int,
+    trades: TradePath | None = None,
 ) -> pl.DataFrame:
     sig = random_baseline_signals(n, start_ns, end_ns, seed=config.random_seed)
-    cols = triple_barrier(path, sig["ts_ns"].to_numpy(), sig["direction"].to_numpy(), config)
+    cols = triple_barrier(
+        path, sig["ts_ns"].to_numpy(), sig["direction"].to_numpy(), config, trades=trades
+    )
     move = cols["move_ts_ns"].astype(np.float64)
     move[move < 0] = np.nan
     return sig.with_columns(
@@ -392,12 +400,14 @@ def evaluate(
     config: BacktestConfig,
     *,
     partition: str = "",
+    trades: TradePath | None = None,
 ) -> Evaluation:
     """Evaluate one partition.
 
     `labels` is the partition's `labels` table (signal and grid rows), `cv_folds` its
     `cv_folds` table (may be empty or None: then only the full-sample rows), `path` the price
-    path the labels were computed on (the partition, plus the next one when it was used).
+    path the labels were computed on (the partition, plus the next one when it was used), and
+    `trades` the trade prices when `config.barrier_price='trade'`.
 
     Rows of the result (`sample` / `strategy` / `fold`):
     - fold -1, 'full': every uncensored signal acted on (no threshold): `detector` overall and
@@ -421,18 +431,18 @@ def evaluate(
     if grid.height:
         span = (int(grid["ts_ns"].min()), int(grid["ts_ns"].max()))  # type: ignore[arg-type]
 
-    m, c = signal_set_metrics(sig, grid, -math.inf, path, config)
+    m, c = signal_set_metrics(sig, grid, -math.inf, path, config, trades=trades)
     rows.append(_row(partition, -1, "full", "detector", "all", m))
     curves[(-1, "full", "detector")] = c
     for stype in sorted({s for s in sig["signal_type"].to_list() if s is not None}):
         sub = sig.filter(pl.col("signal_type") == stype)
-        ms, _ = signal_set_metrics(sub, grid, -math.inf, path, config)
+        ms, _ = signal_set_metrics(sub, grid, -math.inf, path, config, trades=trades)
         rows.append(_row(partition, -1, "full", "detector", stype, ms))
 
     # baselines
     if len(path) >= 2:
-        rnd = _label_random(sig.height, path, config, span[0], span[1] + 1)
-        mr, cr = signal_set_metrics(rnd, grid, -math.inf, path, config)
+        rnd = _label_random(sig.height, path, config, span[0], span[1] + 1, trades)
+        mr, cr = signal_set_metrics(rnd, grid, -math.inf, path, config, trades=trades)
         rows.append(_row(partition, -1, "full", "random", "all", mr))
         curves[(-1, "full", "random")] = cr
         bh = buy_and_hold(path, config)
@@ -449,7 +459,7 @@ def evaluate(
                 "move_ts_ns": grid["move_ts_ns"].cast(pl.Float64),
             }
         )
-        ma, ca = signal_set_metrics(always, grid, -math.inf, path, config, bt=bh)
+        ma, ca = signal_set_metrics(always, grid, -math.inf, path, config, bt=bh, trades=trades)
         ma["precision"] = ma["grid_positive_rate"]
         for k in PRECISION_KS:  # every grid row ties at one score: a ranking means nothing
             ma[f"precision_at_{k}"] = math.nan
@@ -477,7 +487,9 @@ def evaluate(
             )
             for sample, s_set, g_set in (("in_sample", s_tr, g_tr), ("out_of_sample", s_te, g_te)):
                 window = _window(s_set, g_set)
-                mf, cf = signal_set_metrics(s_set, g_set, thr, path, config, window=window)
+                mf, cf = signal_set_metrics(
+                    s_set, g_set, thr, path, config, window=window, trades=trades
+                )
                 rows.append(_row(partition, int(fold), sample, "detector", "all", mf))
                 curves[(int(fold), sample, "detector")] = cf
             first = test_part.filter(pl.col("path") == 0).select("signal_id")
@@ -491,7 +503,14 @@ def evaluate(
         with np.errstate(invalid="ignore"):
             act_mask = (th == -math.inf) | (np.isfinite(sc) & (sc >= th))
         mp, cp = signal_set_metrics(
-            s_oos, g_oos, math.nan, path, config, act_mask=act_mask, window=_window(s_oos, g_oos)
+            s_oos,
+            g_oos,
+            math.nan,
+            path,
+            config,
+            act_mask=act_mask,
+            window=_window(s_oos, g_oos),
+            trades=trades,
         )
         rows.append(_row(partition, -1, "out_of_sample", "detector", "all", mp))
         curves[(-1, "out_of_sample", "detector")] = cp

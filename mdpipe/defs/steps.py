@@ -525,16 +525,22 @@ def price_path(lake: Lake, part: Part, *, with_next: bool = True) -> tuple[Price
     return path.concat(PricePath.from_frame(nf, end_ns=next_end)), "used"
 
 
+def trade_path(lake: Lake, part: Part, config: BacktestConfig) -> TradePath | None:
+    """The partition's and the next day's trade prices when barriers are touched by trades
+    (`barrier_price='trade'`), else None."""
+    if config.barrier_price != "trade":
+        return None
+    tr = pl.concat([read_trades(lake, part), read_trades(lake, part.shifted(1))])
+    return TradePath.from_arrays(tr["exch_ts_ns"].to_numpy(), tr["price"].to_numpy())
+
+
 def labels_step(lake: Lake, part: Part, config: BacktestConfig) -> LabelsOutput:
     """Triple-barrier labels of the partition's signals and of the regular grid."""
     t0 = time.perf_counter()
     signals = _read(lake, derived("signals"), part)
     own, _ = price_path(lake, part, with_next=False)
     full, how = price_path(lake, part)
-    trades = None
-    if config.barrier_price == "trade":
-        tr = pl.concat([read_trades(lake, part), read_trades(lake, part.shifted(1))])
-        trades = TradePath.from_arrays(tr["exch_ts_ns"].to_numpy(), tr["price"].to_numpy())
+    trades = trade_path(lake, part, config)
     if len(own) == 0:
         from mdpipe.core.labels import empty_labels
 
@@ -624,7 +630,9 @@ def evaluation_step(lake: Lake, part: Part, config: BacktestConfig) -> Evaluatio
             derived("evaluation"), part.venue, part.symbol, part.date, metrics
         )
         return EvaluationOutput(metrics, {}, None, time.perf_counter() - t0, p)
-    ev = evaluate(labels, folds, full, config, partition=part.label)
+    ev = evaluate(
+        labels, folds, full, config, partition=part.label, trades=trade_path(lake, part, config)
+    )
     p = lake.replace_partition(
         derived("evaluation"), part.venue, part.symbol, part.date, ev.metrics
     )

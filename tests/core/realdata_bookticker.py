@@ -59,3 +59,19 @@ def random_signals(ts_ns: np.ndarray, n: int, seed: int) -> pl.DataFrame:
             "score": rng.random(n),
         }
     )
+
+
+def trade_prices(*names: str) -> tuple[np.ndarray, np.ndarray]:
+    """`(ts_ns, price)` of every trade in the given recording files, stamped like
+    `bookticker_frame` with the local receive time so both paths share one clock."""
+    ts: list[int] = []
+    px: list[float] = []
+    for name in names:
+        with gzip.open(DATA / name, "rt") as fh:
+            for line in fh:
+                if "@trade" not in line:
+                    continue
+                head, _, payload = line.partition(" ")
+                ts.append(int(head))
+                px.append(float(json.loads(payload)["data"]["p"]))
+    return np.asarray(ts, np.int64), np.asarray(px, np.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,8 +17,8 @@ from mdpipe.core.backtest import (
     sharpe_ratio,
 )
 from mdpipe.core.config import BacktestConfig
-from mdpipe.core.labels import PricePath, label_signals
-from tests.core.realdata_bookticker import bookticker_frame, random_signals
+from mdpipe.core.labels import PricePath, TradePath, label_signals
+from tests.core.realdata_bookticker import bookticker_frame, random_signals, trade_prices
 
 S = 1_000_000_000
 HALF = 0.05
@@ -134,10 +135,58 @@ def test_sharpe_and_drawdown_known_answers() -> None:
     assert max_drawdown([1, 2, 3]) == 0.0
 
 
-def test_rejects_trade_barriers() -> None:
-    p = book([0, 1], [100, 100])
-    with pytest.raises(ValueError, match="mid"):
-        backtest(p, signals([0.0], [1]), BacktestConfig(barrier_price="trade"))
+def test_trade_price_barriers_known_answers() -> None:
+    p = book([0, 1, 2, 3, 4, 20], [100, 100, 100.1, 100.2, 100.3, 100.3])
+    cfg = dataclasses.replace(CFG, barrier_price="trade")
+    # the 150 prints at or before the entry event (t=1) are not looked at; 101.2 at 2.5 s
+    # touches the +1 % barrier and exits at the book state at or before it (t=2)
+    trades = TradePath.from_arrays(np.array([0.5, 1.0, 2.5, 3.5]) * S, [150.0, 150.0, 101.2, 100.0])
+    t = backtest(p, signals([0.5], [1]), cfg, trades=trades).trades.row(0, named=True)
+    assert (t["barrier"], t["t_end_ns"], t["exit_ts_ns"]) == ("profit", round(2.5 * S), 2 * S)
+    assert t["exit_price"] == pytest.approx(100.1 - HALF)
+    # a print stamped at a book event's time sees that event's book; stop wins in one timestamp
+    both = TradePath.from_arrays(np.array([3.0, 3.0]) * S, [101.5, 98.0])
+    t = backtest(p, signals([0.5], [1]), cfg, trades=both).trades.row(0, named=True)
+    assert (t["barrier"], t["t_end_ns"], t["exit_ts_ns"]) == ("stop", 3 * S, 3 * S)
+    # a print after the last book event, before the deadline, exits at the last book
+    short = book([0, 1, 2], [100, 100, 100], end_s=100)
+    late = TradePath.from_arrays(np.array([5.0]) * S, [98.5])
+    t = backtest(short, signals([0.5], [1]), cfg, trades=late).trades.row(0, named=True)
+    assert (t["barrier"], t["t_end_ns"], t["exit_ts_ns"], t["censored"]) == (
+        "stop",
+        5 * S,
+        2 * S,
+        False,
+    )
+    # the mids alone would have held to the deadline
+    assert backtest(short, signals([0.5], [1]), CFG).trades["barrier"][0] == "time"
+    with pytest.raises(ValueError, match="TradePath"):
+        backtest(p, signals([0.0], [1]), cfg)
+
+
+def test_trade_price_backtest_equals_trade_price_labels_on_real_recording() -> None:
+    frame = bookticker_frame("btcusdt_20240808.gz")
+    path = PricePath.from_frame(frame)
+    trades = TradePath.from_arrays(*trade_prices("btcusdt_20240808.gz"))
+    cfg = BacktestConfig(
+        profit_target_pct=0.0004,
+        stop_loss_pct=0.0003,
+        max_holding_seconds=20.0,
+        barrier_price="trade",
+    )
+    sig = random_signals(path.ts_ns, 200, seed=5)
+    r = backtest(path, sig, cfg, trades=trades)
+    lab = label_signals(sig, path, cfg, trades=trades)
+    j = r.trades.join(lab, on="signal_id", suffix="_label")
+    assert r.trades.height > 20 and j.height == r.trades.height
+    for col in ("entry_ts_ns", "exit_ts_ns", "t_end_ns", "barrier"):
+        assert (j[col] == j[f"{col}_label"]).all(), col
+    np.testing.assert_allclose(
+        j["ret"].to_numpy(), j["ret_label"].to_numpy(), rtol=1e-9, atol=1e-12
+    )
+    # trade prints touch barriers the mids never reach: the two modes really differ here
+    mid_run = backtest(path, sig, dataclasses.replace(cfg, barrier_price="mid"))
+    assert not r.trades["t_end_ns"].equals(mid_run.trades["t_end_ns"])
 
 
 def test_trades_equal_labels_on_real_recording() -> None:

@@ -116,3 +116,38 @@ def test_label_stage_of_a_day_without_data_writes_empty_partitions(
     assert ev.report is None and ev.metrics["partition"].to_list() == [day7.label]
     for asset in ("labels", "cv_folds", "evaluation"):
         assert len(lake.files(steps.derived(asset), day7.venue, day7.symbol, day7.date)) == 1
+
+
+def test_trade_price_barriers_run_through_labels_and_evaluation(
+    lake_with_recordings: Lake, tmp_path: Path
+) -> None:
+    """`barrier_price='trade'` set in the launchpad goes through every step: labels, folds,
+    and the evaluation's backtests and random baseline, on the real partition."""
+    import dataclasses
+
+    from mdpipe.core.config import BacktestConfig
+
+    lake = Lake(tmp_path / "lake")
+    shutil.copytree(lake_with_recordings.root, lake.root)
+    steps.features_step(lake, BTC8)
+    steps.features_step(lake, BTC9)
+    mid_cfg = BacktestConfig(profit_target_pct=0.0005, stop_loss_pct=0.0005)
+    trade_cfg = dataclasses.replace(mid_cfg, barrier_price="trade")
+    results = {}
+    for cfg in (mid_cfg, trade_cfg):
+        labels = steps.labels_step(lake, BTC8, cfg).labels
+        steps.cv_folds_step(lake, BTC8, cfg)
+        ev = steps.evaluation_step(lake, BTC8, cfg)
+        assert ev.report is not None and ev.report.exists()
+        full = ev.metrics.filter(
+            (pl.col("fold") == -1)
+            & (pl.col("sample") == "full")
+            & (pl.col("strategy") == "detector")
+        )
+        results[cfg.barrier_price] = (labels, full)
+    mid_labels, _ = results["mid"]
+    trade_labels, trade_full = results["trade"]
+    assert trade_full.height >= 1 and trade_full["n_trades"][0] > 0
+    # the modes label the same signals but touches happen at different times
+    assert trade_labels.height == mid_labels.height
+    assert not trade_labels["t_end_ns"].equals(mid_labels["t_end_ns"])
