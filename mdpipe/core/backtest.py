@@ -70,6 +70,17 @@ TRADES_SCHEMA: dict[str, pl.DataType] = {
 
 
 @numba.njit(cache=True)
+def _worst(touch: int, r: float, pt: float, sl: float) -> int:
+    """Fold one price of a timestamp into its touch so far: the stop wins over the profit
+    barrier inside one timestamp (their order is not observable), -1 while neither."""
+    if r <= -sl or touch == BARRIER_STOP:
+        return BARRIER_STOP
+    if r >= pt:
+        return BARRIER_PROFIT
+    return touch
+
+
+@numba.njit(cache=True)
 def _close(
     tr_i: I64Array,
     tr_f: F64Array,
@@ -159,112 +170,47 @@ def _backtest_kernel(
         while k < n and ts[k] == tj:
             k += 1
         state = k - 1
-        exited_here = False
+        # at most one exit per event: its book state, its t_end and its barrier
+        x_close = -1
+        t_close = 0
+        b_close = BARRIER_TIME
         # 0. (trade mode) trades strictly between the previous book event and this one: a touch
         #    exits at the book state at or before it, i.e. the previous event
         while use_trades and q < nq and trade_ts[q] < tj:
             tq = trade_ts[q]
-            got_pt = False
-            got_sl = False
+            touch = -1
             while q < nq and trade_ts[q] == tq:
                 if side != 0:
-                    r = side * (trade_px[q] / m0 - 1.0)
-                    if r <= -sl:
-                        got_sl = True
-                    elif r >= pt:
-                        got_pt = True
+                    touch = _worst(touch, side * (trade_px[q] / m0 - 1.0), pt, sl)
                 q += 1
-            if side != 0 and tq <= deadline and (got_pt or got_sl):
-                cash = _close(
-                    tr_i,
-                    tr_f,
-                    nt,
-                    cur_sig,
-                    entry_idx,
-                    prev_state,
-                    tq,
-                    BARRIER_STOP if got_sl else BARRIER_PROFIT,
-                    0,
-                    side,
-                    qty,
-                    entry_px,
-                    bid,
-                    ask,
-                    slip,
-                    fee,
-                    cash,
-                )
-                nt += 1
-                side = 0
-                last_exit_t = tq
+            if side != 0 and x_close < 0 and tq <= deadline and touch >= 0:
+                x_close, t_close, b_close = prev_state, tq, touch
         # 1. time exit at the deadline's book state (the previous event)
-        if side != 0 and tj > deadline:
-            cash = _close(
-                tr_i,
-                tr_f,
-                nt,
-                cur_sig,
-                entry_idx,
-                prev_state,
-                deadline,
-                BARRIER_TIME,
-                0,
-                side,
-                qty,
-                entry_px,
-                bid,
-                ask,
-                slip,
-                fee,
-                cash,
-            )
-            nt += 1
-            side = 0
-            last_exit_t = deadline
+        if side != 0 and x_close < 0 and tj > deadline:
+            x_close, t_close, b_close = prev_state, deadline, BARRIER_TIME
         # 2. barrier exit on this event's mids (trade mode: trades stamped at this event's time;
         #    they are consumed even when flat, so an entry here never sees them)
-        got_pt = False
-        got_sl = False
+        touch = -1
         if use_trades:
             while q < nq and trade_ts[q] == tj:
                 if side != 0:
-                    r = side * (trade_px[q] / m0 - 1.0)
-                    if r <= -sl:
-                        got_sl = True
-                    elif r >= pt:
-                        got_pt = True
+                    touch = _worst(touch, side * (trade_px[q] / m0 - 1.0), pt, sl)
                 q += 1
-        elif side != 0:
+        elif side != 0 and x_close < 0:
             for c in range(j, k):
-                r = side * (mid[c] / m0 - 1.0)
-                if r <= -sl:
-                    got_sl = True
-                elif r >= pt:
-                    got_pt = True
-        if side != 0 and (got_pt or got_sl):
+                touch = _worst(touch, side * (mid[c] / m0 - 1.0), pt, sl)
+        exited_here = False
+        if side != 0 and x_close < 0 and touch >= 0:
+            x_close, t_close, b_close = state, tj, touch
+            exited_here = True
+        if x_close >= 0:
             cash = _close(
-                tr_i,
-                tr_f,
-                nt,
-                cur_sig,
-                entry_idx,
-                state,
-                tj,
-                BARRIER_STOP if got_sl else BARRIER_PROFIT,
-                0,
-                side,
-                qty,
-                entry_px,
-                bid,
-                ask,
-                slip,
-                fee,
-                cash,
-            )
+                tr_i, tr_f, nt, cur_sig, entry_idx, x_close, t_close, b_close, 0,
+                side, qty, entry_px, bid, ask, slip, fee, cash,
+            )  # fmt: skip
             nt += 1
             side = 0
-            last_exit_t = tj
-            exited_here = True
+            last_exit_t = t_close
         # 3. entry at the first event strictly after a signal that arrived while flat
         if side == 0:
             while p < m and sig_ts[p] < last_exit_t:
@@ -292,64 +238,25 @@ def _backtest_kernel(
         ng += 1
         prev_state = state
         j = k
-    # (trade mode) trades after the last book event, up to the deadline
-    if use_trades and side != 0:
-        got_pt = False
-        got_sl = False
-        while q < nq and trade_ts[q] <= deadline and not (got_pt or got_sl):
-            tq = trade_ts[q]
-            while q < nq and trade_ts[q] == tq:
-                r = side * (trade_px[q] / m0 - 1.0)
-                if r <= -sl:
-                    got_sl = True
-                elif r >= pt:
-                    got_pt = True
-                q += 1
-            if got_pt or got_sl:
-                cash = _close(
-                    tr_i,
-                    tr_f,
-                    nt,
-                    cur_sig,
-                    entry_idx,
-                    n - 1,
-                    tq,
-                    BARRIER_STOP if got_sl else BARRIER_PROFIT,
-                    0,
-                    side,
-                    qty,
-                    entry_px,
-                    bid,
-                    ask,
-                    slip,
-                    fee,
-                    cash,
-                )
-                nt += 1
-                side = 0
-    # end of data with an open position: closed at the last book; censored when the deadline
-    # lies after the known data (a deadline inside it: the last event is its book state)
+    # end of data with an open position: (trade mode) prints after the last book event up to
+    # the deadline may still touch; otherwise closed at the last book, censored when the
+    # deadline lies after the known data (a deadline inside it: the last event is its state)
     if side != 0:
+        t_close, b_close = deadline, BARRIER_TIME
         censored = 0 if deadline <= end_ns else 1
+        while use_trades and q < nq and trade_ts[q] <= deadline:
+            tq = trade_ts[q]
+            touch = -1
+            while q < nq and trade_ts[q] == tq:
+                touch = _worst(touch, side * (trade_px[q] / m0 - 1.0), pt, sl)
+                q += 1
+            if touch >= 0:
+                t_close, b_close, censored = tq, touch, 0
+                break
         cash = _close(
-            tr_i,
-            tr_f,
-            nt,
-            cur_sig,
-            entry_idx,
-            n - 1,
-            deadline,
-            BARRIER_TIME,
-            censored,
-            side,
-            qty,
-            entry_px,
-            bid,
-            ask,
-            slip,
-            fee,
-            cash,
-        )
+            tr_i, tr_f, nt, cur_sig, entry_idx, n - 1, t_close, b_close, censored,
+            side, qty, entry_px, bid, ask, slip, fee, cash,
+        )  # fmt: skip
         nt += 1
     return eq_idx[:ng], equity[:ng], pos_out[:ng], tr_i[:nt], tr_f[:nt].copy(), np.array([cash])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +22,10 @@ def bookticker_frame(*names: str) -> pl.DataFrame:
     ts: list[int] = []
     bid: list[float] = []
     ask: list[float] = []
-    for name in names:
-        with gzip.open(DATA / name, "rt") as fh:
-            for line in fh:
-                if "@bookTicker" not in line:
-                    continue
-                head, _, payload = line.partition(" ")
-                data = json.loads(payload)["data"]
-                ts.append(int(head))
-                bid.append(float(data["b"]))
-                ask.append(float(data["a"]))
+    for recv, data in _messages(names, "@bookTicker"):
+        ts.append(recv)
+        bid.append(float(data["b"]))
+        ask.append(float(data["a"]))
     b = np.asarray(bid)
     a = np.asarray(ask)
     return pl.DataFrame(
@@ -66,12 +61,17 @@ def trade_prices(*names: str) -> tuple[np.ndarray, np.ndarray]:
     `bookticker_frame` with the local receive time so both paths share one clock."""
     ts: list[int] = []
     px: list[float] = []
+    for recv, data in _messages(names, "@trade"):
+        ts.append(recv)
+        px.append(float(data["p"]))
+    return np.asarray(ts, np.int64), np.asarray(px, np.float64)
+
+
+def _messages(names: tuple[str, ...], stream: str) -> Iterator[tuple[int, dict]]:
+    """(local receive ns, data) of every message of the `stream` channel, file after file."""
     for name in names:
         with gzip.open(DATA / name, "rt") as fh:
             for line in fh:
-                if "@trade" not in line:
-                    continue
-                head, _, payload = line.partition(" ")
-                ts.append(int(head))
-                px.append(float(json.loads(payload)["data"]["p"]))
-    return np.asarray(ts, np.int64), np.asarray(px, np.float64)
+                if stream in line:
+                    head, _, payload = line.partition(" ")
+                    yield int(head), json.loads(payload)["data"]
