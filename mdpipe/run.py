@@ -30,7 +30,8 @@ from rich.table import Table
 from mdpipe.lake import Lake
 
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-CONFIG_OPS = ("labels", "cv_folds", "evaluation")
+# The resource labels, cv_folds and evaluation share (`mdpipe.defs.resources.BacktestResource`).
+BACKTEST_RESOURCE = "backtest"
 
 
 @dataclass
@@ -114,12 +115,13 @@ def report_tick_observations(instance: Any, lake: Lake, parts: Sequence[Any]) ->
 
 
 def run_config_for(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Run config with the `BacktestConfig` overrides set once, on the `backtest` resource."""
     from mdpipe.core.config import BacktestConfig
 
     cfg: dict[str, Any] = dict(QUIET_LOGS)
     if overrides:
         BacktestConfig.from_mapping(dict(overrides))  # fail early, with the core's message
-        cfg["ops"] = {op: {"config": dict(overrides)} for op in CONFIG_OPS}
+        cfg["resources"] = {BACKTEST_RESOURCE: {"config": dict(overrides)}}
     return cfg
 
 
@@ -407,7 +409,8 @@ def register_cli(subparsers: Any) -> None:
         "--set",
         action="append",
         metavar="NAME=VALUE",
-        help="BacktestConfig override for labels, cv_folds and evaluation, e.g. --set fee_rate=0.0004",
+        help="BacktestConfig override (the `backtest` resource of labels, cv_folds and "
+        "evaluation), e.g. --set fee_rate=0.0004; repeatable",
     )
     p.set_defaults(func=cmd_run)
 

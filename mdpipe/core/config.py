@@ -1,9 +1,9 @@
 """Parameters of labelling, cross-validation and backtesting, in one validated structure.
 
 `BacktestConfig` is deliberately a flat frozen dataclass of primitive fields (float, int, str) so
-that a Dagster `Config` class can mirror it field by field and hand it over with
-`BacktestConfig.from_mapping(cfg.model_dump())`. Validation happens in `__post_init__`, so an
-invalid launchpad value fails before any data is read, with a message naming the field.
+that a Dagster resource (`mdpipe.defs.resources.BacktestResource`) can mirror it field by field
+and hand it over with `BacktestConfig.from_mapping(...)`. Validation happens in `__post_init__`,
+so an invalid launchpad value fails before any data is read, with a message naming the field.
 """
 
 from __future__ import annotations

@@ -20,8 +20,13 @@ pointed at the same home sees them and the runs), an ephemeral instance otherwis
 `mdpipe import` itself never imports Dagster (the lake is the only interface).
 
 The lake is `LakeResource(path=...)`: empty means `$MDPIPE_LAKE`, else `./lake`, resolved when a
-step runs. `BacktestConfig` is run config of labels, cv_folds and evaluation
-(`BacktestRunConfig`, editable in the launchpad).
+step runs. The backtest settings (`BacktestConfig`) are one resource, `backtest`
+(`BacktestResource`, configured at launch): labels, cv_folds and evaluation all take it, so a
+value set once in the launchpad or with `mdpipe run --set` reaches all three:
+
+    dagster asset materialize -m mdpipe.definitions --select labels,cv_folds,evaluation \
+        --partition "2024-08-08|binance:BTC-USDT" \
+        --config-json '{"resources": {"backtest": {"config": {"fee_rate": 0.0004}}}}'
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ warnings.filterwarnings("ignore", message="Parameter `owners`", category=dg.Beta
 def core_defs(lake_path: str = "") -> dg.Definitions:
     from mdpipe.defs.assets import PARTITIONED_ASSETS, evaluation_summary, ticks
     from mdpipe.defs.jobs import pipeline_job, summary_job
-    from mdpipe.defs.resources import LakeResource
+    from mdpipe.defs.resources import BacktestResource, LakeResource
     from mdpipe.defs.schedules import daily_pipeline_schedule, summary_schedule
     from mdpipe.defs.sensors import market_sensor, relabel_sensor
 
@@ -48,7 +53,11 @@ def core_defs(lake_path: str = "") -> dg.Definitions:
         jobs=[pipeline_job, summary_job],
         schedules=[daily_pipeline_schedule, summary_schedule],
         sensors=[market_sensor, relabel_sensor],
-        resources={"lake": LakeResource(path=lake_path)},
+        # defaults are the core's; every field can be set per run (launchpad, run config)
+        resources={
+            "lake": LakeResource(path=lake_path),
+            "backtest": BacktestResource.configure_at_launch(),
+        },
     )
 
 

@@ -17,8 +17,8 @@ import dagster as dg
 import polars as pl
 from dagster import AssetExecutionContext, OpExecutionContext
 
+from mdpipe.core.config import BacktestConfig
 from mdpipe.defs import steps
-from mdpipe.defs.config import BacktestRunConfig
 from mdpipe.defs.partitions import (
     MARKET_DIMENSION,
     START_DATE,
@@ -28,7 +28,7 @@ from mdpipe.defs.partitions import (
     part_of,
     partition_key,
 )
-from mdpipe.defs.resources import LakeResource
+from mdpipe.defs.resources import BacktestResource, LakeResource
 from mdpipe.lake import Lake
 
 GROUP = "pipeline"
@@ -96,6 +96,11 @@ def _clean(values: Mapping[str, Any], *, wrap: bool = True) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def config_metadata(cfg: BacktestConfig) -> dg.JsonMetadataValue:
+    """The effective backtest settings of a materialisation (what produced this partition)."""
+    return dg.MetadataValue.json(cfg.to_dict())
 
 
 def check_result(asset: str, c: steps.Check) -> dg.AssetCheckResult:
@@ -250,9 +255,9 @@ def features_and_signals(
     "labels needing the next day read its features when materialised, else are censored.",
 )
 def labels(
-    context: AssetExecutionContext, config: BacktestRunConfig, lake: LakeResource
+    context: AssetExecutionContext, backtest: BacktestResource, lake: LakeResource
 ) -> dg.MaterializeResult:
-    cfg = config.to_core()
+    cfg = backtest.get()
     out = steps.labels_step(lake.get(), part_of(context), cfg)
     lab = out.labels
     return dg.MaterializeResult(
@@ -268,7 +273,7 @@ def labels(
                 else {}
             ),
             "next_day": out.next_day,
-            "config": dg.MetadataValue.json(cfg.to_dict()),
+            "config": config_metadata(cfg),
             "path": dg.MetadataValue.path(str(out.path)),
         },
         check_results=[check_result("labels", c) for c in steps.label_checks(lab)],
@@ -292,9 +297,9 @@ def labels(
     "time and embargoed.",
 )
 def cv_folds(
-    context: AssetExecutionContext, config: BacktestRunConfig, lake: LakeResource
+    context: AssetExecutionContext, backtest: BacktestResource, lake: LakeResource
 ) -> dg.MaterializeResult:
-    cfg = config.to_core()
+    cfg = backtest.get()
     out = steps.cv_folds_step(lake.get(), part_of(context), cfg)
     f = out.folds
     roles = dict(f.group_by("role").len().sort("role").iter_rows()) if f.height else {}
@@ -305,6 +310,7 @@ def cv_folds(
             "folds": int(f["fold"].n_unique()) if f.height else 0,
             "roles": dg.MetadataValue.json(roles),
             "method": cfg.cv_method,
+            "config": config_metadata(cfg),
             "path": dg.MetadataValue.path(str(out.path)),
         },
         check_results=[
@@ -329,14 +335,15 @@ def cv_folds(
     "always-in baselines) and a self-contained HTML report with PNGs next to it.",
 )
 def evaluation(
-    context: AssetExecutionContext, config: BacktestRunConfig, lake: LakeResource
+    context: AssetExecutionContext, backtest: BacktestResource, lake: LakeResource
 ) -> dg.MaterializeResult:
-    cfg = config.to_core()
+    cfg = backtest.get()
     out = steps.evaluation_step(lake.get(), part_of(context), cfg)
     meta: dict[str, Any] = {
         "dagster/row_count": out.metrics.height,
         "duration_s": round(out.seconds, 3),
         "path": dg.MetadataValue.path(str(out.path)),
+        "config": config_metadata(cfg),
         **{f"headline/{k}": v for k, v in _clean(out.headline).items()},
     }
     if out.report is not None:

@@ -12,8 +12,8 @@ import pytest
 
 from mdpipe.core.config import BacktestConfig
 from mdpipe.defs import build_defs
-from mdpipe.defs.config import BacktestRunConfig
 from mdpipe.defs.partitions import day_market
+from mdpipe.defs.resources import BacktestResource
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,14 +58,33 @@ def test_dependencies_cross_the_day_boundary_honestly() -> None:
     assert {dg.AssetKey("features"), dg.AssetKey("signals")} <= set(labels.parent_keys)
 
 
-def test_run_config_mirrors_backtest_config_and_validates() -> None:
+def test_backtest_resource_mirrors_backtest_config_and_validates() -> None:
     core = {f.name: f.default for f in dataclasses.fields(BacktestConfig)}
-    ours = {k: f.default for k, f in BacktestRunConfig.model_fields.items()}
+    ours = {k: f.default for k, f in BacktestResource.model_fields.items()}
     assert ours == core
-    assert BacktestRunConfig().to_core() == BacktestConfig()
-    assert BacktestRunConfig(fee_rate=0.0004).to_core().fee_rate == 0.0004
+    assert BacktestResource().get() == BacktestConfig()
+    assert BacktestResource(fee_rate=0.0004).get().fee_rate == 0.0004
     with pytest.raises(ValueError, match="stop_loss_pct"):
-        BacktestRunConfig(stop_loss_pct=-1.0).to_core()
+        BacktestResource(stop_loss_pct=-1.0).get()
+
+
+def test_backtest_settings_are_one_resource_configurable_at_launch() -> None:
+    """One `backtest` entry in the run config of every job, optional (the core's defaults),
+    with every BacktestConfig field; the assets take no config of their own."""
+    defs = build_defs()
+    fields = {f.name for f in dataclasses.fields(BacktestConfig)}
+    for job_name in ("pipeline_job", "summary_job", "alert_job"):
+        schema = defs.resolve_job_def(job_name).run_config_schema.config_type
+        resources = schema.fields["resources"].config_type.fields
+        backtest = resources["backtest"]
+        assert not backtest.is_required, job_name
+        assert set(backtest.config_type.fields["config"].config_type.fields) == fields
+    graph = defs.resolve_asset_graph()
+    for asset in ("labels", "cv_folds", "evaluation"):
+        assets_def = graph.get(dg.AssetKey(asset)).assets_def
+        assert "backtest" in assets_def.required_resource_keys, asset
+        own = assets_def.op.config_field  # no op config schema: Dagster's permissive Any
+        assert own is None or not getattr(own.config_type, "fields", {}), asset
 
 
 def test_dagster_cli_validates_the_code_location(tmp_path: Path) -> None:

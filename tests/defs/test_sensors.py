@@ -12,13 +12,21 @@ import dagster as dg
 import pytest
 
 from mdpipe.core.config import BacktestConfig
-from mdpipe.defs import steps
+from mdpipe.defs import build_defs, steps
 from mdpipe.defs.resources import LakeResource
 from mdpipe.defs.schedules import daily_pipeline_schedule
 from mdpipe.defs.sensors import market_sensor, relabel_sensor
 from mdpipe.lake import Lake
 
 MARKETS = ["binance:BTC-USDT", "binance:ETH-USDT"]
+
+
+def assert_valid_run_config(req: dg.RunRequest) -> None:
+    """The request's run config is valid for `pipeline_job`; the backtest settings left out
+    resolve to the core's defaults on the `backtest` resource."""
+    job = build_defs().resolve_job_def("pipeline_job")
+    resolved = dg.validate_run_config(job, req.run_config)
+    assert resolved["resources"]["backtest"]["config"] == BacktestConfig().to_dict()
 
 
 def evaluate(
@@ -91,6 +99,7 @@ def test_relabel_sensor_requests_labels_when_next_day_features_land(lake: Lake) 
         second = evaluate(relabel_sensor, instance, lake, first.cursor)
         [req] = second.run_requests
         assert req.partition_key == "2024-08-08|binance:BTC-USDT"
+        assert_valid_run_config(req)
         assert [k.to_user_string() for k in req.asset_selection] == [
             "labels",
             "cv_folds",
@@ -111,6 +120,8 @@ def test_daily_schedule_requests_yesterday_for_every_market_with_data(lake: Lake
             reqs = list(daily_pipeline_schedule(ctx))
         assert sorted(r.partition_key for r in reqs) == [f"2024-08-09|{m}" for m in MARKETS]
         assert len({r.run_key for r in reqs}) == 2
+        for r in reqs:
+            assert_valid_run_config(r)
         with dg.build_schedule_context(
             instance=instance,
             scheduled_execution_time=dt.datetime(2024, 9, 1, 0, 20, tzinfo=dt.UTC),

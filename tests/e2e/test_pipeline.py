@@ -22,8 +22,10 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from mdpipe.core.config import BacktestConfig
 from mdpipe.core.report import PLOT_NAMES
-from mdpipe.defs import steps
+from mdpipe.defs import build_defs, steps
+from mdpipe.defs.assets import LABEL_STAGE_KEYS
 from mdpipe.lake import Lake
 from mdpipe.run import RunOutcome, execute, register_markets, select_parts
 
@@ -129,7 +131,12 @@ def test_run_config_reaches_labels_and_evaluation(piped: dict[str, Any], tmp_pat
     with dg.DagsterInstance.ephemeral() as instance:
         register_markets(instance, lake)
         out = execute(lake, part, instance=instance, config={"fee_rate": 0.0, "slippage_bps": 0.0})
-    assert out.ok
+        assert out.ok
+        # `--set` is set once, on the `backtest` resource, and reaches all three assets
+        for asset in ("labels", "cv_folds", "evaluation"):
+            [rec] = instance.fetch_materializations(dg.AssetKey(asset), limit=1).records
+            cfg = rec.asset_materialization.metadata["config"].value  # type: ignore[union-attr]
+            assert (cfg["fee_rate"], cfg["slippage_bps"]) == (0.0, 0.0), asset
     key = "labels/symbol=BTC-USDT/date=2024-08-08"
     free = pl.read_parquet(lake.files("derived/labels", "binance", "BTC/USDT", "2024-08-08")[0])
     costly = piped["frames"][key]
@@ -144,6 +151,88 @@ def test_run_config_reaches_labels_and_evaluation(piped: dict[str, Any], tmp_pat
     assert cost.min() > 0.0025 and cost.max() < 0.0035
     with pytest.raises(ValueError, match="fee_rate"):
         execute(lake, part, instance=dg.DagsterInstance.ephemeral(), config={"fee_rate": 2.0})
+
+
+BTC8 = "2024-08-08|binance:BTC-USDT"
+
+
+def run_label_stage(
+    lake: Lake, instance: dg.DagsterInstance, run_config: dict[str, Any]
+) -> dg.ExecuteInProcessResult:
+    """labels -> cv_folds -> evaluation of BTC 2024-08-08 with raw Dagster run config (what the
+    launchpad or `dagster asset materialize --config-json` sends)."""
+    register_markets(instance, lake)
+    job = build_defs(str(lake.root)).resolve_job_def("pipeline_job")
+    return job.execute_in_process(
+        run_config=run_config,
+        instance=instance,
+        partition_key=BTC8,
+        asset_selection=LABEL_STAGE_KEYS,
+        raise_on_error=False,
+    )
+
+
+def test_backtest_settings_set_once_reach_labels_folds_and_evaluation(
+    piped: dict[str, Any], tmp_path: Path
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    shutil.copytree(piped["lake"].root, lake.root)
+    settings = {"fee_rate": 0.0, "barrier_price": "trade", "cv_n_folds": 3}
+    expected = BacktestConfig.from_mapping(settings).to_dict()
+    with dg.DagsterInstance.ephemeral() as instance:
+        res = run_label_stage(lake, instance, {"resources": {"backtest": {"config": settings}}})
+        assert res.success
+        meta = {
+            k.to_user_string(): m.metadata
+            for k in LABEL_STAGE_KEYS
+            for m in [res.asset_materializations_for_node(k.to_user_string())[0]]
+        }
+    # every asset records the effective settings, and they are the ones set once
+    for asset, md in meta.items():
+        assert md["config"].value == expected, asset
+    # labels: no fee, so a label's return is exactly its price move (spread and slippage are in
+    # the entry and exit prices); with the default fee it is 0.1 % of notional per leg lower
+    lab = pl.read_parquet(lake.files("derived/labels", "binance", "BTC/USDT", "2024-08-08")[0])
+    done = lab.filter(~pl.col("censored"))
+    move = (
+        pl.col("direction") * (pl.col("exit_price") - pl.col("entry_price")) / pl.col("entry_price")
+    )
+    assert done.height > 0
+    assert done.select(((pl.col("ret") - move).abs() < 1e-12).all()).item()
+    costly = piped["frames"]["labels/symbol=BTC-USDT/date=2024-08-08"].filter(~pl.col("censored"))
+    assert costly.select(((pl.col("ret") - move).abs() > 1e-3).all()).item()
+    # cv_folds: three folds; evaluation: scored on those three folds
+    folds = pl.read_parquet(lake.files("derived/cv_folds", "binance", "BTC/USDT", "2024-08-08")[0])
+    assert sorted(folds["fold"].unique().to_list()) == [0, 1, 2]
+    assert meta["cv_folds"]["folds"].value == 3
+    ev = pl.read_parquet(lake.files("derived/evaluation", "binance", "BTC/USDT", "2024-08-08")[0])
+    assert sorted(ev.filter(pl.col("fold") >= 0)["fold"].unique().to_list()) == [0, 1, 2]
+    # the report states the same settings
+    report = steps.report_dir(lake, steps.Part.from_keys(*BTC8.split("|"))) / "report.html"
+    html = report.read_text()
+    assert '<td class="l">barrier_price</td><td class="l">trade</td>' in html
+    assert '<td class="l">fee_rate</td><td class="l">0.0</td>' in html
+
+
+def test_a_bad_backtest_setting_fails_the_run_with_the_core_message(
+    piped: dict[str, Any], tmp_path: Path
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    shutil.copytree(piped["lake"].root, lake.root)
+    before = {f: f.stat().st_mtime_ns for f in lake.files("derived/labels")}
+    bad = {"resources": {"backtest": {"config": {"stop_loss_pct": -1.0}}}}
+    with dg.DagsterInstance.ephemeral() as instance:
+        res = run_label_stage(lake, instance, bad)
+        assert not res.success
+        assert not res.get_asset_materialization_events()
+        errors = [
+            e.event_specific_data.error.to_string()
+            for e in res.all_events
+            if getattr(e.event_specific_data, "error", None) is not None
+        ]
+    assert any("BacktestConfig.stop_loss_pct must be > 0, got -1.0" in e for e in errors), errors
+    # nothing was read or written: the labels on disk are the previous run's
+    assert {f: f.stat().st_mtime_ns for f in lake.files("derived/labels")} == before
 
 
 def test_two_partitions_in_parallel_processes_do_not_conflict(
