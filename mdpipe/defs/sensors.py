@@ -62,7 +62,7 @@ def market_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg
     minimum_interval_seconds=300,
     description="When day D+1's features are materialised after day D's labels, re-run D's "
     "labels, cv_folds and evaluation so labels that were censored at the day end get their "
-    "real outcome.",
+    "real outcome, with the backtest settings D's labels were last materialised with.",
 )
 def relabel_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
     lk = lake.get()
@@ -81,11 +81,28 @@ def relabel_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> d
         lab = lk.files(steps.derived("labels"), prev.venue, prev.symbol, prev.date)
         if prev.market not in registered or not lab or lab[0].stat().st_mtime_ns >= mtime:
             continue
+        pk = partition_key(prev.date, prev.market)
+        settings = last_backtest_settings(context.instance, pk)
         requests.append(
             dg.RunRequest(
                 run_key=f"relabel|{prev.label}|{mtime}",
-                partition_key=partition_key(prev.date, prev.market),
+                partition_key=pk,
                 asset_selection=LABEL_STAGE_KEYS,
+                run_config=(
+                    {"resources": {"backtest": {"config": settings}}} if settings else None
+                ),
             )
         )
     return dg.SensorResult(run_requests=requests, cursor=str(newest))
+
+
+def last_backtest_settings(instance: dg.DagsterInstance, pk: dg.MultiPartitionKey) -> dict | None:
+    """The backtest settings of the partition's latest `labels` materialisation (its `config`
+    metadata), so a re-label keeps what the user chose for it; None when there is none."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("labels"), asset_partitions=[str(pk)]),
+        limit=1,
+    ).records
+    mat = records[0].asset_materialization if records else None
+    meta = mat.metadata.get("config") if mat is not None else None
+    return dict(meta.value) if isinstance(meta, dg.JsonMetadataValue) and meta.value else None

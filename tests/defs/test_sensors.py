@@ -109,6 +109,31 @@ def test_relabel_sensor_requests_labels_when_next_day_features_land(lake: Lake) 
         assert not third.run_requests
 
 
+def test_relabel_keeps_the_settings_the_partition_was_labelled_with(lake: Lake) -> None:
+    """A user labelled day 8 with their own costs in the launchpad; the automatic re-label after
+    day 9 lands must not silently fall back to the defaults."""
+    d8 = steps.Part("2024-08-08", "binance", "BTC/USDT")
+    steps.features_step(lake, d8)
+    settings = {"fee_rate": 0.0, "slippage_bps": 1.0, "max_holding_seconds": 60.0}
+    expected = BacktestConfig.from_mapping(settings).to_dict()
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("market", MARKETS)
+        job = build_defs(str(lake.root)).resolve_job_def("pipeline_job")
+        res = job.execute_in_process(
+            run_config={"resources": {"backtest": {"config": settings}}},
+            instance=instance,
+            partition_key="2024-08-08|binance:BTC-USDT",
+            asset_selection=[dg.AssetKey("labels")],
+        )
+        assert res.success
+        first = evaluate(relabel_sensor, instance, lake)
+        assert not first.run_requests
+        steps.features_step(lake, d8.shifted(1))
+        [req] = evaluate(relabel_sensor, instance, lake, first.cursor).run_requests
+        resolved = dg.validate_run_config(job, req.run_config)
+        assert resolved["resources"]["backtest"]["config"] == expected
+
+
 def test_daily_schedule_requests_yesterday_for_every_market_with_data(lake: Lake) -> None:
     resources = {"lake": LakeResource(path=str(lake.root))}
     with dg.instance_for_test() as instance:
