@@ -13,6 +13,17 @@ reader (DuckDB, polars, another process) never sees a half-written file and a cr
 leaves at most a ``.tmp-*.partial`` file, which no ``*.parquet`` glob matches. Files hold the ``venue`` and ``symbol``
 columns themselves (the unified symbol ``BTC/USDT``; the path uses ``BTC-USDT``), so readers do
 not use hive partitioning for those columns.
+
+Roll-ups. A writer that publishes often (capture, every few seconds) names its files
+``<prefix>-<19-digit ns>.parquet`` with names increasing in publish order, and later merges a run
+of them into one *roll-up* ``<prefix>-<first ns>-to-<last ns>.parquet`` (:meth:`Lake.compact`),
+which sorts exactly where the first merged file did. A roll-up *covers* every file of its
+directory with the same prefix and an ns in ``[first, last]``. The roll-up is published before
+the files it covers are unlinked, so a crash in between leaves both: :meth:`Lake.files` (and so
+``scan``/``read``) never lists covered files, and :meth:`Lake.finish_compactions` deletes them.
+DuckDB views glob ``*.parquet`` and do not know the rule: they count covered rows twice for the
+moment between the roll-up's rename and the unlinks (milliseconds), or until the writer finishes
+an interrupted roll-up after a crash.
 """
 
 from __future__ import annotations
@@ -103,6 +114,12 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
 
 GAP_KINDS = ("sequence_gap", "resync", "reconnect", "stale", "no_snapshot")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.=-]+$")
+# see "Roll-ups" above: a sequence-named file, and a roll-up of a run of them
+_SEQ_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9_.=-]+?)-(?P<ns>[0-9]{19})\.parquet$")
+_ROLLUP_NAME = re.compile(
+    r"^(?P<prefix>[A-Za-z0-9_.=-]+?)-(?P<first>[0-9]{19})-to-(?P<last>[0-9]{19})\.parquet$"
+)
+COMPACT_READ_FILES = 64  # files read at once while merging (rows stream out in row groups)
 
 
 def symbol_to_path(symbol: str) -> str:
@@ -155,6 +172,48 @@ def conform(table: str, df: pl.DataFrame) -> pl.DataFrame:
         raise ValueError(f"{table}: missing columns {missing}")
     extra = [c for c in df.columns if c not in schema]
     return df.select([*(pl.col(c).cast(t) for c, t in schema.items()), *extra])
+
+
+def parse_sequence_name(name: str) -> tuple[str, int] | None:
+    """``cap-20240808T14-1723126512345678901.parquet`` -> ``("cap-20240808T14", 1723...)``;
+    None for other names, roll-ups included."""
+    m = _SEQ_NAME.match(name)
+    if m is None or _ROLLUP_NAME.match(name):
+        return None
+    return m["prefix"], int(m["ns"])
+
+
+def parse_rollup_name(name: str) -> tuple[str, int, int] | None:
+    """``<prefix>-<first>-to-<last>.parquet`` -> ``(prefix, first, last)``."""
+    m = _ROLLUP_NAME.match(name)
+    return (m["prefix"], int(m["first"]), int(m["last"])) if m else None
+
+
+def rollup_name(prefix: str, first_ns: int, last_ns: int) -> str:
+    return f"{prefix}-{first_ns:019d}-to-{last_ns:019d}.parquet"
+
+
+def covered_files(paths: Iterable[Path]) -> set[Path]:
+    """The files among ``paths`` that a roll-up among ``paths`` (same directory) covers."""
+    paths = list(paths)
+    ranges: dict[tuple[Path, str], list[tuple[int, int]]] = {}
+    for p in paths:
+        if "-to-" in p.name:
+            r = parse_rollup_name(p.name)
+            if r is not None:
+                ranges.setdefault((p.parent, r[0]), []).append((r[1], r[2]))
+    if not ranges:
+        return set()
+    out: set[Path] = set()
+    for p in paths:
+        seq = parse_sequence_name(p.name)
+        if seq is None:
+            continue
+        for first, last in ranges.get((p.parent, seq[0]), ()):
+            if first <= seq[1] <= last:
+                out.add(p)
+                break
+    return out
 
 
 def _fsync_dir(path: Path) -> None:
@@ -233,7 +292,28 @@ class Lake:
         out: list[Path] = []
         for d in dates if dates is not None else ["*"]:
             out.extend(base.glob(f"{v}/{s}/date={d}/*.parquet"))
-        return sorted(p for p in out if not p.name.startswith(TMP_PREFIX))
+        out = [p for p in out if not p.name.startswith(TMP_PREFIX)]
+        covered = covered_files(out)  # left by a roll-up interrupted before its unlinks
+        return sorted(p for p in out if p not in covered)
+
+    def partition_dirs(
+        self, table: str, venue: str | None = None, symbol: str | None = None
+    ) -> list[Partition]:
+        """Every partition directory of a table (with or without files), from the directory
+        tree alone: cheaper than :meth:`partitions` when partitions hold many files."""
+        base = self.root / table
+        if not base.is_dir():
+            return []
+        v = f"venue={venue}" if venue else "venue=*"
+        s = f"symbol={symbol_to_path(symbol)}" if symbol else "symbol=*"
+        out = []
+        for d in base.glob(f"{v}/{s}/date=*"):
+            if not d.is_dir():
+                continue
+            ven = d.parent.parent.name.removeprefix("venue=")
+            sym = path_to_symbol(d.parent.name.removeprefix("symbol="), ven)
+            out.append(Partition(table, ven, sym, d.name.removeprefix("date=")))
+        return sorted(out, key=lambda p: (p.venue, p.symbol, p.date))
 
     def partitions(self, table: str) -> list[Partition]:
         seen: set[Partition] = set()
@@ -324,6 +404,89 @@ class Lake:
             if f != final:
                 f.unlink(missing_ok=True)
         return final
+
+    # ---- roll-ups (see the module docstring) --------------------------------------------
+    def sequence_files(self, part: Partition) -> list[tuple[Path, str, int]]:
+        """The partition's sequence-named files no roll-up covers, as (path, prefix, ns), in
+        name order."""
+        d = self.partition_dir(part.table, part.venue, part.symbol, part.date)
+        if not d.is_dir():
+            return []
+        names = [p for p in d.glob("*.parquet") if not p.name.startswith(TMP_PREFIX)]
+        covered = covered_files(names)
+        out = []
+        for p in names:
+            seq = parse_sequence_name(p.name)
+            if seq is not None and p not in covered:
+                out.append((p, seq[0], seq[1]))
+        return sorted(out, key=lambda t: t[0].name)
+
+    def max_sequence_ns(self, part: Partition) -> int:
+        """The largest ns in the partition's sequence and roll-up names (0 when none)."""
+        d = self.partition_dir(part.table, part.venue, part.symbol, part.date)
+        best = 0
+        for p in d.glob("*.parquet") if d.is_dir() else ():
+            seq = parse_sequence_name(p.name)
+            r = parse_rollup_name(p.name) if seq is None else None
+            best = max(best, seq[1] if seq else r[2] if r else 0)
+        return best
+
+    def compact(self, part: Partition, files: Sequence[Path]) -> Path | None:
+        """Merge sequence-named files of one partition (one prefix) into one roll-up file.
+
+        Rows keep their order (files in name order, rows in file order). The roll-up is
+        published atomically (temp file, fsync, rename, fsync dir) under
+        ``<prefix>-<first ns>-to-<last ns>.parquet``, which sorts where the first file did;
+        then the files are unlinked and the directory fsynced. A crash in between leaves
+        covered files that readers skip and :meth:`finish_compactions` deletes. Memory stays
+        bounded: files are read a few at a time and written as row groups. Returns the roll-up
+        (None if the files held no rows: they are removed all the same).
+        """
+        d = self.partition_dir(part.table, part.venue, part.symbol, part.date)
+        parsed = []
+        for f in files:
+            seq = parse_sequence_name(f.name)
+            if seq is None or f.parent != d:
+                raise ValueError(f"{f} is not a sequence-named file of {d}")
+            parsed.append((f.name, f, seq))
+        if not parsed:
+            raise ValueError("compact needs at least one file")
+        parsed.sort()
+        prefixes = {seq[0] for _, _, seq in parsed}
+        if len(prefixes) != 1:
+            raise ValueError(f"compact merges files of one prefix, got {sorted(prefixes)}")
+        ordered = [f for _, f, _ in parsed]
+        name = rollup_name(parsed[0][2][0], parsed[0][2][1], parsed[-1][2][1])
+        w = PartitionWriter(self, part)
+        try:
+            for i in range(0, len(ordered), COMPACT_READ_FILES):
+                chunk = ordered[i : i + COMPACT_READ_FILES]
+                w.write(
+                    pl.scan_parquet(
+                        chunk, hive_partitioning=False, missing_columns="insert"
+                    ).collect()
+                )
+            final, _ = w.publish(name, dedup=False)
+        except BaseException:
+            w.abort()
+            raise
+        for f in ordered:
+            f.unlink(missing_ok=True)
+        _fsync_dir(d)
+        return final
+
+    def finish_compactions(self, part: Partition) -> int:
+        """Delete files a roll-up covers (left by a crash between a roll-up's publish and its
+        unlinks); returns how many."""
+        d = self.partition_dir(part.table, part.venue, part.symbol, part.date)
+        if not d.is_dir():
+            return 0
+        covered = covered_files(d.glob("*.parquet"))
+        for f in covered:
+            f.unlink(missing_ok=True)
+        if covered:
+            _fsync_dir(d)
+        return len(covered)
 
     def remove_stale_tmp(self) -> int:
         """Delete temporary files left by crashed writers; returns how many."""
