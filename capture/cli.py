@@ -3,8 +3,8 @@ mdpipe.cli's plugin hook, and runnable alone as `python -m capture {capture,exch
 
 Settings come from, in increasing priority: defaults, a TOML config file (`--config`, keys as in
 CaptureConfig, e.g. `symbols = ["BTC/USDT"]`, `flush_interval_s = 5`), environment variables
-`MDPIPE_CAPTURE_<KEY>` (e.g. `MDPIPE_CAPTURE_SYMBOLS=BTC/USDT,ETH/USDT`, and `MDPIPE_LAKE`), and
-the command line.
+`MDPIPE_CAPTURE_<KEY>` (e.g. `MDPIPE_CAPTURE_SYMBOLS=BTC/USDT,ETH/USDT`,
+`MDPIPE_CAPTURE_COMPACT_HOURLY=0`, and `MDPIPE_LAKE`), and the command line.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ _FLAGS = {
     "max_connection_age_s": float,
     "clock_sync_interval_s": float,
 }
+# CLI flag -> CaptureConfig field, for the on/off options (--x / --no-x)
+_BOOL_FLAGS = ("compact_hourly",)
+_BOOL_FIELDS = ("fsync", "compact_hourly")
 
 
 def _split_list(v: Any) -> tuple[str, ...]:
@@ -66,7 +69,7 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
         key = ENV_PREFIX + name.upper()
         if key in env:
             values[name] = env[key]
-    for name in (*_FLAGS, "symbols", "channels"):
+    for name in (*_FLAGS, *_BOOL_FLAGS, "symbols", "channels"):
         v = getattr(args, name, None)
         if v is not None:
             values[name] = v
@@ -79,8 +82,9 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
                 values[name] = typ(values[name])
             except ValueError:
                 raise ValueError(f"{name}: expected {typ.__name__}, got {values[name]!r}") from None
-    if "fsync" in values and isinstance(values["fsync"], str):
-        values["fsync"] = values["fsync"].lower() not in ("0", "false", "no")
+    for name in _BOOL_FIELDS:
+        if name in values and isinstance(values[name], str):
+            values[name] = values[name].strip().lower() not in ("0", "false", "no", "off")
     return CaptureConfig(**values)
 
 
@@ -147,6 +151,14 @@ def add_capture_args(p: argparse.ArgumentParser) -> None:
         help="planned reconnect after this many seconds (default 84600, under 24 h)",
     )
     p.add_argument("--clock-sync-interval", dest="clock_sync_interval_s", type=float, default=None)
+    p.add_argument(
+        "--compact-hourly",
+        dest="compact_hourly",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="roll each partition's files of an hour into one file once the hour is over "
+        "(default on; --no-compact-hourly keeps every flush's file)",
+    )
     p.add_argument("--config", default=None, help="TOML file with capture settings")
     p.add_argument("--log-level", default="INFO")
     p.add_argument(

@@ -7,12 +7,22 @@ Data path (one asyncio loop, one flush thread)::
                                -> gap / crossed-book checks -> per-symbol REST resync
                                -> callbacks and event consumers (online engine)
       every flush_interval_s:  journal member (gzip, fsync) then Parquet publish (atomic)
+      once an hour is over:    roll-up of each partition's files of that hour into one file
 
 REST depth snapshots enter the same pending queue as the frames, wrapped as
 `{"stream":"<sym>@depthSnapshot","data":<REST body>}`, so the journal replays to the same lake
 through `mdpipe import`. Because the journal is written before the Parquet files of the same
 interval, a SIGKILL loses at most the last flush interval and never leaves lake rows without
 their raw lines.
+
+Roll-up ("compaction"). Flushes name files `cap-YYYYMMDDTHH-<publish ns>.parquet`; a day of them
+is ~17,000 small files per partition. Once the flush that took the flush lock after an hour's end
+has finished, no file of that hour can still appear (names use publish time, never decrease, and
+every earlier flush has completed), so a background thread merges each partition's files of the
+hour into one roll-up (`Lake.compact`: `<first file's stem>-to-<last ns>.parquet`, which sorts
+where the first file did). One roll-up pass at a time, off the event loop; at start, one pass over
+the capture's partitions finishes interrupted roll-ups and rolls up past hours a previous run
+left. See mdpipe/lake.py for the crash window.
 """
 
 from __future__ import annotations
@@ -22,10 +32,12 @@ import contextlib
 import logging
 import random
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ccxt
@@ -34,13 +46,15 @@ import polars as pl
 from capture.journal import JournalWriter
 from capture.metrics import CaptureMetrics
 from capture.transport import VenueAdapter, adapter_for, make_exchange
-from mdpipe.lake import SCHEMAS, Lake
+from mdpipe.lake import SCHEMAS, Lake, Partition
 from mdpipe.venues import Batch, RawLines, normalizer_for
 
 log = logging.getLogger("mdpipe.capture")
 
 TABLES = ("trades", "book", "gaps", "bbo", "agg_trades")
 _TS_COL = {"gaps": "ts_ns"}
+FILE_PREFIX = "cap-"  # capture's sequence-named files: cap-YYYYMMDDTHH-<19-digit ns>.parquet
+HOUR_NS = 3600 * 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,8 @@ class CaptureConfig:
     clock_sync_interval_s: float = 300.0
     connect_timeout_s: float = 15.0
     fsync: bool = True
+    # merge each partition's files of an hour into one file once the hour is over
+    compact_hourly: bool = True
 
     def __post_init__(self) -> None:
         if not self.symbols:
@@ -176,6 +192,22 @@ class _Stats:
     clock_offset_rest_ns: int | None = None
     clock_offset_rtt_ns: int | None = None
     clock_offset_events_ns: int | None = None
+    compactions: dict[str, int] = field(default_factory=dict)
+    files_compacted: dict[str, int] = field(default_factory=dict)
+    compaction_errors: int = 0
+    covered_files_removed: int = 0
+    compacted_before_ns: int = 0
+    last_compaction_s: float = 0.0
+
+
+@dataclass
+class _CompactionResult:
+    compactions: dict[str, int] = field(default_factory=dict)
+    files: dict[str, int] = field(default_factory=dict)
+    covered_removed: int = 0
+    errors: int = 0
+    failed: list[Partition] = field(default_factory=list)  # retried by the next pass
+    complete: bool = True  # False when stopped part way
 
 
 class Capture:
@@ -237,6 +269,12 @@ class Capture:
         self._flush_tasks: set[asyncio.Task[None]] = set()
         self._last_flush_mono = time.monotonic()
         self._name_ns = 0
+        # roll-up: the period files are merged by (an hour; tests shorten it, see roll_period_s)
+        self._roll_ns = HOUR_NS
+        self._lock_ns = 0  # wall time the flush lock was last taken: names below it are final
+        self._dirty: dict[Partition, int] = {}  # partition -> newest file name ns published
+        self._compact_task: asyncio.Task[None] | None = None
+        self._compact_stop = threading.Event()
         self._metrics_runner: Any = None
         self.metrics_port: int | None = None
         self._conn_url: str | None = None
@@ -260,6 +298,19 @@ class Capture:
 
     def register_consumer(self, fn: BatchConsumer) -> None:
         self._consumers.append(fn)
+
+    @property
+    def roll_period_s(self) -> float:
+        """The period whose files are rolled up into one: an hour. Tests shorten it (it must
+        divide an hour, so a period never spans two `THH` name prefixes)."""
+        return self._roll_ns / 1e9
+
+    @roll_period_s.setter
+    def roll_period_s(self, seconds: float) -> None:
+        ns = round(seconds * 1e9)
+        if ns <= 0 or HOUR_NS % ns:
+            raise ValueError(f"roll_period_s must divide 3600 s, got {seconds!r}")
+        self._roll_ns = ns
 
     async def start(self) -> None:
         self.stats.started_ns = time.time_ns()
@@ -290,6 +341,17 @@ class Capture:
             self._id_to_symbol[m["lowercaseId"]] = s
             self.metrics.book_synced.labels(self.venue, s).set(0)
         self._seed_from_lake()
+        self._name_ns = max(self._name_ns, self._lake_name_floor())
+        if self.config.compact_hourly:
+            # finish interrupted roll-ups and roll up the hours a previous run left behind
+            now = time.time_ns()
+            parts = [
+                p
+                for t in TABLES
+                for sym in self.config.symbols
+                for p in self.lake.partition_dirs(t, self.venue, sym)
+            ]
+            self._start_compaction(parts, now - now % self._roll_ns)
         await self._sync_clock()
         if self.config.metrics_port is not None:
             await self._start_metrics_server()
@@ -324,6 +386,10 @@ class Capture:
                 len(self._u_ns),
                 {t: df.height for t, df in self._acc.tables.items()},
             )
+        if self._compact_task is not None:
+            # a pass stops between partitions; what it left is finished by the next start
+            self._compact_stop.set()
+            await asyncio.gather(self._compact_task, return_exceptions=True)
         if self._ex is not None:
             with contextlib.suppress(Exception):
                 await self._ex.close()
@@ -413,6 +479,12 @@ class Capture:
             "last_flush_s": s.last_flush_s,
             "publish_delay_last_s": s.publish_delay_last_s,
             "publish_delay_max_s": s.publish_delay_max_s,
+            "compactions": dict(s.compactions),
+            "files_compacted": dict(s.files_compacted),
+            "compaction_errors": s.compaction_errors,
+            "covered_files_removed": s.covered_files_removed,
+            "compacted_before_ns": s.compacted_before_ns,
+            "last_compaction_s": s.last_compaction_s,
             "episodes": [e.as_dict() for e in self.episodes],
         }
 
@@ -739,6 +811,7 @@ class Capture:
             lead = min(self.stats.last_flush_s, self.config.flush_interval_s / 2)
             if time.monotonic() - self._last_flush_mono >= self.config.flush_interval_s - lead:
                 await self._flush()
+                self._maybe_compact()
 
     def _process_pending(self) -> None:
         if not self._p_ns:
@@ -1055,6 +1128,9 @@ class Capture:
     async def _flush_locked(self) -> None:
         async with self._flush_lock:
             self._last_flush_mono = time.monotonic()
+            # every earlier flush has finished and every later name is >= this: files named
+            # before the roll period this falls in are final (see _maybe_compact)
+            self._lock_ns = time.time_ns()
             ns, texts = self._u_ns, self._u_text
             self._u_ns, self._u_text = [], []
             acc, self._acc = self._acc, Batch()
@@ -1062,7 +1138,7 @@ class Capture:
                 return
             t0 = time.perf_counter()
             try:
-                published = await asyncio.to_thread(self._flush_sync, ns, texts, acc)
+                published, touched = await asyncio.to_thread(self._flush_sync, ns, texts, acc)
             except _FlushFailed as failed:
                 # disk full, permissions...: keep what was not written and retry next interval
                 log.error("flush failed (%s); keeping the data for the next flush", failed.cause)
@@ -1073,8 +1149,12 @@ class Capture:
                     self._u_text[:0] = texts
                 failed.leftover.extend(self._acc)
                 self._acc = failed.leftover
+                for part, name_ns in failed.touched:
+                    self._dirty[part] = name_ns
                 return
             dt = time.perf_counter() - t0
+            for part, name_ns in touched:
+                self._dirty[part] = name_ns
             self.stats.flushes += 1
             self.stats.last_flush_s = dt
             self.metrics.flush_duration.labels(self.venue).observe(dt)
@@ -1089,18 +1169,21 @@ class Capture:
                 self.metrics.files_published.labels(self.venue, table).inc(files)
                 self.metrics.rows_published.labels(self.venue, table).inc(rows)
 
-    def _file_name(self) -> str:
+    def _file_name(self) -> tuple[str, int]:
         # names sort in publish order inside a partition (readers concatenate files by name to
-        # get applied order) and never repeat, even across restarts
+        # get applied order) and never repeat, even across restarts (start() floors _name_ns at
+        # the newest name in the lake, so a clock stepped back cannot reuse a rolled-up range)
         ns = max(time.time_ns(), self._name_ns + 1)
         self._name_ns = ns
         t = time.gmtime(ns // 1_000_000_000)
-        return f"cap-{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}T{t.tm_hour:02d}-{ns:019d}.parquet"
+        stamp = f"{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}T{t.tm_hour:02d}"
+        return f"{FILE_PREFIX}{stamp}-{ns:019d}.parquet", ns
 
     def _flush_sync(
         self, ns: list[int], texts: list[str], acc: Batch
-    ) -> dict[str, tuple[int, int]]:
+    ) -> tuple[dict[str, tuple[int, int]], list[tuple[Partition, int]]]:
         out: dict[str, tuple[int, int]] = {}
+        touched: list[tuple[Partition, int]] = []
         try:
             if ns:
                 before = len(self.journal.files_written)
@@ -1108,7 +1191,7 @@ class Capture:
                 out["raw"] = (len(self.journal.files_written) - before, len(ns))
         except Exception as exc:
             raise _FlushFailed(exc, journal_done=False, leftover=acc) from exc
-        name = self._file_name()
+        name, name_ns = self._file_name()
         parts: list[tuple[str, str, str, pl.DataFrame]] = []
         for table in TABLES:
             df = acc.tables.get(table)
@@ -1128,10 +1211,93 @@ class Capture:
                 leftover = Batch()
                 for t, _, _, p in parts[i:]:
                     leftover.add(t, p)
-                raise _FlushFailed(exc, journal_done=True, leftover=leftover) from exc
+                raise _FlushFailed(
+                    exc, journal_done=True, leftover=leftover, touched=touched
+                ) from exc
+            touched.append((Partition(table, self.venue, sym, date), name_ns))
             files, rows = out.get(table, (0, 0))
             out[table] = (files + 1, rows + part.height)
-        return out
+        return out, touched
+
+    # ---- roll-up -----------------------------------------------------------------------------
+
+    def _lake_name_floor(self) -> int:
+        """The newest name ns among the capture's latest partitions (two newest dates each)."""
+        best = 0
+        for t in TABLES:
+            for sym in self.config.symbols:
+                for part in self.lake.partition_dirs(t, self.venue, sym)[-2:]:
+                    best = max(best, self.lake.max_sequence_ns(part))
+        return best
+
+    def _maybe_compact(self) -> None:
+        """Start a roll-up pass once a flush has taken the lock in a new roll period."""
+        if not self.config.compact_hourly or self._compact_task is not None or self._stopping:
+            return
+        cutoff = self._lock_ns - self._lock_ns % self._roll_ns
+        if cutoff <= self.stats.compacted_before_ns:
+            return
+        self._start_compaction(list(self._dirty), cutoff)
+
+    def _start_compaction(self, parts: list[Partition], cutoff: int) -> None:
+        async def run() -> None:
+            t0 = time.perf_counter()
+            try:
+                res = await asyncio.to_thread(self._compact_sync, parts, cutoff)
+            except Exception:  # never expected (errors are per partition); never fatal
+                log.exception("roll-up pass failed")
+                res = _CompactionResult(errors=1, complete=False)
+            s = self.stats
+            s.last_compaction_s = time.perf_counter() - t0
+            for table, n in res.compactions.items():
+                s.compactions[table] = s.compactions.get(table, 0) + n
+                self.metrics.compactions.labels(self.venue, table).inc(n)
+            for table, n in res.files.items():
+                s.files_compacted[table] = s.files_compacted.get(table, 0) + n
+                self.metrics.files_compacted.labels(self.venue, table).inc(n)
+            s.covered_files_removed += res.covered_removed
+            s.compaction_errors += res.errors
+            if res.errors:
+                self.metrics.compaction_errors.labels(self.venue).inc(res.errors)
+            if res.complete:
+                # the next pass runs in the next period; failed partitions stay dirty until then
+                s.compacted_before_ns = max(s.compacted_before_ns, cutoff)
+                failed = set(res.failed)
+                for p in parts:  # a partition whose newest file was before the cutoff is done
+                    if p not in failed and self._dirty.get(p, cutoff) < cutoff:
+                        del self._dirty[p]
+                for p in failed:
+                    self._dirty.setdefault(p, 0)
+            self._compact_task = None
+
+        self._compact_task = asyncio.get_running_loop().create_task(run(), name="capture-rollup")
+
+    def _compact_sync(self, parts: list[Partition], cutoff: int) -> _CompactionResult:
+        """One pass (worker thread): per partition, delete files an earlier roll-up covers, then
+        merge the files of each roll period that ended before `cutoff` into one."""
+        res = _CompactionResult()
+        for part in parts:
+            if self._compact_stop.is_set():
+                res.complete = False
+                break
+            try:
+                res.covered_removed += self.lake.finish_compactions(part)
+                groups: dict[tuple[str, int], list[Path]] = {}
+                for path, prefix, ns in self.lake.sequence_files(part):
+                    if prefix.startswith(FILE_PREFIX) and ns < cutoff:
+                        groups.setdefault((prefix, ns // self._roll_ns), []).append(path)
+                for files in groups.values():
+                    if len(files) < 2:
+                        continue  # already one file for its period
+                    self.lake.compact(part, files)
+                    t = part.table
+                    res.compactions[t] = res.compactions.get(t, 0) + 1
+                    res.files[t] = res.files.get(t, 0) + len(files)
+            except Exception:  # disk full...: the files stay as they are, retried next pass
+                log.exception("roll-up of %s failed", part)
+                res.errors += 1
+                res.failed.append(part)
+        return res
 
     # ---- metrics server ----------------------------------------------------------------------
 
@@ -1173,11 +1339,19 @@ class Capture:
 class _FlushFailed(Exception):
     """A flush that stopped part way: what is already on disk, and what is not."""
 
-    def __init__(self, cause: Exception, *, journal_done: bool, leftover: Batch) -> None:
+    def __init__(
+        self,
+        cause: Exception,
+        *,
+        journal_done: bool,
+        leftover: Batch,
+        touched: list[tuple[Partition, int]] | None = None,
+    ) -> None:
         super().__init__(repr(cause))
         self.cause = cause
         self.journal_done = journal_done
         self.leftover = leftover
+        self.touched = touched or []  # partitions published before the failure
 
 
 def _retry_after_s(headers: dict[str, Any]) -> float | None:

@@ -20,6 +20,9 @@ in config/ queries them, so rename nothing without updating it.
 | mdpipe_capture_flush_duration_seconds | histogram | venue | time to write journal + publish Parquet |
 | mdpipe_capture_publish_delay_seconds | gauge | venue | oldest receive time to publish time, last flush |
 | mdpipe_capture_connected | gauge | venue | 1 while the websocket is subscribed |
+| mdpipe_capture_compactions_total | counter | venue, table | roll-up files written (one per partition and hour) |
+| mdpipe_capture_files_compacted_total | counter | venue, table | published files merged into roll-ups |
+| mdpipe_capture_compaction_errors_total | counter | venue | partitions whose roll-up failed (retried) |
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ METRIC_NAMES = (
     "mdpipe_capture_flush_duration_seconds",
     "mdpipe_capture_publish_delay_seconds",
     "mdpipe_capture_connected",
+    "mdpipe_capture_compactions_total",
+    "mdpipe_capture_files_compacted_total",
+    "mdpipe_capture_compaction_errors_total",
 )
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -195,4 +201,22 @@ class CaptureMetrics:
         )
         self.connected = Gauge(
             "mdpipe_capture_connected", "1 while the websocket is subscribed", ["venue"], registry=r
+        )
+        self.compactions = Counter(
+            "mdpipe_capture_compactions",
+            "Roll-up files written (one per partition and hour)",
+            ["venue", "table"],
+            registry=r,
+        )
+        self.files_compacted = Counter(
+            "mdpipe_capture_files_compacted",
+            "Published files merged into roll-ups",
+            ["venue", "table"],
+            registry=r,
+        )
+        self.compaction_errors = Counter(
+            "mdpipe_capture_compaction_errors",
+            "Partitions whose roll-up failed (retried by the next pass)",
+            ["venue"],
+            registry=r,
         )

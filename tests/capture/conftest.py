@@ -79,8 +79,10 @@ async def run_capture(
     require_synced: bool = True,
     prepare: Callable[[Capture], None] | None = None,
     sim_options: dict[str, Any] | None = None,
+    already_trades: int = 0,
     **config: Any,
 ) -> Run:
+    """`already_trades`: trades an earlier run left in the lake, which this one drops."""
     sim = ExchangeSim(
         files, speed=speed, limit_events=limit_events, start_grace_s=1.0, **(sim_options or {})
     )
@@ -119,7 +121,7 @@ async def run_capture(
 
         # done when every trade the exchange delivered has been normalized
         async def drained() -> None:
-            want = sum(len(st.sent_trade_ids) for st in sim.symbols.values())
+            want = sum(len(st.sent_trade_ids) for st in sim.symbols.values()) - already_trades
             while (
                 # trades on the wire when a connection closes are lost (and named in gaps)
                 sum(cap.stats.trades.values()) + cap_lost_trades(cap) < want

@@ -98,6 +98,17 @@ def test_settings_merge_file_env_and_flags(tmp_path: Path) -> None:
     assert c.lake == "/data/lake"
     c = build_config(_args(["--symbols", "BTC/USDT, ETH/USDT", "--lake", "x"]), env)
     assert c.symbols == ("BTC/USDT", "ETH/USDT") and c.lake == "x"
+    assert c.compact_hourly is True  # the default
+    c = build_config(_args(["--symbols", "BTC/USDT", "--no-compact-hourly"]), env)
+    assert c.compact_hourly is False
+    c = build_config(_args(["--symbols", "BTC/USDT"]), {"MDPIPE_CAPTURE_COMPACT_HOURLY": "0"})
+    assert c.compact_hourly is False
+    c = build_config(
+        _args(["--symbols", "BTC/USDT", "--compact-hourly"]), {"MDPIPE_CAPTURE_COMPACT_HOURLY": "0"}
+    )
+    assert c.compact_hourly is True  # flag beats env
+    cfg.write_text("symbols = ['BTC/USDT']\ncompact_hourly = false\n")
+    assert build_config(_args(["--config", str(cfg)]), {}).compact_hourly is False
     cfg.write_text("symbols = ['BTC/USDT']\nflush_interval = 2\n")
     with pytest.raises(ValueError, match="unknown capture settings"):
         build_config(_args(["--config", str(cfg)]), {})
