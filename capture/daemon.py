@@ -4,7 +4,7 @@ Data path (one asyncio loop, one flush thread)::
 
     ccxt websocket client --tap--> pending lines (recv ns, raw text)      [transport.py]
       every batch_interval_s:  normalizer.feed(lines) -> Batch (trades, book, gaps, bbo)
-                               -> gap / crossed-book checks -> per-symbol REST resync
+                               -> crossed-book check after every update -> per-symbol resync
                                -> callbacks and event consumers (online engine)
       every flush_interval_s:  journal member (gzip, fsync) then Parquet publish (atomic)
       once an hour is over:    roll-up of each partition's files of that hour into one file
@@ -46,6 +46,7 @@ import polars as pl
 from capture.journal import JournalWriter
 from capture.metrics import CaptureMetrics
 from capture.transport import VenueAdapter, adapter_for, make_exchange
+from mdpipe.core.book import L2Book
 from mdpipe.lake import SCHEMAS, Lake, Partition
 from mdpipe.venues import Batch, RawLines, normalizer_for
 
@@ -245,6 +246,7 @@ class Capture:
         self._trade_callbacks: list[TradeCallback] = []
         self._consumers: list[BatchConsumer] = list(consumers)
         self._books: dict[str, BookView] = {}
+        self._cross_book: L2Book | None = None  # replays each batch's book rows (lazily made)
         self.stats = _Stats()
         self.episodes: deque[Episode] = deque(maxlen=200)
         self._open_episodes: dict[str, list[Episode]] = {}
@@ -342,6 +344,14 @@ class Capture:
             self.metrics.book_synced.labels(self.venue, s).set(0)
         self._seed_from_lake()
         self._name_ns = max(self._name_ns, self._lake_name_floor())
+        # load the crossed-book replay's compiled code now rather than inside the first batch
+        self._cross_book = L2Book()
+        self._cross_book.first_crossed(
+            None,
+            pl.DataFrame(
+                {"update_id": [1], "is_snapshot": [True], "side": ["bid"], "price": [1.0]}
+            ).with_columns(qty=pl.lit(1.0)),
+        )
         if self.config.compact_hourly:
             # finish interrupted roll-ups and roll up the hours a previous run left behind
             now = time.time_ns()
@@ -827,6 +837,8 @@ class Capture:
         self._u_ns.extend(ns)
         self._u_text.extend(texts)
         self._count_streams(recv, text)
+        # the synced books before this batch: the crossed-book check replays the batch from them
+        before = {sym: self.normalizer.book_state(sym) for sym in self.config.symbols}
         try:
             batch = self.normalizer.feed(
                 RawLines(
@@ -868,8 +880,8 @@ class Capture:
             self.episodes.append(
                 Episode(now, "malformed", "*", f"{err.message}: {frame[:300]!r}", resolved_ns=now)
             )
+        self._check_crossed(batch, before)
         self._absorb(batch)
-        self._check_crossed(batch)
 
     def _count_streams(self, recv: pl.Series, text: pl.Series) -> None:
         df = pl.DataFrame({"recv": recv, "text": text})
@@ -1014,25 +1026,52 @@ class Capture:
         for fn in self._book_callbacks:
             fn(view)
 
-    def _check_crossed(self, batch: Batch) -> None:
-        """A crossed book means a diff was lost or mangled: treat it like a sequence gap."""
-        book = batch.get("book")
-        if not book.height:
+    def _check_crossed(
+        self, batch: Batch, before: dict[str, tuple[pl.DataFrame, int] | None]
+    ) -> None:
+        """A crossed book means a diff was lost or mangled: treat it like a sequence gap.
+
+        Checked after every update, not only at the end of the batch: each symbol's book rows
+        are replayed (the numba book of mdpipe.core.book) from its book before the batch. At
+        the first update after which best bid >= best ask, that update's rows and the symbol's
+        later rows of the batch are withheld (the lake's book is never crossed, as after a
+        sequence gap no rows follow until the next snapshot), a `sequence_gap` row names the
+        update and the prices, and the symbol resyncs.
+        """
+        book = batch.tables.get("book")
+        if book is None or not book.height:
             return
-        for sym in book["symbol"].unique().to_list():
-            state = self.normalizer.book_state(sym)
-            if state is None:
+        syms = book["symbol"].unique(maintain_order=True).to_list()
+        for sym in syms:
+            rows = book if len(syms) == 1 else book.filter(pl.col("symbol") == sym)
+            state = before.get(sym)
+            if self._cross_book is None:
+                self._cross_book = L2Book()
+            hit = self._cross_book.first_crossed(None if state is None else state[0], rows)
+            if hit is None:
                 continue
-            bk, last_update_id = state
-            bid = bk.filter(pl.col("side") == "bid")["price"].max()
-            ask = bk.filter(pl.col("side") == "ask")["price"].min()
-            if bid is not None and ask is not None and bid >= ask:
-                detail = (
-                    f"crossed book after update {last_update_id}: best bid {bid} >= best ask "
-                    f"{ask}; resyncing"
-                )
-                b = self.normalizer.force_resync(sym, time.time_ns(), detail, kind="sequence_gap")
-                self._absorb(b)
+            row, uid, bid, ask = hit
+            prev = int(rows["update_id"][row - 1]) if row else (state[1] if state else None)
+            ts = rows["exch_ts_ns"][row]
+            last = int(rows["update_id"][-1])
+            mine = (pl.col("symbol") == sym).cum_sum()  # 1-based position among sym's rows
+            book = book.filter((pl.col("symbol") != sym) | (mine <= row))
+            detail = (
+                f"crossed book after update {uid}: best bid {bid} >= best ask {ask}; book rows "
+                f"of updates {uid}..{last} ({rows.height - row} rows) not written; resyncing"
+            )
+            gap = self.normalizer.force_resync(
+                sym,
+                int(ts) if ts is not None else time.time_ns(),
+                detail,
+                kind="sequence_gap",
+                prev_update_id=prev,
+            )
+            batch.extend(gap)
+        if book.height:
+            batch.tables["book"] = book
+        else:
+            batch.tables.pop("book", None)
 
     # ---- resync ------------------------------------------------------------------------------
 

@@ -765,7 +765,10 @@ class ExchangeSim:
             self._pos += 1
             await self._emit(ev, silent=time.monotonic() < self._silent_until)
             since_yield += 1
-            if since_yield >= 64:
+            # events recorded at the same instant go out together (no yield between them)
+            if since_yield >= 64 and (
+                self._pos >= len(events) or events[self._pos].recv_ns != ev.recv_ns
+            ):
                 since_yield = 0
                 await asyncio.sleep(0)
         self.finished.set()

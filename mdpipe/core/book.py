@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import polars as pl
 from numba import njit
 
 # bi layout
@@ -249,6 +250,31 @@ def book_apply_event(
         bi[B_CROSSED] += 1
 
 
+@njit(cache=True)
+def book_first_crossed(
+    qty: np.ndarray,
+    bits: np.ndarray,
+    bi: np.ndarray,
+    is_bid: np.ndarray,
+    price: np.ndarray,
+    size: np.ndarray,
+    starts: np.ndarray,
+    is_snapshot: np.ndarray,
+    report_from: int,
+) -> int:
+    """Apply events k = 0, 1, ... (rows [starts[k], starts[k + 1])) in order; return the first
+    k >= report_from after which the book is crossed (`book_apply_event`'s test), leaving the
+    book right after it, or -1 once every event is applied."""
+    for k in range(starts.shape[0] - 1):
+        before = bi[B_CROSSED]
+        book_apply_event(
+            qty, bits, bi, is_bid, price, size, starts[k], starts[k + 1], is_snapshot[k]
+        )
+        if k >= report_from and bi[B_CROSSED] > before:
+            return k
+    return -1
+
+
 @njit(cache=True, inline="always")
 def level_price(bi: np.ndarray, i: int) -> float:
     return float(bi[B_BASE] + i) / float(bi[B_INV_TICK])
@@ -280,7 +306,8 @@ def book_top(qty: np.ndarray, bits: np.ndarray, bi: np.ndarray, k: int, out: np.
 
 
 class L2Book:
-    """A thin Python handle on the numba book (tests, examples, the online extractor)."""
+    """A thin Python handle on the numba book (tests, examples, the online extractor, capture's
+    crossed-book check)."""
 
     def __init__(self, n_ticks: int = 1 << 21) -> None:
         self.qty, self.bits, self.bi = new_book_state(n_ticks)
@@ -307,6 +334,57 @@ class L2Book:
         bids = [(float(out[0, i]), float(out[1, i])) for i in range(k) if out[0, i] == out[0, i]]
         asks = [(float(out[2, i]), float(out[3, i])) for i in range(k) if out[2, i] == out[2, i]]
         return bids, asks
+
+    def best(self) -> tuple[float, float]:
+        """Best bid and best ask prices (NaN for an empty side)."""
+        out = np.empty((4, 1))
+        book_top(self.qty, self.bits, self.bi, 1, out)
+        return float(out[0, 0]), float(out[2, 0])
+
+    def first_crossed(
+        self, start: pl.DataFrame | None, rows: pl.DataFrame
+    ) -> tuple[int, int, float, float] | None:
+        """Replay ``book`` rows (side, price, qty, update_id, is_snapshot; applied order) from
+        the book ``start`` (side, price, qty; None: unknown, so rows before a snapshot are not
+        applied) and find the first event -- a run of rows sharing update_id and is_snapshot --
+        after which best bid >= best ask. Returns (its first row, its update_id, best bid,
+        best ask) or None. The book is reset from ``start``, so one instance serves any number
+        of calls; the tick is inferred from the prices seen (``infer_inv_tick``) and the grid
+        centred on the start book's mid (on the first snapshot's without one): like every
+        replay here, a level beyond the grid (n_ticks / 2 ticks either side) is not seen.
+        """
+        if rows.height == 0:
+            return None
+        uid = rows["update_id"].to_numpy()
+        snap = rows["is_snapshot"].to_numpy()
+        new_event = np.empty(len(uid), dtype=np.bool_)
+        new_event[0] = True
+        new_event[1:] = (uid[1:] != uid[:-1]) | (snap[1:] != snap[:-1])
+        starts = np.flatnonzero(new_event)
+        frames = [rows] if start is None else [start, rows]
+        seeded = start is not None
+        is_bid = np.concatenate([(f["side"] == "bid").to_numpy() for f in frames])
+        price = np.concatenate([f["price"].to_numpy() for f in frames]).astype(np.float64)
+        size = np.concatenate([f["qty"].to_numpy() for f in frames]).astype(np.float64)
+        # event k of the replay: the seed (a snapshot of `start`) if any, then the rows' events
+        n_seed = len(price) - len(uid)
+        ev_starts = np.empty(len(starts) + 1 + int(seeded), dtype=np.int64)
+        ev_snap = np.empty(len(starts) + int(seeded), dtype=np.bool_)
+        if seeded:
+            ev_starts[0], ev_snap[0] = 0, True
+        ev_starts[int(seeded) : -1] = starts + n_seed
+        ev_starts[-1] = len(price)
+        ev_snap[int(seeded) :] = snap[starts]
+        self.bi[B_SYNCED] = 0  # unknown until the seed (or a snapshot row) is applied
+        self.bi[B_INV_TICK] = infer_inv_tick(price) if len(price) else 1
+        k = book_first_crossed(
+            self.qty, self.bits, self.bi, is_bid, price, size, ev_starts, ev_snap, int(seeded)
+        )
+        if k < 0:
+            return None
+        row = int(starts[k - int(seeded)])
+        bid, ask = self.best()
+        return row, int(uid[row]), bid, ask
 
     @property
     def stats(self) -> dict[str, int]:

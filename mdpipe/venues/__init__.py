@@ -79,7 +79,14 @@ class Normalizer(Protocol):
 
     def awaiting_snapshot(self) -> list[str]: ...
 
-    def force_resync(self, symbol: str, ts_ns: int, reason: str, kind: str = ...) -> Batch: ...
+    def force_resync(
+        self,
+        symbol: str,
+        ts_ns: int,
+        reason: str,
+        kind: str = ...,
+        prev_update_id: int | None = ...,
+    ) -> Batch: ...
 
     def sync_stats(self) -> dict[str, dict[str, object]]: ...
 

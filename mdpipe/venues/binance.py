@@ -299,12 +299,21 @@ class BinanceNormalizer:
         st = self._symbols.get(symbol)
         return bool(st and st.sync.synced)
 
-    def force_resync(self, symbol: str, ts_ns: int, reason: str, kind: str = "resync") -> Batch:
+    def force_resync(
+        self,
+        symbol: str,
+        ts_ns: int,
+        reason: str,
+        kind: str = "resync",
+        prev_update_id: int | None = None,
+    ) -> Batch:
         """Drop the book of ``symbol`` (e.g. it crossed, or the connection was replaced): a gap row
-        is written and book rows stop until the next snapshot."""
+        is written and book rows stop until the next snapshot. ``prev_update_id``: the last update
+        the written book rows reach, when the caller withheld later rows (default: the last
+        applied update)."""
         st = self._state(symbol)
         batch = Batch()
-        prev = st.last_update_id
+        prev = st.last_update_id if prev_update_id is None else prev_update_id
         st.sync.reset()
         st.book = None
         batch.add("gaps", _gap_rows(self.venue, symbol, [(ts_ns, kind, reason, prev, None)]))
