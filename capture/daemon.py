@@ -1212,7 +1212,8 @@ class Capture:
         # names sort in publish order inside a partition (readers concatenate files by name to
         # get applied order) and never repeat, even across restarts (start() floors _name_ns at
         # the newest name in the lake, so a clock stepped back cannot reuse a rolled-up range)
-        ns = max(time.time_ns(), self._name_ns + 1)
+        # and never fall below the time this flush took the lock (the roll-up's barrier)
+        ns = max(time.time_ns(), self._name_ns + 1, self._lock_ns)
         self._name_ns = ns
         t = time.gmtime(ns // 1_000_000_000)
         stamp = f"{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}T{t.tm_hour:02d}"

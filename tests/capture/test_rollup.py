@@ -332,3 +332,15 @@ def test_restart_finishes_an_interrupted_rollup_and_rolls_up_the_previous_run(
         assert rec.height == 1 and "capture started after" in rec["detail"][0]
         cc = run2.crosscheck(sym)
         assert cc.compared > 1000 and cc.matched == cc.compared, cc.mismatches
+
+
+def test_roll_period_must_divide_an_hour(tmp_path: Path) -> None:
+    from capture.daemon import CaptureConfig
+
+    cap = Capture(CaptureConfig(symbols=(SYM,), lake=str(tmp_path / "lake")))
+    assert cap.roll_period_s == 3600.0
+    for bad in (7.0, 0.0, -1.0, 7200.0):
+        with pytest.raises(ValueError, match="divide 3600"):
+            cap.roll_period_s = bad
+    cap.roll_period_s = 0.5
+    assert cap.roll_period_s == 0.5
