@@ -4,7 +4,7 @@ mdpipe.cli's plugin hook, and runnable alone as `python -m capture {capture,exch
 Settings come from, in increasing priority: defaults, a TOML config file (`--config`, keys as in
 CaptureConfig, e.g. `symbols = ["BTC/USDT"]`, `flush_interval_s = 5`), environment variables
 `MDPIPE_CAPTURE_<KEY>` (e.g. `MDPIPE_CAPTURE_SYMBOLS=BTC/USDT,ETH/USDT`,
-`MDPIPE_CAPTURE_COMPACT_HOURLY=0`, and `MDPIPE_LAKE`), and the command line.
+`MDPIPE_CAPTURE_COMPACT_HOURLY=0`, `MDPIPE_CAPTURE_BACKFILL_TRADES=0`, and `MDPIPE_LAKE`), and the command line.
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ _FLAGS = {
     "stale_after_s": float,
     "max_connection_age_s": float,
     "clock_sync_interval_s": float,
+    "backfill_max_trades": int,
 }
 # CLI flag -> CaptureConfig field, for the on/off options (--x / --no-x)
-_BOOL_FLAGS = ("compact_hourly",)
-_BOOL_FIELDS = ("fsync", "compact_hourly")
+_BOOL_FLAGS = ("compact_hourly", "backfill_trades")
+_BOOL_FIELDS = ("fsync", "compact_hourly", "backfill_trades")
 
 
 def _split_list(v: Any) -> tuple[str, ...]:
@@ -158,6 +159,21 @@ def add_capture_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="roll each partition's files of an hour into one file once the hour is over "
         "(default on; --no-compact-hourly keeps every flush's file)",
+    )
+    p.add_argument(
+        "--backfill-trades",
+        dest="backfill_trades",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fetch the trades of a trade-id hole (reconnect, restart) over REST "
+        "historicalTrades (default on)",
+    )
+    p.add_argument(
+        "--backfill-max-trades",
+        dest="backfill_max_trades",
+        type=int,
+        default=None,
+        help="at most this many trades fetched per hole (default 100000)",
     )
     p.add_argument("--config", default=None, help="TOML file with capture settings")
     p.add_argument("--log-level", default="INFO")

@@ -15,6 +15,12 @@ through `mdpipe import`. Because the journal is written before the Parquet files
 interval, a SIGKILL loses at most the last flush interval and never leaves lake rows without
 their raw lines.
 
+Trade backfill. A trade-id hole the normalizer reports (`sequence_gap`, "trade ids A..B") starts
+a background task that fetches A..B over REST historicalTrades (ccxt's rate limiter, Retry-After
+on 429/418), normalizes them with the normalizer's `rest_trades` and queues them for the lake;
+a `backfill` gaps row records the outcome. REST trade answers are not journaled (the import
+reproduces the gap row, not the backfill).
+
 Roll-up ("compaction"). Flushes name files `cap-YYYYMMDDTHH-<publish ns>.parquet`; a day of them
 is ~17,000 small files per partition. Once the flush that took the flush lock after an hour's end
 has finished, no file of that hour can still appear (names use publish time, never decrease, and
@@ -56,6 +62,8 @@ TABLES = ("trades", "book", "gaps", "bbo", "agg_trades")
 _TS_COL = {"gaps": "ts_ns"}
 FILE_PREFIX = "cap-"  # capture's sequence-named files: cap-YYYYMMDDTHH-<19-digit ns>.parquet
 HOUR_NS = 3600 * 1_000_000_000
+BACKFILL_ATTEMPTS = 6  # failed requests in a row before a backfill gives up (each one backs off)
+BACKFILL_STOP_WAIT_S = 5.0  # stop() lets running backfills finish for this long, then cancels
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,9 @@ class CaptureConfig:
     fsync: bool = True
     # merge each partition's files of an hour into one file once the hour is over
     compact_hourly: bool = True
+    # fetch the trades of a trade-id hole over REST (historicalTrades), at most this many a hole
+    backfill_trades: bool = True
+    backfill_max_trades: int = 100_000
 
     def __post_init__(self) -> None:
         if not self.symbols:
@@ -111,6 +122,14 @@ class CaptureConfig:
             )
         if self.batch_interval_s > self.flush_interval_s:
             raise ValueError("batch_interval_s must not exceed flush_interval_s")
+        if not (
+            isinstance(self.backfill_max_trades, int)
+            and not isinstance(self.backfill_max_trades, bool)
+            and self.backfill_max_trades > 0
+        ):
+            raise ValueError(
+                f"backfill_max_trades must be a positive integer, got {self.backfill_max_trades!r}"
+            )
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be 0..65535, got {self.metrics_port}")
 
@@ -199,6 +218,11 @@ class _Stats:
     covered_files_removed: int = 0
     compacted_before_ns: int = 0
     last_compaction_s: float = 0.0
+    backfill_holes: dict[str, int] = field(default_factory=dict)
+    backfilled: dict[str, int] = field(default_factory=dict)
+    backfill_missing: dict[str, int] = field(default_factory=dict)
+    backfill_failures: dict[str, int] = field(default_factory=dict)
+    backfill_request_errors: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -261,6 +285,7 @@ class Capture:
         self._stream_last_ns: dict[str, int] = {}
         self._depth_seen: set[str] = set()  # symbols with a depth frame on this connection
         self._snapshot_tasks: dict[str, asyncio.Task[None]] = {}
+        self._backfill_tasks: set[asyncio.Task[None]] = set()
         self._ex: Any = None
         self._markets: dict[str, dict[str, Any]] = {}
         self._id_to_symbol: dict[str, str] = {}
@@ -384,7 +409,13 @@ class Capture:
         await asyncio.gather(*self._tasks, *self._snapshot_tasks.values(), return_exceptions=True)
         await self._unsubscribe_and_drain()
         await self._teardown_client()
-        self._process_pending()
+        self._process_pending()  # holes found from here on are recorded as not backfilled
+        if self._backfill_tasks:
+            # running backfills get a moment to finish; the rest record how far they got
+            _, running = await asyncio.wait(self._backfill_tasks, timeout=BACKFILL_STOP_WAIT_S)
+            for t in running:
+                t.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
         for attempt in range(5):
             await self._flush()
             if not self._u_ns and not self._acc.tables:
@@ -495,6 +526,15 @@ class Capture:
             "covered_files_removed": s.covered_files_removed,
             "compacted_before_ns": s.compacted_before_ns,
             "last_compaction_s": s.last_compaction_s,
+            "backfill": {
+                "holes": dict(s.backfill_holes),
+                "trades": dict(s.backfilled),
+                "trades_total": sum(s.backfilled.values()),
+                "missing": dict(s.backfill_missing),
+                "failures": dict(s.backfill_failures),
+                "request_errors": dict(s.backfill_request_errors),
+                "running": len(self._backfill_tasks),
+            },
             "episodes": [e.as_dict() for e in self.episodes],
         }
 
@@ -917,9 +957,17 @@ class Capture:
         """Account a normalized batch, hand it to callbacks and consumers, queue it for publish."""
         gaps = batch.get("gaps")
         if gaps.height:
-            for sym, kind, detail, _ts in gaps.select(
-                "symbol", "kind", "detail", "ts_ns"
+            for sym, kind, detail, ts, prev, nxt in gaps.select(
+                "symbol", "kind", "detail", "ts_ns", "prev_update_id", "next_update_id"
             ).iter_rows():
+                if (
+                    kind == "sequence_gap"
+                    and detail.startswith("trade ids ")
+                    and prev is not None
+                    and nxt is not None
+                    and self.config.backfill_trades
+                ):
+                    self._start_backfill(sym, prev + 1, nxt - 1, ts)
                 per = self.stats.gaps.setdefault(sym, {})
                 per[kind] = per.get(kind, 0) + 1
                 self.metrics.gaps.labels(self.venue, sym, kind).inc()
@@ -1099,24 +1147,13 @@ class Capture:
                 try:
                     snap = await self.adapter.fetch_snapshot(self._ex, m)
                 except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
-                    headers = getattr(self._ex, "last_response_headers", None) or {}
-                    retry = _retry_after_s(headers)
-                    status = str(
-                        getattr(self._ex, "mdpipe_last_status", None) or type(exc).__name__
-                    )
+                    status, delay, why = self._rest_failure(exc, attempt)
                     self.stats.snapshot_errors[status] = (
                         self.stats.snapshot_errors.get(status, 0) + 1
                     )
                     self.metrics.snapshot_errors.labels(self.venue, sym, status).inc()
-                    delay = retry if retry is not None else self._backoff(attempt)
                     attempt += 1
-                    ep = Episode(
-                        time.time_ns(),
-                        "snapshot_error",
-                        sym,
-                        f"{status} {type(exc).__name__}: {str(exc)[:200]}; retry in {delay:.2f} s"
-                        + (" (Retry-After)" if retry is not None else ""),
-                    )
+                    ep = Episode(time.time_ns(), "snapshot_error", sym, why)
                     self.episodes.append(ep)
                     self._open_episodes.setdefault(sym, []).append(ep)
                     log.warning("snapshot %s failed (%s); retrying in %.2f s", sym, status, delay)
@@ -1129,6 +1166,115 @@ class Capture:
                 return
         finally:
             self._snapshot_tasks.pop(sym, None)
+
+    def _rest_failure(self, exc: Exception, attempt: int) -> tuple[str, float, str]:
+        """A failed REST request (snapshot or backfill): its status ("429", "418", "500" or the
+        error class when no HTTP answer came), the delay before the next try (the exchange's
+        Retry-After on 429/418, else our backoff) and a one-line description."""
+        headers = getattr(self._ex, "last_response_headers", None) or {}
+        retry = _retry_after_s(headers)
+        status = str(getattr(self._ex, "mdpipe_last_status", None) or type(exc).__name__)
+        delay = retry if retry is not None else self._backoff(attempt)
+        why = f"{status} {type(exc).__name__}: {str(exc)[:200]}; retry in {delay:.2f} s" + (
+            " (Retry-After)" if retry is not None else ""
+        )
+        return status, delay, why
+
+    # ---- trade backfill ----------------------------------------------------------------------
+
+    def _start_backfill(self, sym: str, first: int, last: int, gap_ts: int) -> None:
+        """Fetch trade ids first..last (a hole the normalizer reported) over REST, off the loop's
+        critical path: a task per hole, paced by ccxt's rate limiter."""
+        if last < first or sym not in self._markets:
+            return
+        s = self.stats
+        s.backfill_holes[sym] = s.backfill_holes.get(sym, 0) + 1
+        if self._stopping or self._ex is None:
+            self._backfill_outcome(sym, first, last, gap_ts, 0, "not attempted: capture stopping")
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._backfill(sym, first, last, gap_ts), name=f"backfill-{sym}-{first}"
+        )
+        self._backfill_tasks.add(task)
+        task.add_done_callback(self._backfill_tasks.discard)
+
+    async def _backfill(self, sym: str, first: int, last: int, gap_ts: int) -> None:
+        m = self._markets[sym]
+        end = min(last, first + self.config.backfill_max_trades - 1)
+        next_id, got, attempt = first, 0, 0
+        failure: str | None = None
+        try:
+            while next_id <= end:
+                try:
+                    page = await self.adapter.fetch_trades_page(
+                        self._ex, m, next_id, end - next_id + 1
+                    )
+                except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
+                    status, delay, why = self._rest_failure(exc, attempt)
+                    s = self.stats
+                    s.backfill_request_errors[status] = s.backfill_request_errors.get(status, 0) + 1
+                    self.metrics.backfill_request_errors.labels(self.venue, sym, status).inc()
+                    attempt += 1
+                    if attempt >= BACKFILL_ATTEMPTS:
+                        failure = f"failed after {attempt} attempts, last {why.split(';')[0]}"
+                        break
+                    log.warning("trade backfill %s from id %d: %s", sym, next_id, why)
+                    await asyncio.sleep(delay)
+                    continue
+                attempt = 0
+                rows = [t for t in page.trades if next_id <= int(t["id"]) <= end]
+                if not rows:
+                    failure = f"the exchange returned no trade from id {next_id} on"
+                    break
+                df = self.normalizer.rest_trades(sym, rows, page.recv_ns)
+                df = df.unique("trade_id", keep="first", maintain_order=True)
+                self._acc.add("trades", df)
+                got += df.height
+                self.stats.backfilled[sym] = self.stats.backfilled.get(sym, 0) + df.height
+                self.metrics.backfilled_trades.labels(self.venue, sym).inc(df.height)
+                next_id = int(df["trade_id"].max()) + 1
+            if failure is None and end < last:
+                failure = f"capped at backfill_max_trades={self.config.backfill_max_trades}"
+        except asyncio.CancelledError:
+            failure = "interrupted: capture stopping"
+            raise
+        except Exception as exc:  # an odd answer must never take the capture down
+            log.exception("trade backfill %s %d..%d failed", sym, first, last)
+            failure = f"error {type(exc).__name__}: {str(exc)[:200]}"
+        finally:
+            self._backfill_outcome(sym, first, last, gap_ts, got, failure)
+
+    def _backfill_outcome(
+        self, sym: str, first: int, last: int, gap_ts: int, got: int, failure: str | None
+    ) -> None:
+        """The `backfill` gaps row of a hole: same ts_ns, prev/next ids as its `sequence_gap`."""
+        want = last - first + 1
+        detail = (
+            f"backfilled {got} of {want} trades (ids {first}..{last}) via REST historicalTrades"
+        )
+        if failure:
+            detail += f"; {failure}"
+        s = self.stats
+        if got < want:
+            s.backfill_missing[sym] = s.backfill_missing.get(sym, 0) + want - got
+            s.backfill_failures[sym] = s.backfill_failures.get(sym, 0) + 1
+            self.metrics.backfill_failures.labels(self.venue, sym).inc()
+        per = s.gaps.setdefault(sym, {})
+        per["backfill"] = per.get("backfill", 0) + 1
+        self.metrics.gaps.labels(self.venue, sym, "backfill").inc()
+        row = {
+            "venue": self.venue,
+            "symbol": sym,
+            "ts_ns": gap_ts,
+            "kind": "backfill",
+            "detail": detail,
+            "prev_update_id": first - 1,
+            "next_update_id": last + 1,
+        }
+        self._acc.add("gaps", pl.DataFrame([row], schema=SCHEMAS["gaps"]))
+        now = time.time_ns()
+        self.episodes.append(Episode(now, "backfill", sym, detail, resolved_ns=now))
+        (log.info if got == want else log.warning)("trade backfill %s: %s", sym, detail)
 
     # ---- clock -------------------------------------------------------------------------------
 

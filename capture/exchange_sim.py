@@ -5,17 +5,21 @@ What a real `ccxt.pro.binance` client needs, and nothing pretends beyond it:
 - REST `GET /api/v3/ping`, `/api/v3/time`, `/api/v3/exchangeInfo` (only the recorded symbols),
   `/api/v3/depth` (served from a book the simulator maintains by applying every diff it has
   replayed, so `lastUpdateId` is the last replayed `u` and a resync snapshot is always consistent
-  with the stream), `/api/v3/trades` (recent replayed trades).
+  with the stream), `/api/v3/trades` (recent replayed trades), `/api/v3/historicalTrades`
+  (`fromId`, `limit`: every trade printed so far, whether or not anyone received it).
 - Websocket on `/ws[/...]` (raw payloads, as Binance's raw streams) and `/stream[/...]`
   (combined-stream frames `{"stream":..,"data":..}`), with `SUBSCRIBE` / `UNSUBSCRIBE` /
   `LIST_SUBSCRIPTIONS` and Binance's `{"result":null,"id":N}` answers.
 - Faults on command (Python methods or `POST /_sim/fault` with a JSON body): drop every
   connection, skip N diffs of a symbol (a sequence gap: the simulator's own book still applies
   them), go silent for S seconds, send a malformed frame, answer the next depth snapshot with
-  429/418 + Retry-After, restart (close everything, refuse connections for a while, come back).
+  429/418 + Retry-After, restart (close everything, refuse connections for a while, come back),
+  answer the next N historicalTrades requests with an error status.
 
 Replay pacing follows the recorded receive times divided by `speed` (`speed=None` is "max": as
-fast as the sockets take it). The replay clock only runs while at least one client is subscribed,
+fast as the sockets take it). The replay clock only runs while at least one client is subscribed
+(unless `keep_running`: set by the constructor or by a `drop` fault with `keep_running=True`,
+the exchange then goes on printing with nobody listening, as a real one does),
 and starts once every recorded stream has a subscriber (or `start_grace_s` after the first
 SUBSCRIBE), so a capture that connects late or reconnects loses nothing the exchange did not
 deliberately drop. Frames are sent byte-for-byte as recorded.
@@ -24,6 +28,7 @@ deliberately drop. Frames are sent byte-for-byte as recorded.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
@@ -43,7 +48,17 @@ log = logging.getLogger("mdpipe.exchange_sim")
 
 _QUOTES = ("USDT", "FDUSD", "USDC", "TUSD", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
 
-FAULT_KINDS = ("drop", "skip", "silence", "malformed", "snapshot_429", "snapshot_418", "restart")
+FAULT_KINDS = (
+    "drop",
+    "skip",
+    "silence",
+    "malformed",
+    "snapshot_429",
+    "snapshot_418",
+    "restart",
+    "history_error",
+)
+PRINTED_TRADES_KEPT = 1_000_000  # per symbol, for historicalTrades (older ones are forgotten)
 # `speed` is not a fault but travels the same control path: {"kind": "speed", "speed": 5}
 
 
@@ -74,9 +89,15 @@ class _SymbolState:
     snapshot_error: tuple[int, float] | None = None  # (status, retry_after_s) for the next depth
     recent_trades: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))
     sent_trade_ids: list[int] = field(default_factory=list)
+    # every trade printed (replayed), delivered or not, ids as sent: what historicalTrades serves
+    printed_trades: list[dict[str, Any]] = field(default_factory=list)
     sent_diffs: int = 0
     trades_sent: int = 0
     skipped_update_ids: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def printed_trade_ids(self) -> list[int]:
+        return [int(t["t"]) for t in self.printed_trades]
 
     @property
     def last_update_id(self) -> int:
@@ -261,6 +282,7 @@ class ExchangeSim:
         limit_events: int | None = None,
         laps: int = 1,
         retime: bool = False,
+        keep_running: bool = False,
     ) -> None:
         if not recordings:
             raise ValueError("ExchangeSim needs at least one recording file")
@@ -281,6 +303,9 @@ class ExchangeSim:
         self.laps = laps
         self.lap = 0
         self.retime = retime
+        self.keep_running = keep_running
+        self.history_error: tuple[int, int, float | None] | None = None  # status, count, retry
+        self.history_requests = 0
         self.events, self.symbols = load_recording_cached(self.recordings)
         if limit_events is not None:
             self.events = self.events[:limit_events]
@@ -351,6 +376,7 @@ class ExchangeSim:
         app.router.add_get("/api/v3/exchangeInfo", self._exchange_info)
         app.router.add_get("/api/v3/depth", self._depth)
         app.router.add_get("/api/v3/trades", self._trades)
+        app.router.add_get("/api/v3/historicalTrades", self._historical_trades)
         # USD-M futures: the same books and streams under Binance's /fapi paths; a recording
         # whose diffs carry `pu` is a futures recording (see `futures`)
         app.router.add_get("/fapi/v1/ping", self._ping)
@@ -358,6 +384,7 @@ class ExchangeSim:
         app.router.add_get("/fapi/v1/exchangeInfo", self._exchange_info_futures)
         app.router.add_get("/fapi/v1/depth", self._depth_futures)
         app.router.add_get("/fapi/v1/trades", self._trades)
+        app.router.add_get("/fapi/v1/historicalTrades", self._historical_trades)
         app.router.add_post("/_sim/fault", self._fault_http)
         app.router.add_get("/_sim/status", self._status_http)
         for path in ("/ws", "/ws/{tail:.*}", "/stream", "/stream/{tail:.*}"):
@@ -395,6 +422,9 @@ class ExchangeSim:
         now = time.monotonic()
         rec: dict[str, Any] = {"kind": kind, **kw, "at_event": self._pos}
         if kind == "drop":
+            if kw.get("keep_running"):
+                # from now on the replay runs on while nobody is connected (a real exchange)
+                self.keep_running = True
             await self._close_all(abort=bool(kw.get("abort", True)))
         elif kind == "skip":
             st = self._sym_state(kw["symbol"])
@@ -411,6 +441,13 @@ class ExchangeSim:
             targets = [self._sym_state(kw["symbol"])] if kw.get("symbol") else self.symbols.values()
             for st in targets:
                 st.snapshot_error = (status, retry)
+        elif kind == "history_error":
+            ra = kw.get("retry_after")
+            self.history_error = (
+                int(kw.get("status", 500)),
+                int(kw.get("count", 1)),
+                None if ra is None else float(ra),
+            )
         elif kind == "speed":
             self.set_speed(None if kw.get("speed") in (None, "max") else float(kw["speed"]))
         elif kind == "restart":
@@ -584,6 +621,48 @@ class ExchangeSim:
             ]
         )
 
+    async def _historical_trades(self, request: web.Request) -> web.Response:
+        """Binance's `historicalTrades`: up to `limit` (default 500, max 1000) printed trades
+        from `fromId` on (without it: the most recent), oldest first."""
+        if self._down():
+            return self._unavailable()
+        st = self.symbols.get(request.query.get("symbol", "").lower())
+        if st is None:
+            return self._bad_symbol()
+        self.history_requests += 1
+        if self.history_error is not None:
+            status, count, retry = self.history_error
+            self.history_error = (status, count - 1, retry) if count > 1 else None
+            headers = {} if retry is None else {"Retry-After": f"{retry:g}"}
+            msg = "Too many requests." if status in (418, 429) else "Internal error."
+            return web.json_response({"code": -1003, "msg": msg}, status=status, headers=headers)
+        try:
+            limit = max(1, min(int(request.query.get("limit", "500")), 1000))
+            from_id = request.query.get("fromId")
+            start = None if from_id is None else int(from_id)
+        except ValueError:
+            return web.json_response({"code": -1100, "msg": "Illegal characters."}, status=400)
+        printed = st.printed_trades
+        if start is None:
+            page = printed[-limit:]
+        else:
+            i = bisect.bisect_left(printed, start, key=lambda t: int(t["t"]))
+            page = printed[i : i + limit]
+        return web.json_response(
+            [
+                {
+                    "id": int(t["t"]),
+                    "price": t["p"],
+                    "qty": t["q"],
+                    "quoteQty": f"{float(t['p']) * float(t['q']):.8f}",
+                    "time": t["T"],
+                    "isBuyerMaker": t["m"],
+                    **({} if self.futures else {"isBestMatch": t.get("M", True)}),
+                }
+                for t in page
+            ]
+        )
+
     async def _fault_http(self, request: web.Request) -> web.Response:
         try:
             body = await request.json()
@@ -605,6 +684,8 @@ class ExchangeSim:
             "frames_sent": self.frames_sent,
             "connections": len(self._conns),
             "snapshot_requests": self.snapshot_requests,
+            "history_requests": self.history_requests,
+            "keep_running": self.keep_running,
             "symbols": {
                 s: {
                     "last_update_id": st.last_update_id,
@@ -696,7 +777,7 @@ class ExchangeSim:
                 if subscribed and (self.all_streams <= subscribed or grace_over):
                     self.started.set()
                     return time.monotonic() - t0
-            elif subscribed:
+            elif subscribed or self.keep_running:
                 return time.monotonic() - t0
             self._subscribed_event.clear()
             with contextlib.suppress(TimeoutError):
@@ -798,7 +879,11 @@ class ExchangeSim:
                 return
         elif ev.kind == "trade":
             assert ev.data is not None
-            st.recent_trades.append(ev.data if not lap else {**ev.data, "t": ev.data["t"] + dt})
+            trade = ev.data if not lap else {**ev.data, "t": ev.data["t"] + dt}
+            st.recent_trades.append(trade)
+            st.printed_trades.append(trade)
+            if len(st.printed_trades) > 2 * PRINTED_TRADES_KEPT:
+                del st.printed_trades[:PRINTED_TRADES_KEPT]
         if silent:
             return
         delivered = False

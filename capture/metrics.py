@@ -23,6 +23,9 @@ in config/ queries them, so rename nothing without updating it.
 | mdpipe_capture_compactions_total | counter | venue, table | roll-up files written (one per partition and hour) |
 | mdpipe_capture_files_compacted_total | counter | venue, table | published files merged into roll-ups |
 | mdpipe_capture_compaction_errors_total | counter | venue | partitions whose roll-up failed (retried) |
+| mdpipe_capture_backfilled_trades_total | counter | venue, symbol | trades of trade-id holes fetched over REST |
+| mdpipe_capture_backfill_failures_total | counter | venue, symbol | holes not fully backfilled (error, cap, stop) |
+| mdpipe_capture_backfill_request_errors_total | counter | venue, symbol, status | failed historicalTrades requests |
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ METRIC_NAMES = (
     "mdpipe_capture_compactions_total",
     "mdpipe_capture_files_compacted_total",
     "mdpipe_capture_compaction_errors_total",
+    "mdpipe_capture_backfilled_trades_total",
+    "mdpipe_capture_backfill_failures_total",
+    "mdpipe_capture_backfill_request_errors_total",
 )
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -218,5 +224,23 @@ class CaptureMetrics:
             "mdpipe_capture_compaction_errors",
             "Partitions whose roll-up failed (retried by the next pass)",
             ["venue"],
+            registry=r,
+        )
+        self.backfilled_trades = Counter(
+            "mdpipe_capture_backfilled_trades",
+            "Trades of trade-id holes fetched over REST and written to the lake",
+            ["venue", "symbol"],
+            registry=r,
+        )
+        self.backfill_failures = Counter(
+            "mdpipe_capture_backfill_failures",
+            "Trade-id holes not fully backfilled (REST error, cap reached, capture stopping)",
+            ["venue", "symbol"],
+            registry=r,
+        )
+        self.backfill_request_errors = Counter(
+            "mdpipe_capture_backfill_request_errors",
+            "Failed REST historicalTrades requests (each retried or ending its backfill)",
+            ["venue", "symbol", "status"],
             registry=r,
         )

@@ -96,7 +96,7 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "venue": pl.String(),
         "symbol": pl.String(),
         "ts_ns": pl.Int64(),
-        "kind": pl.String(),  # sequence_gap | resync | reconnect | stale | no_snapshot
+        "kind": pl.String(),  # sequence_gap | resync | reconnect | stale | no_snapshot | backfill
         "detail": pl.String(),
         "prev_update_id": pl.Int64(),
         "next_update_id": pl.Int64(),
@@ -112,7 +112,7 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
     "gaps": ("ts_ns", "kind", "prev_update_id", "next_update_id"),
 }
 
-GAP_KINDS = ("sequence_gap", "resync", "reconnect", "stale", "no_snapshot")
+GAP_KINDS = ("sequence_gap", "resync", "reconnect", "stale", "no_snapshot", "backfill")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.=-]+$")
 # see "Roll-ups" above: a sequence-named file, and a roll-up of a run of them
 _SEQ_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9_.=-]+?)-(?P<ns>[0-9]{19})\.parquet$")

@@ -7,9 +7,9 @@ implements :class:`Normalizer` and registers itself in :data:`NORMALIZERS`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import polars as pl
 
@@ -95,6 +95,10 @@ class Normalizer(Protocol):
     def book_state(self, symbol: str) -> tuple[pl.DataFrame, int] | None: ...
 
     def seed_last_trade_id(self, symbol: str, trade_id: int) -> None: ...
+
+    def rest_trades(
+        self, symbol: str, trades: Sequence[Mapping[str, Any]], recv_ts_ns: int
+    ) -> pl.DataFrame: ...
 
 
 NORMALIZERS: dict[str, Callable[[], Normalizer]] = {}

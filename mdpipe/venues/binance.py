@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
@@ -295,6 +297,37 @@ class BinanceNormalizer:
         """Continue trade-id gap detection from an earlier run (capture restarts)."""
         self._state(symbol).last_trade_id = trade_id
 
+    def rest_trades(
+        self, symbol: str, trades: Sequence[Mapping[str, Any]], recv_ts_ns: int
+    ) -> pl.DataFrame:
+        """`trades` rows of ``symbol`` from a REST trade list (``GET /api/v3/historicalTrades``,
+        ``/fapi/v1/historicalTrades``: ``{"id", "price", "qty", "time", "isBuyerMaker", ...}``),
+        normalized exactly as stream trades; ``recv_ts_ns`` is when the REST answer arrived.
+        Trade-id gap detection is left alone: a backfill fills a hole below the stream's ids."""
+        if not trades:
+            return empty_frame("trades")
+        g = pl.DataFrame(
+            {
+                "symbol": [symbol] * len(trades),
+                "t": [int(t["id"]) for t in trades],
+                "p": [str(t["price"]) for t in trades],
+                "q": [str(t["qty"]) for t in trades],
+                "T": [int(t["time"]) for t in trades],
+                "m": [bool(t["isBuyerMaker"]) for t in trades],
+                "recv": [recv_ts_ns] * len(trades),
+            },
+            schema={
+                "symbol": pl.String,
+                "t": pl.Int64,
+                "p": pl.String,
+                "q": pl.String,
+                "T": pl.Int64,
+                "m": pl.Boolean,
+                "recv": pl.Int64,
+            },
+        )
+        return self._trade_rows(g).select(list(SCHEMAS["trades"]))
+
     def is_synced(self, symbol: str) -> bool:
         st = self._symbols.get(symbol)
         return bool(st and st.sync.synced)
@@ -487,19 +520,21 @@ class BinanceNormalizer:
             g = g.filter(fresh)
             if g.height:
                 st.last_trade_id = int(g["t"].max())  # type: ignore[arg-type]
-            batch.add(
-                "trades",
-                g.select(
-                    venue=pl.lit(self.venue),
-                    symbol=pl.col("symbol"),
-                    exch_ts_ns=pl.col("T") * MS,
-                    recv_ts_ns=pl.col("recv"),
-                    trade_id=pl.col("t"),
-                    price=pl.col("p").cast(pl.Float64),
-                    qty=pl.col("q").cast(pl.Float64),
-                    side=pl.when(pl.col("m")).then(pl.lit("sell")).otherwise(pl.lit("buy")),
-                ),
-            )
+            batch.add("trades", self._trade_rows(g))
+
+    def _trade_rows(self, g: pl.DataFrame) -> pl.DataFrame:
+        """`trades` rows from decoded trades (symbol, t, p, q, T, m, recv): one implementation
+        for the stream and for REST backfills."""
+        return g.select(
+            venue=pl.lit(self.venue),
+            symbol=pl.col("symbol"),
+            exch_ts_ns=pl.col("T") * MS,
+            recv_ts_ns=pl.col("recv"),
+            trade_id=pl.col("t"),
+            price=pl.col("p").cast(pl.Float64),
+            qty=pl.col("q").cast(pl.Float64),
+            side=pl.when(pl.col("m")).then(pl.lit("sell")).otherwise(pl.lit("buy")),
+        )
 
     def _agg_trades(self, t: pl.DataFrame, batch: Batch) -> None:
         t = self._symbol_col(t)
