@@ -39,11 +39,10 @@ import polars as pl
 from mdpipe.core.config import BacktestConfig
 from mdpipe.core.labels import (
     BARRIER_NAMES,
-    BARRIER_PROFIT,
-    BARRIER_STOP,
     BARRIER_TIME,
     PricePath,
     TradePath,
+    touch_fold,
 )
 
 F64Array = npt.NDArray[np.float64]
@@ -67,17 +66,6 @@ TRADES_SCHEMA: dict[str, pl.DataType] = {
     "censored": pl.Boolean(),
     "equity_after": pl.Float64(),
 }
-
-
-@numba.njit(cache=True)
-def _worst(touch: int, r: float, pt: float, sl: float) -> int:
-    """Fold one price of a timestamp into its touch so far: the stop wins over the profit
-    barrier inside one timestamp (their order is not observable), -1 while neither."""
-    if r <= -sl or touch == BARRIER_STOP:
-        return BARRIER_STOP
-    if r >= pt:
-        return BARRIER_PROFIT
-    return touch
 
 
 @numba.njit(cache=True)
@@ -181,7 +169,7 @@ def _backtest_kernel(
             touch = -1
             while q < nq and trade_ts[q] == tq:
                 if side != 0:
-                    touch = _worst(touch, side * (trade_px[q] / m0 - 1.0), pt, sl)
+                    touch = touch_fold(touch, side * (trade_px[q] / m0 - 1.0), pt, sl)
                 q += 1
             if side != 0 and x_close < 0 and tq <= deadline and touch >= 0:
                 x_close, t_close, b_close = prev_state, tq, touch
@@ -194,11 +182,11 @@ def _backtest_kernel(
         if use_trades:
             while q < nq and trade_ts[q] == tj:
                 if side != 0:
-                    touch = _worst(touch, side * (trade_px[q] / m0 - 1.0), pt, sl)
+                    touch = touch_fold(touch, side * (trade_px[q] / m0 - 1.0), pt, sl)
                 q += 1
         elif side != 0 and x_close < 0:
             for c in range(j, k):
-                touch = _worst(touch, side * (mid[c] / m0 - 1.0), pt, sl)
+                touch = touch_fold(touch, side * (mid[c] / m0 - 1.0), pt, sl)
         exited_here = False
         if side != 0 and x_close < 0 and touch >= 0:
             x_close, t_close, b_close = state, tj, touch
@@ -248,7 +236,7 @@ def _backtest_kernel(
             tq = trade_ts[q]
             touch = -1
             while q < nq and trade_ts[q] == tq:
-                touch = _worst(touch, side * (trade_px[q] / m0 - 1.0), pt, sl)
+                touch = touch_fold(touch, side * (trade_px[q] / m0 - 1.0), pt, sl)
                 q += 1
             if touch >= 0:
                 t_close, b_close, censored = tq, touch, 0

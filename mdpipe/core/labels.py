@@ -181,12 +181,15 @@ class TradePath:
 
 
 @numba.njit(cache=True)
-def _touch(r: float, pt: float, sl: float) -> int:
-    if r <= -sl:
+def touch_fold(touch: int, r: float, pt: float, sl: float) -> int:
+    """Fold one price's favourable move `r` into its timestamp's touch so far: the stop wins
+    over the profit barrier inside one timestamp (their order is not observable); -1 while
+    neither is touched."""
+    if r <= -sl or touch == BARRIER_STOP:
         return BARRIER_STOP
     if r >= pt:
         return BARRIER_PROFIT
-    return -1
+    return touch
 
 
 @numba.njit(cache=True)
@@ -218,7 +221,6 @@ def _triple_barrier_kernel(
     censored = np.zeros(m, np.int64)
     entry_px = np.full(m, np.nan)
     exit_px = np.full(m, np.nan)
-    nt = trade_ts.shape[0]
     for i in range(m):
         s = side[i]
         e = np.searchsorted(ts, start_ts[i], side="right")
@@ -232,66 +234,36 @@ def _triple_barrier_kernel(
         entry_idx[i] = e
         m0 = mid[e]
         deadline = t0 + horizon_ns
-        hit = -1
-        hit_idx = -1
-        hit_ts = 0
-        if not use_trades:
-            j = e + 1
-            while j < n and ts[j] <= deadline:
-                tj = ts[j]
-                k = j
-                got_pt = False
-                got_sl = False
-                while k < n and ts[k] == tj:
-                    r = s * (mid[k] / m0 - 1.0)
-                    c = _touch(r, pt, sl)
-                    if c == BARRIER_PROFIT:
-                        got_pt = True
-                    elif c == BARRIER_STOP:
-                        got_sl = True
-                    if move_ts[i] < 0 and r >= move_frac:
-                        move_ts[i] = tj
-                    k += 1
-                if got_sl or got_pt:
-                    hit = BARRIER_STOP if got_sl else BARRIER_PROFIT
-                    hit_idx = k - 1
-                    hit_ts = tj
-                    break
-                j = k
-            last_le_deadline = j - 1
-        else:
+        # barrier prices: the book's mids after the entry event, or the trades after its time
+        if use_trades:
+            pts, ppx = trade_ts, trade_px
             j = np.searchsorted(trade_ts, t0, side="right")
-            while j < nt and trade_ts[j] <= deadline:
-                tj = trade_ts[j]
-                k = j
-                got_pt = False
-                got_sl = False
-                while k < nt and trade_ts[k] == tj:
-                    r = s * (trade_px[k] / m0 - 1.0)
-                    c = _touch(r, pt, sl)
-                    if c == BARRIER_PROFIT:
-                        got_pt = True
-                    elif c == BARRIER_STOP:
-                        got_sl = True
-                    if move_ts[i] < 0 and r >= move_frac:
-                        move_ts[i] = tj
-                    k += 1
-                if got_sl or got_pt:
-                    hit = BARRIER_STOP if got_sl else BARRIER_PROFIT
-                    hit_idx = np.searchsorted(ts, tj, side="right") - 1
-                    hit_ts = tj
-                    break
-                j = k
-            last_le_deadline = np.searchsorted(ts, deadline, side="right") - 1
+        else:
+            pts, ppx = ts, mid
+            j = e + 1
+        npx = pts.shape[0]
+        hit = -1
+        hit_ts = 0
+        while j < npx and pts[j] <= deadline:
+            tj = pts[j]
+            while j < npx and pts[j] == tj:
+                r = s * (ppx[j] / m0 - 1.0)
+                hit = touch_fold(hit, r, pt, sl)
+                if move_ts[i] < 0 and r >= move_frac:
+                    move_ts[i] = tj
+                j += 1
+            if hit >= 0:
+                hit_ts = tj
+                break
         if hit >= 0:
-            x = hit_idx
+            x = np.searchsorted(ts, hit_ts, side="right") - 1  # the book state at the touch
             barrier[i] = hit
             t_end[i] = hit_ts
         else:
             barrier[i] = BARRIER_TIME
             t_end[i] = deadline
             if deadline <= end_ns:
-                x = last_le_deadline
+                x = np.searchsorted(ts, deadline, side="right") - 1
             else:
                 # The data ends before the deadline and no barrier was touched: unknown outcome.
                 x = n - 1
