@@ -20,7 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy mdpipe capture
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy mdpipe
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -3,7 +3,7 @@
 Setup: the exchange simulator runs in this process on core 1 and replays the bundled BTCUSDT +
 ETHUSDT recordings in laps (each lap shifted in time and ids, so the stream stays contiguous and
 syncs once) as fast as the socket takes frames; the capture runs as its own process
-(`python -m capture capture`) pinned to core 0, writing a throwaway lake. Every 5 s the script
+(`python -m mdpipe.capture capture`) pinned to core 0, writing a throwaway lake. Every 5 s the script
 reads the capture's /stats, its CPU time (/proc/<pid>/stat) and RSS (/proc/<pid>/status).
 
 Measured after a warm-up (the first 10 % of the run, at least 20 s): sustained messages/s,
@@ -41,7 +41,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from capture.exchange_sim import ExchangeSim  # noqa: E402
+from mdpipe.capture.exchange_sim import ExchangeSim  # noqa: E402
 
 DATA = ROOT / "data" / "binance-spot-2024-08-08"
 FILES = [DATA / f for f in ("btcusdt_20240808.gz", "btcusdt_20240809.gz",

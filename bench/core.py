@@ -117,13 +117,13 @@ def write_day(lake_root: Path, copies: int) -> None:
 
 
 def batch_child(lake_root: Path) -> None:
-    from mdpipe.core.signals import compute_partition
+    from mdpipe.core.batch import compute_partition
     from mdpipe.lake import Lake
 
     lake = Lake(lake_root)
     book, trades = load_recording()
     # Compile (numba cache) outside the measurement.
-    from mdpipe.core.signals import compute_features_and_signals
+    from mdpipe.core.batch import compute_features_and_signals
 
     compute_features_and_signals(book.head(20_000), trades.head(5_000), venue="b", symbol="s")
     del book, trades
@@ -159,8 +159,8 @@ def batch_child(lake_root: Path) -> None:
 
 
 def bench_online(book: pl.DataFrame, trades: pl.DataFrame) -> dict[str, float]:
-    from mdpipe.core.engine import OnlineEngine, arrival_order
-    from mdpipe.core.signals import event_starts
+    from mdpipe.core.batch import event_starts
+    from mdpipe.core.online import OnlineEngine, arrival_order
 
     uid = book["update_id"].to_numpy()
     snap = book["is_snapshot"].to_numpy()
@@ -209,8 +209,8 @@ def bench_online(book: pl.DataFrame, trades: pl.DataFrame) -> dict[str, float]:
 
 
 def bench_bocpd(book: pl.DataFrame, trades: pl.DataFrame, n: int = 10_000) -> dict[str, float]:
+    from mdpipe.core.batch import compute_features_and_signals
     from mdpipe.core.detectors import Bocpd, bocpd_exact
-    from mdpipe.core.signals import compute_features_and_signals
 
     feats, _ = compute_features_and_signals(book, trades, venue="b", symbol="s")
     bars = (

@@ -9,7 +9,7 @@ its labels read into 2024-08-10's first minutes, whose features are materialised
 (outside the timing) in both modes.
 
 Two modes, each in a fresh process (so peak RSS is per mode):
-- `steps`: the Dagster-free partition steps (`mdpipe.defs.steps`), i.e. the work itself;
+- `steps`: the Dagster-free partition steps (`mdpipe.pipeline.steps`), i.e. the work itself;
 - `dagster`: the same partition through `pipeline_job.execute_in_process` on an ephemeral
   instance, the way `mdpipe run` does it (features stage, then labels stage). Dagster's own
   overhead = run wall time - the steps' own durations reported in the run's metadata.
@@ -145,7 +145,7 @@ def _clear_derived(lake_root: Path) -> None:
 
 def _side_days(lake: Any) -> None:
     """Features of the neighbouring days, materialised before the measured partition."""
-    from mdpipe.defs import steps
+    from mdpipe.pipeline import steps
 
     for d in ("2024-08-08", "2024-08-10"):
         steps.features_step(lake, steps.Part.from_keys(d, MARKET))
@@ -153,8 +153,8 @@ def _side_days(lake: Any) -> None:
 
 def mode_steps(lake_root: Path) -> dict[str, Any]:
     from mdpipe.core.config import BacktestConfig
-    from mdpipe.defs import steps
     from mdpipe.lake import Lake
+    from mdpipe.pipeline import steps
 
     lake = Lake(lake_root)
     _clear_derived(lake_root)

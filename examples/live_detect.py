@@ -8,15 +8,15 @@
 
 Callbacks see each trade and each applied book update; the three parts of the online engine
 turn them into features and signals. (Capture runs trade callbacks before book callbacks for a
-batch, so a trade may be counted a few milliseconds early; `mdpipe.core.engine.OnlineEngine`,
+batch, so a trade may be counted a few milliseconds early; `mdpipe.core.online.OnlineEngine`,
 which `mdpipe capture` runs, holds book events for an exact as-of join.)
 """
 
 import argparse
 import asyncio
 
-from capture.daemon import Capture, CaptureConfig
 from mdpipe import MicrostructureDetector, OrderBookFeatureExtractor, TradeFeatureExtractor
+from mdpipe.capture.daemon import Capture, CaptureConfig
 
 
 async def main(symbol: str, seconds: float, **urls: str | None) -> None:

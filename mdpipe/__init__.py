@@ -8,9 +8,9 @@ __version__ = "0.1.0"
 # The online detector API, imported lazily: `import mdpipe` stays cheap (no numba, no polars)
 # for processes that only need a submodule.
 _LAZY = {
-    "OrderBookFeatureExtractor": "mdpipe.core.engine",
-    "TradeFeatureExtractor": "mdpipe.core.engine",
-    "OnlineEngine": "mdpipe.core.engine",
+    "OrderBookFeatureExtractor": "mdpipe.core.online",
+    "TradeFeatureExtractor": "mdpipe.core.online",
+    "OnlineEngine": "mdpipe.core.online",
     "MicrostructureDetector": "mdpipe.core.detectors",
     "Signal": "mdpipe.core.detectors",
 }

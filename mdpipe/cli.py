@@ -152,7 +152,7 @@ def _plugins() -> list[Callable[[Any], None]]:
     import importlib
 
     out = []
-    for mod in ("capture.cli", "mdpipe.run", "mdpipe.alerts.cli"):
+    for mod in ("mdpipe.capture.cli", "mdpipe.run", "mdpipe.alerts.cli"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -53,7 +53,7 @@ class RunOutcome:
 def select_parts(lake: Lake, market: str | None = None, date: str | None = None) -> list[Any]:
     """Partitions with raw data, narrowed to a market (`binance:BTC-USDT`, or the unified
     symbol `BTC/USDT` on any venue) and/or a date."""
-    from mdpipe.defs.steps import raw_parts
+    from mdpipe.pipeline.steps import raw_parts
 
     parts = raw_parts(lake)
     if market:
@@ -139,7 +139,7 @@ def execute(
     from mdpipe.defs import build_defs
     from mdpipe.defs.assets import LABEL_STAGE_KEYS
     from mdpipe.defs.partitions import partition_key
-    from mdpipe.defs.steps import report_dir
+    from mdpipe.pipeline.steps import report_dir
 
     t0 = time.perf_counter()
     defs = build_defs(str(lake.root))

@@ -8,8 +8,8 @@ Everything sequential is a numba kernel operating on explicit, bounded state arr
   trade_add          folds one trade into the trade windows and the VPIN buckets;
   trade_features     trade-side features as of a time (trades with exch_ts_ns <= that time).
 
-The batch driver (`compute_features_and_signals`, in `mdpipe.core.signals`) and the online
-engine (`mdpipe.core.engine`) both call exactly these kernels in the same order per event:
+The batch driver (`compute_features_and_signals`, in `mdpipe.core.batch`) and the online
+engine (`mdpipe.core.online`) both call exactly these kernels in the same order per event:
 book step, then the trades up to the event's time, then trade features, then the detector.
 That ordering, not a tolerance, is what makes online and batch agree bit for bit.
 

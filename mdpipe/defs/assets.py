@@ -1,4 +1,4 @@
-"""Assets: thin steps over `mdpipe.defs.steps` (which call `mdpipe.core`), one partition each.
+"""Assets: thin steps over `mdpipe.pipeline.steps` (which call `mdpipe.core`), one partition each.
 
     ticks (observed source: the lake's book / trades / gaps)
       -> features, signals (one pass: features and detectors share the event loop)
@@ -18,7 +18,6 @@ import polars as pl
 from dagster import AssetExecutionContext, OpExecutionContext
 
 from mdpipe.core.config import BacktestConfig
-from mdpipe.defs import steps
 from mdpipe.defs.partitions import (
     MARKET_DIMENSION,
     START_DATE,
@@ -30,6 +29,7 @@ from mdpipe.defs.partitions import (
 )
 from mdpipe.defs.resources import BacktestResource, LakeResource
 from mdpipe.lake import Lake
+from mdpipe.pipeline import steps
 
 GROUP = "pipeline"
 

@@ -11,7 +11,7 @@ import warnings
 
 import dagster as dg
 
-from mdpipe.defs.steps import Part
+from mdpipe.pipeline.steps import Part
 
 MARKET_DIMENSION = "market"
 DATE_DIMENSION = "date"

@@ -7,10 +7,10 @@ from collections.abc import Iterator, Sequence
 
 import dagster as dg
 
-from mdpipe.defs import steps
 from mdpipe.defs.jobs import pipeline_job, summary_job
 from mdpipe.defs.partitions import MARKET_DIMENSION, partition_key
 from mdpipe.defs.resources import LakeResource
+from mdpipe.pipeline import steps
 
 
 def yesterday_requests(

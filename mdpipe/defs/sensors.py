@@ -10,12 +10,12 @@ import json
 
 import dagster as dg
 
-from mdpipe.defs import steps
 from mdpipe.defs.assets import LABEL_STAGE_KEYS, observe_ticks
 from mdpipe.defs.jobs import pipeline_job
 from mdpipe.defs.partitions import MARKET_DIMENSION, market_partitions, partition_key
 from mdpipe.defs.resources import LakeResource
 from mdpipe.lake import Lake, market_key
+from mdpipe.pipeline import steps
 
 # Observations per tick: a first scan of a large lake catches up over a few ticks.
 MAX_OBSERVATIONS = 500

@@ -21,9 +21,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from capture.exchange_sim import ExchangeSim
 from mdpipe.alerts.ledger import Ledger
 from mdpipe.alerts.loopback import FakeChatAPIs
+from mdpipe.capture.exchange_sim import ExchangeSim
 
 from .test_defs import Harness, _env, _setenv, covered
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import polars as pl
 from prometheus_client import CollectorRegistry, generate_latest
 
-from capture.live_signals import LiveSignals
-from mdpipe.core.signals import SIGNAL_COLUMNS, compute_features_and_signals
+from mdpipe.capture.live_signals import LiveSignals
+from mdpipe.core.batch import SIGNAL_COLUMNS, compute_features_and_signals
 from mdpipe.lake import Lake
 
 DATE = "2024-08-09"

@@ -11,7 +11,6 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from capture.metrics import CaptureMetrics
 from mdpipe.alerts.channels import FileChannelClient
 from mdpipe.alerts.delivery import deliver_channel
 from mdpipe.alerts.ledger import Ledger
@@ -21,6 +20,7 @@ from mdpipe.alerts.metrics import (
     LedgerCollector,
     SignalMetrics,
 )
+from mdpipe.capture.metrics import CaptureMetrics
 
 from .conftest import make_signal
 

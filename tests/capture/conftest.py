@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import polars as pl
 
-from capture.daemon import Capture, CaptureConfig
-from capture.exchange_sim import ExchangeSim
-from capture.journal import iter_journal_lines
+from mdpipe.capture.daemon import Capture, CaptureConfig
+from mdpipe.capture.exchange_sim import ExchangeSim
+from mdpipe.capture.journal import iter_journal_lines
 from mdpipe.crosscheck import CrossCheck, book_vs_bbo
 from mdpipe.lake import Lake
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import polars as pl
 
-from capture.daemon import Capture, CaptureConfig
-from capture.exchange_sim import ExchangeSim
+from mdpipe.capture.daemon import Capture, CaptureConfig
+from mdpipe.capture.exchange_sim import ExchangeSim
 from mdpipe.ingest import import_paths
 from mdpipe.lake import Lake
 from tests.capture.conftest import ALL_FILES, SYMBOLS, Run, run_capture, wait_pos

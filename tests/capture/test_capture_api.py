@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from capture.cli import add_capture_args, build_config
-from capture.daemon import BookView, Capture
+from mdpipe.capture.cli import add_capture_args, build_config
+from mdpipe.capture.daemon import BookView, Capture
 from mdpipe.ingest import import_paths
 from mdpipe.lake import Lake
 from mdpipe.venues import Batch
@@ -118,8 +118,8 @@ def test_settings_merge_file_env_and_flags(tmp_path: Path) -> None:
 
 def test_unknown_symbol_is_a_clear_error(tmp_path: Path) -> None:
     async def run() -> None:
-        from capture.daemon import CaptureConfig
-        from capture.exchange_sim import ExchangeSim
+        from mdpipe.capture.daemon import CaptureConfig
+        from mdpipe.capture.exchange_sim import ExchangeSim
 
         sim = ExchangeSim(ALL_FILES[:2], speed=None)
         await sim.start()
@@ -144,7 +144,7 @@ def test_a_failed_flush_keeps_its_data_for_the_next_one(tmp_path: Path) -> None:
     """Disk full for a moment: nothing is lost or written twice, journal or lake."""
     import errno
 
-    from capture.journal import iter_journal_lines
+    from mdpipe.capture.journal import iter_journal_lines
 
     def prepare(cap: Capture) -> None:
         publish, write_lines = cap.lake.publish, cap.journal.write_lines

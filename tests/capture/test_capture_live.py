@@ -9,9 +9,9 @@ import aiohttp
 import polars as pl
 import pytest
 
-from capture.daemon import Capture, CaptureConfig
-from capture.exchange_sim import ExchangeSim
-from capture.journal import iter_journal_lines
+from mdpipe.capture.daemon import Capture, CaptureConfig
+from mdpipe.capture.exchange_sim import ExchangeSim
+from mdpipe.capture.journal import iter_journal_lines
 from tests.capture.conftest import Run, run_capture, wait_pos
 
 BTC_TRADES = list(range(3735683259, 3735703162 + 1))
@@ -224,7 +224,7 @@ def test_planned_reconnect_switches_connections_without_a_hole(tmp_path: Path) -
 
 
 def test_metrics_endpoint_exposes_the_documented_names(tmp_path: Path) -> None:
-    from capture.metrics import METRIC_NAMES
+    from mdpipe.capture.metrics import METRIC_NAMES
 
     async def scrape(sim: ExchangeSim, cap: Capture) -> None:
         await wait_pos(sim, 5_000, then_speed=None)

@@ -1,4 +1,4 @@
-"""`python -m capture capture` as a real process: SIGTERM, SIGKILL mid-stream, restarts."""
+"""`python -m mdpipe.capture capture` as a real process: SIGTERM, SIGKILL mid-stream, restarts."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from capture.exchange_sim import ExchangeSim
-from capture.journal import iter_journal_lines
+from mdpipe.capture.exchange_sim import ExchangeSim
+from mdpipe.capture.journal import iter_journal_lines
 from mdpipe.lake import Lake
 from tests.capture.conftest import ALL_FILES
 

@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from capture.daemon import Capture
-from capture.exchange_sim import ExchangeSim
+from mdpipe.capture.daemon import Capture
+from mdpipe.capture.exchange_sim import ExchangeSim
 from mdpipe.crosscheck import book_vs_bbo
 from mdpipe.lake import Lake, Partition, parse_rollup_name, parse_sequence_name
 from tests.capture.conftest import Run, Step, run_capture
@@ -335,7 +335,7 @@ def test_restart_finishes_an_interrupted_rollup_and_rolls_up_the_previous_run(
 
 
 def test_roll_period_must_divide_an_hour(tmp_path: Path) -> None:
-    from capture.daemon import CaptureConfig
+    from mdpipe.capture.daemon import CaptureConfig
 
     cap = Capture(CaptureConfig(symbols=(SYM,), lake=str(tmp_path / "lake")))
     assert cap.roll_period_s == 3600.0

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mdpipe.core.batch import compute_features_and_signals, event_starts
 from mdpipe.core.detectors import DetectorConfig, Signal
-from mdpipe.core.engine import OnlineEngine, arrival_order
 from mdpipe.core.features import FEATURE_NAMES, FeatureConfig
-from mdpipe.core.signals import compute_features_and_signals, event_starts
+from mdpipe.core.online import OnlineEngine, arrival_order
 from mdpipe.lake import Lake
 
 MARKETS = [("BTC/USDT", "2024-08-08"), ("BTC/USDT", "2024-08-09"),
@@ -184,7 +184,7 @@ def test_engine_rejects_bad_parameters() -> None:
 
 def test_full_book_views_through_update_top_give_the_batch_book_features(data: dict) -> None:
     """What examples/live_detect.py does with the capture's book callback (top-20 views)."""
-    from mdpipe.core.engine import OrderBookFeatureExtractor
+    from mdpipe.core.online import OrderBookFeatureExtractor
 
     book, trades = _subset(*data[("BTC/USDT", "2024-08-08")], 600)
     feats, _ = compute_features_and_signals(book, trades)

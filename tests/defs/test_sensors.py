@@ -12,11 +12,12 @@ import dagster as dg
 import pytest
 
 from mdpipe.core.config import BacktestConfig
-from mdpipe.defs import build_defs, steps
+from mdpipe.defs import build_defs
 from mdpipe.defs.resources import LakeResource
 from mdpipe.defs.schedules import daily_pipeline_schedule
 from mdpipe.defs.sensors import market_sensor, relabel_sensor
 from mdpipe.lake import Lake
+from mdpipe.pipeline import steps
 
 MARKETS = ["binance:BTC-USDT", "binance:ETH-USDT"]
 

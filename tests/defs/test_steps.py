@@ -8,9 +8,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from mdpipe.core.signals import compute_features_and_signals
-from mdpipe.defs import steps
+from mdpipe.core.batch import compute_features_and_signals
 from mdpipe.lake import Lake
+from mdpipe.pipeline import steps
 
 BTC8 = steps.Part("2024-08-08", "binance", "BTC/USDT")
 BTC9 = BTC8.shifted(1)

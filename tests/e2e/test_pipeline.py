@@ -24,9 +24,10 @@ import pytest
 
 from mdpipe.core.config import BacktestConfig
 from mdpipe.core.report import PLOT_NAMES
-from mdpipe.defs import build_defs, steps
+from mdpipe.defs import build_defs
 from mdpipe.defs.assets import LABEL_STAGE_KEYS
 from mdpipe.lake import Lake
+from mdpipe.pipeline import steps
 from mdpipe.run import RunOutcome, execute, register_markets, select_parts
 
 ASSETS = ("features", "signals", "labels", "cv_folds", "evaluation")

@@ -10,9 +10,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from mdpipe.defs import steps
 from mdpipe.defs.partitions import partition_key
 from mdpipe.lake import Lake
+from mdpipe.pipeline import steps
 
 
 def pipeline_job() -> dg.JobDefinition:

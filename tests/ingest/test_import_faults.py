@@ -19,7 +19,7 @@ from mdpipe.cli import main as cli_main
 from mdpipe.crosscheck import book_vs_bbo
 from mdpipe.ingest import import_paths
 from mdpipe.lake import Lake
-from mdpipe.venues.binance import BookSync, _fold_book
+from mdpipe.venues.binance.normalizer import BookSync, _fold_book
 from tests.conftest import BTC_FILES, ETH_FILES
 
 

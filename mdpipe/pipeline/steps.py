@@ -315,7 +315,7 @@ def compute_features_signals(
     partition's files in name order, which is applied order only when a partition is one
     file (what `mdpipe import` produces in one go); several files are read whole and sorted
     into applied order instead (slower, more memory, always correct)."""
-    from mdpipe.core.signals import compute_features_and_signals, compute_partition
+    from mdpipe.core.batch import compute_features_and_signals, compute_partition
 
     kw: dict[str, Any] = {"warmup_minutes": warmup_seconds / 60.0, "stats": stats}
     single = all(len(lake.files("book", p.venue, p.symbol, p.date)) <= 1 for p in (part, prev) if p)
@@ -353,8 +353,8 @@ def features_step(
             lake, part, prev if warm else None, warmup_seconds, stats
         )
     else:
+        from mdpipe.core.batch import empty_signals, features_frame
         from mdpipe.core.features import N_FEATURES, N_META
-        from mdpipe.core.signals import empty_signals, features_frame
 
         features = features_frame(
             part.venue, part.symbol, np.empty((0, N_FEATURES)), np.empty((0, N_META), np.int64)

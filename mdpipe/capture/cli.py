@@ -1,5 +1,5 @@
 """`mdpipe capture` and `mdpipe exchange-sim`: registered into the `mdpipe` command by
-mdpipe.cli's plugin hook, and runnable alone as `python -m capture {capture,exchange-sim} ...`.
+mdpipe.cli's plugin hook, and runnable alone as `python -m mdpipe.capture {capture,exchange-sim} ...`.
 
 Settings come from, in increasing priority: defaults, a TOML config file (`--config`, keys as in
 CaptureConfig, e.g. `symbols = ["BTC/USDT"]`, `flush_interval_s = 5`), environment variables
@@ -51,7 +51,7 @@ def _split_list(v: Any) -> tuple[str, ...]:
 
 def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Any:
     """Merge config file, environment and flags into a validated CaptureConfig."""
-    from capture.daemon import CaptureConfig
+    from mdpipe.capture.config import CaptureConfig
 
     env = os.environ if environ is None else environ
     fields = {f.name: f for f in dataclasses.fields(CaptureConfig)}
@@ -186,7 +186,7 @@ def add_capture_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from capture.daemon import Capture
+    from mdpipe.capture.daemon import Capture
 
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -199,7 +199,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         return 2
     cap = Capture(config)
     if not getattr(args, "no_live_signals", False):
-        from capture.live_signals import attach_live_signals
+        from mdpipe.capture.live_signals import attach_live_signals
 
         attach_live_signals(cap)
 
@@ -241,7 +241,7 @@ def add_sim_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_exchange_sim(args: argparse.Namespace) -> int:
-    from capture.exchange_sim import parse_speed, serve
+    from mdpipe.capture.exchange_sim import parse_speed, serve
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
@@ -278,7 +278,7 @@ def register_cli(sub: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m capture")
+    ap = argparse.ArgumentParser(prog="python -m mdpipe.capture")
     sub = ap.add_subparsers(dest="command", required=True)
     register_cli(sub)
     args = ap.parse_args(argv)

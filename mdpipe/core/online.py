@@ -30,6 +30,15 @@ import numpy as np
 import polars as pl
 from numba import njit
 
+from mdpipe.core.batch import (
+    SIG_F_COLS,
+    _np,
+    event_starts,
+    features_frame,
+    finish_event,
+    signals_frame,
+    write_signals,
+)
 from mdpipe.core.detectors.ensemble import (
     OUT_COLS,
     DetectorConfig,
@@ -58,15 +67,6 @@ from mdpipe.core.features import (
     book_event_step,
     trade_add,
     trade_features,
-)
-from mdpipe.core.signals import (
-    SIG_F_COLS,
-    _np,
-    event_starts,
-    features_frame,
-    finish_event,
-    signals_frame,
-    write_signals,
 )
 
 # pi (int64) layout: pending book ring and pending trades

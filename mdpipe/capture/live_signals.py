@@ -1,7 +1,7 @@
 """The online engine inside the capture process: normalized batches -> `live/signals`.
 
 A consumer registered on `Capture` (its `register_consumer` hook): every normalized batch (about
-every `batch_interval_s`) goes through one `mdpipe.core.engine.OnlineEngine` per market; the
+every `batch_interval_s`) goes through one `mdpipe.core.online.OnlineEngine` per market; the
 signals it releases are published at once, one small Parquet file per market and batch, through
 `mdpipe.lake` (atomic), under `<lake>/live/signals/venue=/symbol=/date=/sig-<ns>-<n>.parquet`.
 The date partition is the UTC day of the signal's exchange time, like every other table.
@@ -52,7 +52,7 @@ class LiveSignals:
         warm_up: bool = True,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
-        from mdpipe.core.engine import OnlineEngine
+        from mdpipe.core.online import OnlineEngine
 
         if not poll_interval_s > 0:
             raise ValueError(f"poll_interval_s must be > 0, got {poll_interval_s!r}")
@@ -238,7 +238,7 @@ def _with_receive_time(
 ) -> pl.DataFrame:
     """Add `recv_ts_ns` of the triggering event (and, for signals released by `poll`, the
     feature values the batch path copies into each signal row)."""
-    from mdpipe.core.signals import SIGNAL_CONTEXT
+    from mdpipe.core.batch import SIGNAL_CONTEXT
 
     want = ["recv_ts_ns"] + (
         [c for c in SIGNAL_CONTEXT if c not in signals.columns] if context else []
@@ -255,7 +255,7 @@ def _with_receive_time(
 def _conform(signals: pl.DataFrame) -> pl.DataFrame:
     """One schema for every file (signals released by `feed` and by `poll` come from
     different code paths): the batch `signals` columns and dtypes, then the live extras."""
-    from mdpipe.core.signals import SIGNAL_COLUMNS, empty_signals
+    from mdpipe.core.batch import SIGNAL_COLUMNS, empty_signals
 
     schema = dict(empty_signals().schema)
     schema.update({"recv_ts_ns": pl.Int64(), "emitted_ns": pl.Int64()})

@@ -1,0 +1,3 @@
+from mdpipe.capture.cli import main
+
+raise SystemExit(main())

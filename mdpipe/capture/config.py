@@ -1,0 +1,73 @@
+"""What `mdpipe capture` can be told: one validated, frozen structure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Everything `mdpipe capture` can be told; validated on construction."""
+
+    venue: str = "binance"
+    symbols: tuple[str, ...] = ()
+    lake: str | None = None
+    ws_url: str | None = None
+    rest_url: str | None = None
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    channels: tuple[str, ...] = ()
+    flush_interval_s: float = 5.0
+    batch_interval_s: float = 0.1
+    reconnect_initial_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    stale_after_s: float = 10.0
+    # Binance closes every connection after 24 h; reconnecting on our own schedule first means
+    # the hole is ours, announced and resynced, instead of a surprise mid-burst
+    max_connection_age_s: float = 23.5 * 3600
+    clock_sync_interval_s: float = 300.0
+    connect_timeout_s: float = 15.0
+    fsync: bool = True
+    # merge each partition's files of an hour into one file once the hour is over
+    compact_hourly: bool = True
+    # fetch the trades of a trade-id hole over REST (historicalTrades), at most this many a hole
+    backfill_trades: bool = True
+    backfill_max_trades: int = 100_000
+
+    def __post_init__(self) -> None:
+        if not self.symbols:
+            raise ValueError("capture needs at least one symbol, e.g. symbols=('BTC/USDT',)")
+        if any("/" not in s for s in self.symbols):
+            raise ValueError(
+                f"symbols are ccxt unified symbols like 'BTC/USDT', got {self.symbols}"
+            )
+        for name in (
+            "flush_interval_s",
+            "batch_interval_s",
+            "reconnect_initial_s",
+            "reconnect_max_s",
+            "stale_after_s",
+            "max_connection_age_s",
+            "clock_sync_interval_s",
+            "connect_timeout_s",
+        ):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and v > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError(
+                f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_initial_s "
+                f"({self.reconnect_initial_s})"
+            )
+        if self.batch_interval_s > self.flush_interval_s:
+            raise ValueError("batch_interval_s must not exceed flush_interval_s")
+        if not (
+            isinstance(self.backfill_max_trades, int)
+            and not isinstance(self.backfill_max_trades, bool)
+            and self.backfill_max_trades > 0
+        ):
+            raise ValueError(
+                f"backfill_max_trades must be a positive integer, got {self.backfill_max_trades!r}"
+            )
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be 0..65535, got {self.metrics_port}")
