@@ -400,7 +400,7 @@ def channel_resources(environ: Mapping[str, str] | None = None) -> dict[str, Any
 
 
 def settings_resource(
-    environ: Mapping[str, str] | None = None, settings: Settings | None = None
+    environ: Mapping[str, str] | None = None, settings: "Settings | None" = None
 ) -> AlertSettingsBase:
     """The `alert_settings` resource: `settings`' `[alerts]` values (None: the defaults), with
     the lake, ledger and UI URL taken from their environment variables when those are set."""
@@ -426,7 +426,7 @@ def build_alert_defs(
     *,
     sensor_interval_s: int | None = None,
     resources: Mapping[str, Any] | None = None,
-    settings: Settings | None = None,
+    settings: "Settings | None" = None,
 ) -> dg.Definitions:
     """The alert job, sensor and resources. `resources` overrides any of them (tests, dry runs
     with `FileChannelResource`)."""
