@@ -1,9 +1,10 @@
 """Parameters of labelling, cross-validation and backtesting, in one validated structure.
 
 `BacktestConfig` is deliberately a flat frozen dataclass of primitive fields (float, int, str) so
-that a Dagster resource (`mdpipe.defs.resources.BacktestResource`) can mirror it field by field
-and hand it over with `BacktestConfig.from_mapping(...)`. Validation happens in `__post_init__`,
-so an invalid launchpad value fails before any data is read, with a message naming the field.
+that the `[backtest]` settings section (`mdpipe.settings`) and the Dagster resource generated
+from it (`mdpipe.defs.resources.BacktestResource`) can carry it field by field. Validation
+happens in `__post_init__`, so an invalid value fails before any data is read, with a message
+naming the field. `settings_id` (below) names the feature and detector settings of a signal.
 """
 
 from __future__ import annotations
