@@ -14,7 +14,7 @@ import polars as pl
 
 from mdpipe.capture.daemon import Capture, CaptureConfig
 from mdpipe.capture.exchange_sim import ExchangeSim
-from mdpipe.capture.journal import iter_journal_lines
+from mdpipe.lake import iter_journal_lines
 from mdpipe.crosscheck import CrossCheck, book_vs_bbo
 from mdpipe.lake import Lake
 

@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from mdpipe.capture.exchange_sim import ExchangeSim
-from mdpipe.capture.journal import iter_journal_lines
+from mdpipe.lake import iter_journal_lines
 from mdpipe.lake import Lake
 from tests.capture.conftest import ALL_FILES
 
