@@ -73,8 +73,8 @@ class JournalReader:
     """Reads one journal file in slices of whole lines (memory bounded for any file size).
 
     :meth:`frames` yields DataFrames with ``recv_ts_ns`` (Int64, ns), ``text`` (the message) and
-    ``line`` (1-based line number). Problems are collected in :attr:`problems`, in line order,
-    as the slices are read. ``on_raw`` sees every byte read from disk (a digest, a progress bar).
+    ``line`` (1-based line number). Problems are collected in :attr:`problems` as the slices
+    are read (within a slice: lines that are not UTF-8 first, then malformed ones). ``on_raw`` sees every byte read from disk (a digest, a progress bar).
     """
 
     def __init__(
@@ -127,27 +127,30 @@ class JournalReader:
                 if self.on_raw is not None:
                     self.on_raw(raw)
                 if dec is not None:
+                    pieces = []  # what decoded before any damage in this read is kept
                     try:
-                        data = dec.decompress(raw)
+                        pieces.append(dec.decompress(raw))
                         while dec.eof and dec.unused_data:  # the next gzip member
                             rest = dec.unused_data
                             dec = zlib_ng.decompressobj(wbits=31)
-                            data += dec.decompress(rest)
+                            pieces.append(dec.decompress(rest))
                     except zlib_ng.error as e:  # type: ignore[misc]
                         damage.append(
                             f"corrupt gzip data within the first {offset:,} bytes ({e}); "
                             "the rest of the file is lost"
                         )
-                        break
+                    data = b"".join(pieces)
                 else:
                     data = raw
                 buf = tail + data
                 cut = buf.rfind(b"\n")
                 if cut < 0:
                     tail = buf
-                    continue
-                out, tail = buf[: cut + 1], buf[cut + 1 :]
-                yield self._decode(out)
+                else:
+                    out, tail = buf[: cut + 1], buf[cut + 1 :]
+                    yield self._decode(out)
+                if damage:
+                    break
             if dec is not None and not damage and not dec.eof:
                 damage.append(
                     "file ends inside a gzip member (crashed writer or truncated copy); "

@@ -13,8 +13,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from mdpipe.capture.exchange_sim import ExchangeSim
-from mdpipe.lake import iter_journal_lines
-from mdpipe.lake import Lake
+from mdpipe.lake import Lake, iter_journal_lines
 from tests.capture.conftest import ALL_FILES
 
 ROOT = Path(__file__).resolve().parents[2]
