@@ -63,7 +63,7 @@ def test_sigterm_sigkill_and_restart_keep_the_lake_consistent(tmp_path: Path) ->
         sim = ExchangeSim(ALL_FILES, speed=15.0, start_grace_s=1.0)
         await sim.start()
         cmd = [
-            sys.executable, "-m", "capture", "capture", "--symbols", "BTC/USDT,ETH/USDT",
+            sys.executable, "-m", "mdpipe.capture", "capture", "--symbols", "BTC/USDT,ETH/USDT",
             "--ws-url", sim.ws_url, "--rest-url", sim.rest_url, "--lake", str(lake),
             "--flush-interval", "0.3", "--reconnect-initial", "0.05", "--reconnect-max", "0.5",
             "--log-level", "WARNING",
