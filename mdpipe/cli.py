@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mdpipe.lake import Lake
+from mdpipe.lake import Lake, LakeLocationError
 
 if TYPE_CHECKING:
     from mdpipe.ingest import ImportReport
@@ -200,7 +200,11 @@ def _plugins() -> list[Callable[[Any], None]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except LakeLocationError as e:  # any command given a lake it cannot use (s3://...)
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return 2
 
 
 if __name__ == "__main__":

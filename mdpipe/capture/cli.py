@@ -277,4 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     register_cli(sub)
     args = ap.parse_args(argv)
-    return int(args.func(args) or 0)
+    from mdpipe.lake import LakeLocationError
+
+    try:
+        return int(args.func(args) or 0)
+    except LakeLocationError as exc:  # --lake / $MDPIPE_LAKE is a URL (s3://...)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

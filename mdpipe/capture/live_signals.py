@@ -30,7 +30,7 @@ import polars as pl
 
 from mdpipe.alerts.ledger import default_ledger_path
 from mdpipe.alerts.metrics import LedgerCollector, SignalMetrics
-from mdpipe.lake import Lake, date_of_ns, symbol_to_path
+from mdpipe.lake import Lake, split_by_date, symbol_to_path
 
 log = logging.getLogger("mdpipe.capture.signals")
 
@@ -167,17 +167,12 @@ class LiveSignals:
                 emitted_ns=pl.lit(now, dtype=pl.Int64),
             )
         )
-        keyed = signals.with_columns(
-            _date=pl.from_epoch("ts_ns", time_unit="ns").dt.strftime("%Y-%m-%d")
-        )
-        for (sym, date), part in keyed.group_by("symbol", "_date", maintain_order=True):
-            self._file_seq += 1
-            name = f"sig-{now:019d}-{symbol_to_path(str(sym))}-{self._file_seq}.parquet"
-            path = self.lake.publish(
-                TABLE, self.venue, str(sym), str(date or date_of_ns(now)), part.drop("_date"),
-                name=name,
-            )  # fmt: skip
-            self.files_published.append(str(path))
+        for date, day in split_by_date(signals, TABLE).items():
+            for (sym,), part in day.group_by("symbol", maintain_order=True):
+                self._file_seq += 1
+                name = f"sig-{now:019d}-{symbol_to_path(str(sym))}-{self._file_seq}.parquet"
+                path = self.lake.publish(TABLE, self.venue, str(sym), date, part, name=name)
+                self.files_published.append(str(path))
         published = time.time_ns()
         self.signals_published += signals.height
         for row in signals.select("symbol", "signal_type", "score", "signal_id").iter_rows():

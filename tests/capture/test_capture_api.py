@@ -152,7 +152,7 @@ def test_a_failed_flush_keeps_its_data_for_the_next_one(tmp_path: Path) -> None:
     """Disk full for a moment: nothing is lost or written twice, journal or lake."""
     import errno
 
-    from mdpipe.capture.journal import iter_journal_lines
+    from mdpipe.lake import iter_journal_lines
 
     def prepare(cap: Capture) -> None:
         publish, write_lines = cap.lake.publish, cap.journal.write_lines
