@@ -12,59 +12,14 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mdpipe.alerts.channels import (
-    ChannelClient,
-    DiscordWebhookClient,
-    SlackBotClient,
-    SlackWebhookClient,
-    TelegramClient,
-)
+from mdpipe.alerts.channels import clients_from_env
 from mdpipe.alerts.redact import Redactor
 
 if TYPE_CHECKING:
     from mdpipe.alerts.config import AlertConfig
-
-
-def clients_from_env(
-    environ: Mapping[str, str] | None = None, *, timeout_s: float = 10.0
-) -> tuple[list[ChannelClient], list[tuple[str, str]]]:
-    """(configured clients, [(channel, what to set)] for the unconfigured ones)."""
-    env = os.environ if environ is None else environ
-    clients: list[ChannelClient] = []
-    skipped: list[tuple[str, str]] = []
-    if env.get("SLACK_WEBHOOK_URL"):
-        clients.append(SlackWebhookClient(env["SLACK_WEBHOOK_URL"], timeout_s=timeout_s))
-    elif env.get("SLACK_BOT_TOKEN") and env.get("SLACK_CHANNEL"):
-        clients.append(
-            SlackBotClient(
-                env["SLACK_BOT_TOKEN"],
-                env["SLACK_CHANNEL"],
-                api_base_url=env.get("SLACK_API_BASE_URL") or "https://slack.com/api/",
-                timeout_s=timeout_s,
-            )
-        )
-    else:
-        skipped.append(("slack", "set SLACK_WEBHOOK_URL, or SLACK_BOT_TOKEN and SLACK_CHANNEL"))
-    if env.get("DISCORD_WEBHOOK_URL"):
-        clients.append(DiscordWebhookClient(env["DISCORD_WEBHOOK_URL"], timeout_s=timeout_s))
-    else:
-        skipped.append(("discord", "set DISCORD_WEBHOOK_URL"))
-    if env.get("TELEGRAM_BOT_TOKEN") and env.get("TELEGRAM_CHAT_ID"):
-        clients.append(
-            TelegramClient(
-                env["TELEGRAM_BOT_TOKEN"],
-                env["TELEGRAM_CHAT_ID"],
-                api_base_url=env.get("TELEGRAM_API_BASE_URL") or "https://api.telegram.org",
-                timeout_s=timeout_s,
-            )
-        )
-    else:
-        skipped.append(("telegram", "set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID"))
-    return clients, skipped
 
 
 def _alert_settings(args: argparse.Namespace) -> AlertConfig:
@@ -86,7 +41,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     timeout = args.timeout if args.timeout is not None else alerts.timeout_s
-    clients, skipped = clients_from_env(timeout_s=timeout)
+    clients, skipped = clients_from_env(os.environ, timeout_s=timeout)
     redact = Redactor()
     for c in clients:
         redact.add(*c.redact._secrets)

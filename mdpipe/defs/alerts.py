@@ -25,14 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import dagster as dg
 
-from mdpipe.alerts.channels import (
-    ChannelClient,
-    DiscordWebhookClient,
-    FileChannelClient,
-    SlackBotClient,
-    SlackWebhookClient,
-    TelegramClient,
-)
+from mdpipe.alerts.channels import CHANNELS, ChannelClient, FileChannelClient, make_client
 from mdpipe.alerts.config import AlertConfig
 from mdpipe.alerts.delivery import ChannelReport, DeliveryPolicy, deliver_channel
 from mdpipe.alerts.ledger import Ledger, default_ledger_path
@@ -71,7 +64,28 @@ class AlertChannelResource(dg.ConfigurableResource):
         return []
 
 
-class SlackResource(AlertChannelResource):
+class _SharedSetupChannel(AlertChannelResource):
+    """A channel whose settings, environment variables and client come from the one table in
+    `mdpipe.alerts.channels.CHANNELS` (the same one `mdpipe alerts test` reads)."""
+
+    def _values(self) -> dict[str, str | None]:
+        return {k: getattr(self, k, None) for k in CHANNELS[self.channel_name()].env}
+
+    def build_client(self) -> ChannelClient | None:
+        mi = getattr(self, "min_interval_s", None)
+        return make_client(
+            self.channel_name(), self._values(), timeout_s=self.timeout_s, min_interval_s=mi
+        )
+
+    def missing_settings(self) -> str:
+        return CHANNELS[self.channel_name()].missing(self._values())
+
+    def secrets(self) -> list[str]:
+        values = self._values()
+        return [v for k in CHANNELS[self.channel_name()].secret if (v := values.get(k))]
+
+
+class SlackResource(_SharedSetupChannel):
     """Slack: an incoming webhook (`SLACK_WEBHOOK_URL`), or a bot token plus channel
     (`SLACK_BOT_TOKEN`, `SLACK_CHANNEL`); the webhook wins when both are set."""
 
@@ -84,31 +98,8 @@ class SlackResource(AlertChannelResource):
     def channel_name(self) -> str:
         return "slack"
 
-    def build_client(self) -> ChannelClient | None:
-        if self.webhook_url:
-            return SlackWebhookClient(
-                self.webhook_url, timeout_s=self.timeout_s, min_interval_s=self.min_interval_s
-            )
-        if self.bot_token and self.channel:
-            return SlackBotClient(
-                self.bot_token,
-                self.channel,
-                api_base_url=self.api_base_url,
-                timeout_s=self.timeout_s,
-                min_interval_s=self.min_interval_s,
-            )
-        return None
 
-    def missing_settings(self) -> str:
-        if self.bot_token and not self.channel:
-            return "SLACK_BOT_TOKEN is set but SLACK_CHANNEL is not"
-        return "set SLACK_WEBHOOK_URL, or SLACK_BOT_TOKEN and SLACK_CHANNEL"
-
-    def secrets(self) -> list[str]:
-        return [s for s in (self.webhook_url, self.bot_token) if s]
-
-
-class DiscordResource(AlertChannelResource):
+class DiscordResource(_SharedSetupChannel):
     """Discord: a channel webhook (`DISCORD_WEBHOOK_URL`); pacing from Discord's headers."""
 
     webhook_url: str | None = None
@@ -117,21 +108,8 @@ class DiscordResource(AlertChannelResource):
     def channel_name(self) -> str:
         return "discord"
 
-    def build_client(self) -> ChannelClient | None:
-        if not self.webhook_url:
-            return None
-        return DiscordWebhookClient(
-            self.webhook_url, timeout_s=self.timeout_s, min_interval_s=self.min_interval_s
-        )
 
-    def missing_settings(self) -> str:
-        return "set DISCORD_WEBHOOK_URL"
-
-    def secrets(self) -> list[str]:
-        return [self.webhook_url] if self.webhook_url else []
-
-
-class TelegramResource(AlertChannelResource):
+class TelegramResource(_SharedSetupChannel):
     """Telegram: Bot API sendMessage (`TELEGRAM_BOT_TOKEN`, `TELEGRAM_CHAT_ID`)."""
 
     bot_token: str | None = None
@@ -141,23 +119,6 @@ class TelegramResource(AlertChannelResource):
 
     def channel_name(self) -> str:
         return "telegram"
-
-    def build_client(self) -> ChannelClient | None:
-        if not (self.bot_token and self.chat_id):
-            return None
-        return TelegramClient(
-            self.bot_token,
-            self.chat_id,
-            api_base_url=self.api_base_url,
-            timeout_s=self.timeout_s,
-            min_interval_s=self.min_interval_s,
-        )
-
-    def missing_settings(self) -> str:
-        return "set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID"
-
-    def secrets(self) -> list[str]:
-        return [self.bot_token] if self.bot_token else []
 
 
 class FileChannelResource(AlertChannelResource):
@@ -380,22 +341,12 @@ def _env(environ: Mapping[str, str], name: str) -> Any:
 
 
 def channel_resources(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """One resource per channel, each setting bound to its environment variable when set."""
     env = os.environ if environ is None else environ
-    slack_base = _env(env, "SLACK_API_BASE_URL")
-    tg_base = _env(env, "TELEGRAM_API_BASE_URL")
+    kinds = {"slack": SlackResource, "discord": DiscordResource, "telegram": TelegramResource}
     return {
-        "slack": SlackResource(
-            webhook_url=_env(env, "SLACK_WEBHOOK_URL"),
-            bot_token=_env(env, "SLACK_BOT_TOKEN"),
-            channel=_env(env, "SLACK_CHANNEL"),
-            **({"api_base_url": slack_base} if slack_base else {}),
-        ),
-        "discord": DiscordResource(webhook_url=_env(env, "DISCORD_WEBHOOK_URL")),
-        "telegram": TelegramResource(
-            bot_token=_env(env, "TELEGRAM_BOT_TOKEN"),
-            chat_id=_env(env, "TELEGRAM_CHAT_ID"),
-            **({"api_base_url": tg_base} if tg_base else {}),
-        ),
+        name: kinds[name](**{k: _env(env, var) for k, var in setup.env.items() if env.get(var)})
+        for name, setup in CHANNELS.items()
     }
 
 
@@ -461,12 +412,8 @@ def build_alert_defs(
 
 
 def _has_secret_env(key: str, env: Mapping[str, str]) -> bool:
-    need = {
-        "slack": (("SLACK_WEBHOOK_URL",), ("SLACK_BOT_TOKEN", "SLACK_CHANNEL")),
-        "discord": (("DISCORD_WEBHOOK_URL",),),
-        "telegram": (("TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID"),),
-    }[key]
-    return any(all(env.get(n) for n in group) for group in need)
+    setup = CHANNELS[key]
+    return setup.complete_group(setup.from_env(env)) is not None
 
 
 alert_defs = build_alert_defs()
