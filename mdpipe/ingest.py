@@ -1,13 +1,13 @@
 """``mdpipe import``: recordings and dumps into the lake, streaming, idempotent, loud on bad input.
 
-Inputs:
+Venue-agnostic: the venue registry (:mod:`mdpipe.venues`) says which venue reads each file, and
+that venue's normalizer or dump reader yields the rows. Inputs:
 
-- raw journals, one message per line as ``<local receive time> <raw JSON>`` (gzip or plain):
-  the bundled Binance recordings, Binance USD-M recordings, and the journal ``mdpipe capture``
-  writes. Receive times in ns or µs (detected per line). The venue is detected from the content
-  (a ``pu`` field or a snapshot with ``E``/``T`` means USD-M futures) unless forced.
-- Binance public-data dumps of spot ``trades`` and ``aggTrades`` (CSV or the zip they ship in,
-  with or without a header, ms or µs timestamps).
+- raw journals, one message per line as ``<local receive time> <raw message>`` (gzip or plain):
+  recordings and the journal ``mdpipe capture`` writes. Receive times in ns or µs (detected per
+  line). The venue is recognised from the first lines' content (``Venue.sniff``) unless forced.
+- dumps a venue reads by their file name (``Venue.dump_of``; e.g. Binance public-data trade
+  dumps, CSV or zip).
 
 Files of one venue are read in order of their first receive time as one stream, so a day split
 over several files syncs once. Output files are named after a digest of the inputs, so a second
@@ -18,11 +18,7 @@ overlapping import or from capture) are not written again.
 from __future__ import annotations
 
 import hashlib
-import io
-import re
 import time
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,9 +27,9 @@ import polars as pl
 from rich.progress import Progress, TaskID
 from zlib_ng import zlib_ng  # zlib-compatible, ~4x faster inflate (a ccxt dependency too)
 
-from mdpipe.lake import Lake, Partition, PartitionWriter
-from mdpipe.venues import Batch, LineError, Normalizer, RawLines, normalizer_for
-from mdpipe.venues.binance import date_partitions, unified_symbol
+from mdpipe import venues
+from mdpipe.lake import NS_PER_DAY, Lake, Partition, PartitionWriter, date_of_ns
+from mdpipe.venues import Batch, DumpFile, LineError, Normalizer, RawLines, Venue
 
 CHUNK_BYTES = (
     4 << 20
@@ -46,12 +42,7 @@ TS_COLUMN = {
     "gaps": "ts_ns",
 }
 JOURNAL_SUFFIXES = (".gz", ".jsonl", ".txt", ".log", ".json")
-_DUMP_NAME = re.compile(r"^(?P<sym>[A-Z0-9]+)-(?P<kind>trades|aggTrades)-", re.I)
-TRADES_COLUMNS = ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match")
-AGG_COLUMNS = (
-    "agg_trade_id", "price", "quantity", "first_trade_id", "last_trade_id", "transact_time",
-    "is_buyer_maker", "is_best_match",
-)  # fmt: skip
+DUMP_SUFFIXES = (".csv", ".zip")
 
 
 class ImportError_(Exception):
@@ -81,10 +72,11 @@ class ImportReport:
 @dataclass
 class _Source:
     path: Path
-    kind: str  # journal | trades_csv | agg_trades_csv
-    venue: str
+    kind: str  # journal | dump:<the venue's dump kind>
+    venue: Venue | None  # None: no venue recognises the journal (reported, not imported)
     first_ts: int
     symbol_hint: str | None
+    dump: DumpFile | None = None
 
 
 def _expand(paths: Sequence[str | Path]) -> list[Path]:
@@ -95,7 +87,7 @@ def _expand(paths: Sequence[str | Path]) -> list[Path]:
                 sorted(
                     f
                     for f in p.rglob("*")
-                    if f.is_file() and f.suffix in (*JOURNAL_SUFFIXES, ".csv", ".zip")
+                    if f.is_file() and f.suffix in (*JOURNAL_SUFFIXES, *DUMP_SUFFIXES)
                 )
             )
         elif p.exists():
@@ -194,38 +186,38 @@ def _parse_journal(df: pl.DataFrame, source: str, errors: list[LineError]) -> pl
     return df.select(recv_ts_ns=recv, text="text", line=pl.col("line") + 1)
 
 
-def _peek(path: Path) -> tuple[int, str | None, bool, int]:
-    """First receive time, first stream symbol, whether it looks like USD-M futures, lines seen."""
-    head: list[bytes] = []
-    try:
-        opener = __import__("gzip").open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            for _ in range(2000):
-                line = f.readline()
-                if not line:
-                    break
-                head.append(line)
-    except (OSError, EOFError, zlib.error):
-        pass  # the full read reports the damage with its line number
-    first_ts = 0
-    sym = None
-    futures = False
+def _first_recv_ns(head: list[bytes]) -> int:
+    """The first receive time of a journal head, in ns (ms and µs detected)."""
     for line in head:
-        ts, _, msg = line.partition(b" ")
-        if not first_ts and ts.isdigit():
-            first_ts = int(ts)
-            first_ts *= 1_000_000 if first_ts < 10**14 else (1_000 if first_ts < 10**17 else 1)
-        if sym is None:
-            m = re.match(rb'\{"stream":"([A-Za-z0-9_.-]+)@', msg)
-            if m:
-                sym = m.group(1).decode().lower()
-            else:
-                m = re.search(rb'"s":"([A-Z0-9]+)"', msg)
-                if m:
-                    sym = m.group(1).decode().lower()
-        if b'"pu":' in msg or (msg.startswith(b'{"lastUpdateId"') and b'"E":' in msg):
-            futures = True
-    return first_ts, sym, futures, len(head)
+        ts = line.partition(b" ")[0]
+        if ts.isdigit():
+            t = int(ts)
+            return t * (1_000_000 if t < 10**14 else (1_000 if t < 10**17 else 1))
+    return 0
+
+
+def _day_key(ts: pl.Expr) -> pl.Expr:
+    # Integer day number: a division per row instead of formatting a date string per row.
+    return ts.floordiv(NS_PER_DAY)
+
+
+def _day_str(day: int) -> str:
+    return date_of_ns(int(day) * NS_PER_DAY)
+
+
+def date_partitions(df: pl.DataFrame, ts_col: str) -> dict[str, pl.DataFrame]:
+    """Split rows by the UTC date of ``ts_col`` (nulls fall back to ``recv_ts_ns``)."""
+    if df.height == 0:
+        return {}
+    ts = pl.col(ts_col)
+    if "recv_ts_ns" in df.columns and ts_col != "recv_ts_ns":
+        ts = pl.coalesce(ts, pl.col("recv_ts_ns"))
+    days = df.select(_day_key(ts).alias("d"))["d"]
+    lo, hi = days.min(), days.max()
+    if lo == hi:  # the usual case: one date per slice
+        return {_day_str(lo): df}  # type: ignore[arg-type]
+    keyed = df.with_columns(_day=days)
+    return {_day_str(d): g.drop("_day") for (d,), g in keyed.group_by("_day", maintain_order=True)}
 
 
 class _Sink:
@@ -262,132 +254,52 @@ class _Sink:
         self.writers.clear()
 
 
-def _csv_dump(src: _Source, errors: list[LineError], digest: hashlib._Hash) -> Batch:
-    path = src.path
-    data = path.read_bytes()
-    digest.update(data)
-    if path.suffix == ".zip":
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            names = [n for n in z.namelist() if n.endswith(".csv")]
-            if len(names) != 1:
-                raise ImportError_(f"{path}: expected one .csv inside the zip, found {names}")
-            data = z.read(names[0])
-    batch = Batch()
-    if not data.strip():
-        errors.append(LineError(str(path), 1, "empty file: expected Binance trades/aggTrades CSV"))
-        return batch
-    agg = src.kind == "agg_trades_csv"
-    cols = AGG_COLUMNS if agg else TRADES_COLUMNS
-    first = data.split(b"\n", 1)[0].decode(errors="replace")
-    header = not first.split(",")[0].strip().lstrip("-").isdigit()
-    ncols = len(first.split(","))
-    if ncols != len(cols):
-        errors.append(
-            LineError(
-                str(path),
-                1,
-                f"expected {len(cols)} columns ({', '.join(cols)}) of a Binance "
-                f"{'aggTrades' if agg else 'trades'} dump, found {ncols}",
-                first,
-            )
-        )
-        return batch
-    df = pl.read_csv(
-        data,
-        has_header=False,
-        skip_rows=1 if header else 0,
-        new_columns=list(cols),
-        schema={c: pl.String for c in cols},
-        truncate_ragged_lines=False,
-    ).with_row_index("line", offset=2 if header else 1)
-    num = {
-        c: pl.col(c)
-        .str.strip_chars()
-        .cast(
-            pl.Float64 if c in ("price", "qty", "quantity", "quote_qty") else pl.Int64, strict=False
-        )
-        for c in cols
-        if c not in ("is_buyer_maker", "is_best_match")
-    }
-    maker = pl.col("is_buyer_maker").str.strip_chars().str.to_lowercase()
-    df = df.with_columns(
-        **num,
-        maker=pl.when(maker == "true")
-        .then(True)
-        .when(maker == "false")
-        .then(False)
-        .otherwise(None),
-    )
-    need = [*num, "maker"]
-    bad = df.filter(pl.any_horizontal([pl.col(c).is_null() for c in need]))
-    for line in bad["line"].head(50).to_list():
-        errors.append(
-            LineError(
-                str(path),
-                int(line),
-                f"expected numeric {', '.join(cols[:-2])} and true/false maker flag",
-            )
-        )
-    if bad.height > 50:
-        errors.append(
-            LineError(str(path), int(bad["line"][50]), f"... and {bad.height - 50} more bad rows")
-        )
-    df = df.filter(~pl.any_horizontal([pl.col(c).is_null() for c in need]))
-    tcol = "transact_time" if agg else "time"
-    # Binance switched spot dumps from ms to µs timestamps in 2025: detect per row.
-    ts_ns = (
-        pl.when(pl.col(tcol) < 10**14)
-        .then(pl.col(tcol) * 1_000_000)
-        .otherwise(pl.col(tcol) * 1_000)
-    )
-    sym = unified_symbol(src.symbol_hint or "", src.venue)
-    side = pl.when(pl.col("maker")).then(pl.lit("sell")).otherwise(pl.lit("buy"))
-    common = dict(
-        venue=pl.lit(src.venue),
-        symbol=pl.lit(sym),
-        exch_ts_ns=ts_ns,
-        recv_ts_ns=pl.lit(None, pl.Int64),
-        price=pl.col("price"),
-        side=side,
-    )
-    if agg:
-        batch.add(
-            "agg_trades",
-            df.select(
-                **common,
-                agg_trade_id=pl.col("agg_trade_id"),
-                first_trade_id="first_trade_id",
-                last_trade_id="last_trade_id",
-                qty=pl.col("quantity"),
-            ).unique("agg_trade_id", keep="first", maintain_order=True),
-        )
-    else:
-        batch.add(
-            "trades",
-            df.select(**common, trade_id=pl.col("id"), qty=pl.col("qty")).unique(
-                "trade_id", keep="first", maintain_order=True
-            ),
-        )
-    batch.count("csv_rows", df.height)
-    return batch
-
-
 def _classify_sources(files: list[Path], venue: str | None) -> list[_Source]:
+    """Which venue reads each file, and how: a dump (by name) or a journal (by content)."""
+    forced = venues.get(venue) if venue else None
+    candidates = [forced] if forced is not None else [venues.get(n) for n in venues.names()]
     out = []
     for f in files:
-        m = _DUMP_NAME.match(f.name)
-        if f.suffix in (".csv", ".zip") or (m and f.suffix != ".gz"):
-            if not m:
-                raise ImportError_(
-                    f"{f}: a CSV must be named like a Binance dump "
-                    "(BTCUSDT-trades-2024-08-08.csv or BTCUSDT-aggTrades-...)"
-                )
-            kind = "agg_trades_csv" if m.group("kind").lower() == "aggtrades" else "trades_csv"
-            out.append(_Source(f, kind, venue or "binance", 0, m.group("sym").lower()))
+        dumps = [(v, d) for v in candidates if (d := v.dump_of(f)) is not None]
+        if len(dumps) > 1:
+            raise ImportError_(
+                f"{f}: several venues read this dump ({', '.join(v.name for v, _ in dumps)}); "
+                "choose one with --venue"
+            )
+        if dumps:
+            v, d = dumps[0]
+            out.append(_Source(f, f"dump:{d.kind}", v, 0, d.symbol_hint, d))
             continue
-        first_ts, sym, futures, _ = _peek(f)
-        v = venue or ("binanceusdm" if futures else "binance")
-        out.append(_Source(f, "journal", v, first_ts, sym))
+        if f.suffix in DUMP_SUFFIXES:
+            names = "; ".join(f"{v.name}: {v.dump_names}" for v in candidates if v.dump_names)
+            raise ImportError_(
+                f"{f}: no venue reads this file as a dump; dump names read: {names or 'none'}"
+            )
+        head = venues.read_head(f)
+        messages = [ln.partition(b" ")[2].strip() for ln in head]
+        if forced is not None:
+            out.append(
+                _Source(
+                    f, "journal", forced, _first_recv_ns(head), forced.sniff(messages).symbol_hint
+                )
+            )
+            continue
+        hits = [(v, h) for v in candidates if (h := v.sniff(messages)).recognized]
+        if len(hits) > 1:
+            raise ImportError_(
+                f"{f}: the content fits several venues ({', '.join(v.name for v, _ in hits)}); "
+                "choose one with --venue"
+            )
+        v_hit, h_hit = hits[0] if hits else (None, None)
+        out.append(
+            _Source(
+                f,
+                "journal",
+                v_hit,
+                _first_recv_ns(head),
+                None if h_hit is None else h_hit.symbol_hint,
+            )
+        )
     return out
 
 
@@ -407,7 +319,14 @@ def import_paths(
     report.files = [str(f) for f in files]
     sources = _classify_sources(files, venue)
     # Journals of one venue are one stream, in order of their first receive time.
-    sources.sort(key=lambda s: (s.kind != "journal", s.venue, s.first_ts, str(s.path)))
+    sources.sort(
+        key=lambda s: (
+            s.kind != "journal",
+            "" if s.venue is None else s.venue.name,
+            s.first_ts,
+            str(s.path),
+        )
+    )
     normalizers: dict[str, Normalizer] = {}
     sink = _Sink(lake)
     digest = hashlib.sha256()
@@ -416,7 +335,8 @@ def import_paths(
     try:
         task = bar.add_task("importing", total=total_bytes) if bar else None
         for src in sources:
-            digest.update(f"{src.path.name}|{src.kind}|{src.venue}".encode())
+            vname = "" if src.venue is None else src.venue.name
+            digest.update(f"{src.path.name}|{src.kind}|{vname}".encode())
             if src.path.stat().st_size == 0:
                 report.errors.append(
                     LineError(
@@ -424,14 +344,30 @@ def import_paths(
                     )
                 )
                 continue
-            if src.kind != "journal":
-                b = _csv_dump(src, report.errors, digest)
+            if src.venue is None:
+                report.errors.append(
+                    LineError(
+                        str(src.path),
+                        1,
+                        "no venue recognises this journal's messages (known: "
+                        f"{', '.join(venues.names())}); choose one with --venue",
+                    )
+                )
+                continue
+            if src.dump is not None:
+                data = src.path.read_bytes()
+                digest.update(data)
+                try:
+                    b = src.venue.read_dump(src.path, data, src.dump)
+                except ValueError as e:
+                    raise ImportError_(str(e)) from e
+                report.errors.extend(b.errors)
                 sink.write(b)
                 _merge_counts(report, b)
             else:
-                norm = normalizers.get(src.venue)
+                norm = normalizers.get(vname)
                 if norm is None:
-                    norm = normalizers[src.venue] = normalizer_for(src.venue)
+                    norm = normalizers[vname] = src.venue.normalizer()
                 line0 = 0
                 nlines = 0
                 damage = _Damage()

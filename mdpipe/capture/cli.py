@@ -241,7 +241,7 @@ def add_sim_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_exchange_sim(args: argparse.Namespace) -> int:
-    from mdpipe.capture.exchange_sim import parse_speed, serve
+    from mdpipe.venues.binance.simulator import parse_speed, serve
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr

@@ -12,9 +12,9 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from mdpipe.capture.exchange_sim import ExchangeSim
 from mdpipe.capture.journal import iter_journal_lines
 from mdpipe.lake import Lake
+from mdpipe.venues.binance.simulator import ExchangeSim
 from tests.capture.conftest import ALL_FILES
 
 ROOT = Path(__file__).resolve().parents[2]
