@@ -256,7 +256,10 @@ class _Sink:
 
 def _classify_sources(files: list[Path], venue: str | None) -> list[_Source]:
     """Which venue reads each file, and how: a dump (by name) or a journal (by content)."""
-    forced = venues.get(venue) if venue else None
+    try:
+        forced = venues.get(venue) if venue else None
+    except venues.UnknownVenue as e:
+        raise ImportError_(f"--venue: {e}") from None
     candidates = [forced] if forced is not None else [venues.get(n) for n in venues.names()]
     out = []
     for f in files:
