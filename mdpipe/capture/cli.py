@@ -90,7 +90,9 @@ def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None
 
 
 def add_capture_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--venue", default=None, help="ccxt venue id: binance (default), binanceusdm")
+    p.add_argument(
+        "--venue", default=None, help="a registered venue (ccxt id): binance (default), binanceusdm"
+    )
     p.add_argument(
         "--symbols", default=None, help="comma-separated unified symbols, BTC/USDT,ETH/USDT"
     )
@@ -113,7 +115,7 @@ def add_capture_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--channels",
         default=None,
-        help="stream channels per symbol (default depth@100ms,trade,bookTicker)",
+        help="stream channels per symbol (default: the venue's, e.g. depth@100ms,trade,bookTicker)",
     )
     p.add_argument(
         "--flush-interval",
