@@ -42,7 +42,6 @@ TS_COLUMN = {
     "gaps": "ts_ns",
 }
 JOURNAL_SUFFIXES = (".gz", ".jsonl", ".txt", ".log", ".json")
-DUMP_SUFFIXES = (".csv", ".zip")
 
 
 class ImportError_(Exception):
@@ -87,7 +86,7 @@ def _expand(paths: Sequence[str | Path]) -> list[Path]:
                 sorted(
                     f
                     for f in p.rglob("*")
-                    if f.is_file() and f.suffix in (*JOURNAL_SUFFIXES, *DUMP_SUFFIXES)
+                    if f.is_file() and f.suffix in (*JOURNAL_SUFFIXES, *venues.DUMP_SUFFIXES)
                 )
             )
         elif p.exists():
@@ -255,54 +254,15 @@ class _Sink:
 
 
 def _classify_sources(files: list[Path], venue: str | None) -> list[_Source]:
-    """Which venue reads each file, and how: a dump (by name) or a journal (by content)."""
-    try:
-        forced = venues.get(venue) if venue else None
-    except venues.UnknownVenue as e:
-        raise ImportError_(f"--venue: {e}") from None
-    candidates = [forced] if forced is not None else [venues.get(n) for n in venues.names()]
+    """Which venue reads each file, and how (the registry decides; see venues.recognise)."""
     out = []
     for f in files:
-        dumps = [(v, d) for v in candidates if (d := v.dump_of(f)) is not None]
-        if len(dumps) > 1:
-            raise ImportError_(
-                f"{f}: several venues read this dump ({', '.join(v.name for v, _ in dumps)}); "
-                "choose one with --venue"
-            )
-        if dumps:
-            v, d = dumps[0]
-            out.append(_Source(f, f"dump:{d.kind}", v, 0, d.symbol_hint, d))
-            continue
-        if f.suffix in DUMP_SUFFIXES:
-            names = "; ".join(f"{v.name}: {v.dump_names}" for v in candidates if v.dump_names)
-            raise ImportError_(
-                f"{f}: no venue reads this file as a dump; dump names read: {names or 'none'}"
-            )
-        head = venues.read_head(f)
-        messages = [ln.partition(b" ")[2].strip() for ln in head]
-        if forced is not None:
-            out.append(
-                _Source(
-                    f, "journal", forced, _first_recv_ns(head), forced.sniff(messages).symbol_hint
-                )
-            )
-            continue
-        hits = [(v, h) for v in candidates if (h := v.sniff(messages)).recognized]
-        if len(hits) > 1:
-            raise ImportError_(
-                f"{f}: the content fits several venues ({', '.join(v.name for v, _ in hits)}); "
-                "choose one with --venue"
-            )
-        v_hit, h_hit = hits[0] if hits else (None, None)
-        out.append(
-            _Source(
-                f,
-                "journal",
-                v_hit,
-                _first_recv_ns(head),
-                None if h_hit is None else h_hit.symbol_hint,
-            )
-        )
+        try:
+            r = venues.recognise(f, venue)
+        except venues.UnknownVenue as e:
+            raise ImportError_(str(e)) from None
+        kind = "journal" if r.dump is None else f"dump:{r.dump.kind}"
+        out.append(_Source(f, kind, r.venue, _first_recv_ns(r.head), r.symbol_hint, r.dump))
     return out
 
 

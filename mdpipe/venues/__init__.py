@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mdpipe.venues.base import (
@@ -31,6 +32,7 @@ from mdpipe.venues.base import (
 )
 
 HEAD_LINES = 2000  # journal lines a venue sees to recognise a file
+DUMP_SUFFIXES = (".csv", ".zip")  # files that are never line journals
 
 _VENUES: dict[str, Venue] = {}
 _BUILTINS_LOADED = [False]
@@ -107,8 +109,9 @@ def read_head(path: Path, lines: int = HEAD_LINES) -> list[bytes]:
     return head
 
 
-def _messages(head: Sequence[bytes]) -> list[bytes]:
-    """The message part of ``<receive time> <message>`` journal lines."""
+def messages_of(head: Sequence[bytes]) -> list[bytes]:
+    """The message part of ``<receive time> <message>`` journal lines (a line without a receive
+    time is kept whole: the venue's sniff judges it)."""
     out = []
     for line in head:
         ts, sep, msg = line.partition(b" ")
@@ -116,41 +119,81 @@ def _messages(head: Sequence[bytes]) -> list[bytes]:
     return out
 
 
-def detect(source: Path | str | bytes) -> Venue:
-    """The one venue that reads ``source``: a file (dump by name, else journal by content), or a
-    journal line / message. None or several -> :class:`UnknownVenue` saying why."""
+@dataclass(frozen=True)
+class Recognised:
+    """Which venue reads a file, and how: a dump (``dump`` set) or a line journal."""
+
+    path: Path
+    venue: Venue | None  # None: a journal no venue recognises (the caller reports it)
+    dump: DumpFile | None = None
+    symbol_hint: str | None = None
+    head: list[bytes] = field(default_factory=list)  # the journal's first lines, as read
+
+
+def recognise(path: Path, venue: str | None = None) -> Recognised:
+    """Which venue reads ``path``: a dump by its name (``Venue.dump_of``), else a journal by its
+    first lines' content (``Venue.sniff``). ``venue`` forces one. Raises :class:`UnknownVenue`
+    for an unknown ``venue``, a file several venues claim, or a ``.csv``/``.zip`` no venue
+    reads as a dump; a journal nobody recognises comes back with ``venue=None``."""
     _load_builtins()
-    venues = list(_VENUES.values())
-    if isinstance(source, Path):
-        dumps = [v for v in venues if v.dump_of(source) is not None]
-        if len(dumps) == 1:
-            return dumps[0]
-        if len(dumps) > 1:
-            raise UnknownVenue(
-                f"{source}: several venues read this dump ({', '.join(v.name for v in dumps)}); "
-                "choose one with --venue"
-            )
-        messages = _messages(read_head(source))
-        where = str(source)
-    else:
-        raw = source.encode() if isinstance(source, str) else source
-        messages = _messages(raw.splitlines())
-        where = repr(raw[:80])
-    hits = [v for v in venues if v.sniff(messages).recognized]
-    if len(hits) == 1:
-        return hits[0]
-    if hits:
+    candidates = [get(venue)] if venue else [_VENUES[n] for n in sorted(_VENUES)]
+    dumps = [(v, d) for v in candidates if (d := v.dump_of(path)) is not None]
+    if len(dumps) > 1:
         raise UnknownVenue(
-            f"{where}: the content fits several venues ({', '.join(v.name for v in hits)}); "
+            f"{path}: several venues read this dump ({', '.join(v.name for v, _ in dumps)}); "
             "choose one with --venue"
         )
-    raise UnknownVenue(
-        f"{where}: no venue recognises this content (known: {', '.join(sorted(_VENUES))}); "
-        "choose one with --venue"
+    if dumps:
+        v, d = dumps[0]
+        return Recognised(path, v, d, d.symbol_hint)
+    if path.suffix in DUMP_SUFFIXES:
+        names = "; ".join(f"{v.name}: {v.dump_names}" for v in candidates if v.dump_names)
+        raise UnknownVenue(
+            f"{path}: no venue reads this file as a dump; dump names read: {names or 'none'}"
+        )
+    head = read_head(path)
+    messages = messages_of(head)
+    sniffed = [(v, v.sniff(messages)) for v in candidates]
+    if venue:
+        return Recognised(path, candidates[0], None, sniffed[0][1].symbol_hint, head)
+    hits = [(v, h) for v, h in sniffed if h.recognized]
+    if len(hits) > 1:
+        raise UnknownVenue(
+            f"{path}: the content fits several venues ({', '.join(v.name for v, _ in hits)}); "
+            "choose one with --venue"
+        )
+    if not hits:
+        return Recognised(path, None, None, None, head)
+    return Recognised(path, hits[0][0], None, hits[0][1].symbol_hint, head)
+
+
+def detect(source: Path | str | bytes) -> Venue:
+    """The one venue that reads ``source``: a file (see :func:`recognise`), or a journal line /
+    message. None or several -> :class:`UnknownVenue` saying why."""
+    _load_builtins()
+    if isinstance(source, Path):
+        found = recognise(source)
+        if found.venue is None:
+            raise UnknownVenue(
+                f"{source}: no venue recognises this content (known: {', '.join(names())}); "
+                "choose one with --venue"
+            )
+        return found.venue
+    raw = source.encode() if isinstance(source, str) else source
+    messages = messages_of(raw.splitlines())
+    hits = [v for v in _VENUES.values() if v.sniff(messages).recognized]
+    if len(hits) == 1:
+        return hits[0]
+    why = (
+        f"fits several venues ({', '.join(v.name for v in hits)})"
+        if hits
+        else (f"no venue recognises this content (known: {', '.join(names())})")
     )
+    raise UnknownVenue(f"{raw[:80]!r}: {why}; choose one with --venue")
 
 
 __all__ = [
+    "DUMP_SUFFIXES",
     "HEAD_LINES",
     "Batch",
     "DumpFile",
@@ -158,6 +201,7 @@ __all__ = [
     "LineError",
     "Normalizer",
     "RawLines",
+    "Recognised",
     "StreamRoute",
     "Transport",
     "UnknownStream",
@@ -165,9 +209,11 @@ __all__ = [
     "Venue",
     "detect",
     "get",
+    "messages_of",
     "names",
     "normalizer_for",
     "read_head",
+    "recognise",
     "register",
     "unregister",
 ]

@@ -158,3 +158,24 @@ def test_unknown_stream_in_a_journal_names_file_line_and_stream(tmp_path: Path) 
         "bookTicker,depthSnapshot}, e.g. btcusdt@trade"
     ]
     assert json.loads(lines[5].split(" ", 1)[1])["stream"] == "btcusdt@kline_1m"
+
+
+def test_a_file_no_venue_reads_as_a_dump_is_refused_naming_what_they_read(tmp_path: Path) -> None:
+    from mdpipe.cli import main as cli_main
+
+    csv = tmp_path / "prices.csv"
+    csv.write_text("a,b\n1,2\n")
+    with pytest.raises(venues.UnknownVenue) as err:
+        venues.recognise(csv)
+    assert str(err.value) == (
+        f"{csv}: no venue reads this file as a dump; dump names read: "
+        "binance: BTCUSDT-trades-2024-08-08.csv or BTCUSDT-aggTrades-2024-08-08.zip"
+    )
+    assert cli_main(["import", str(csv), "--lake", str(tmp_path / "lake")]) == 2
+    assert not (tmp_path / "lake").exists() or not list((tmp_path / "lake").rglob("*.parquet"))
+
+
+def test_forcing_a_venue_keeps_the_files_market(tmp_path: Path) -> None:
+    r = venues.recognise(BTC_FILES[0], "binanceusdm")
+    assert r.venue is USDM and r.dump is None and r.symbol_hint == "btcusdt"
+    assert venues.recognise(BTC_FILES[0]).venue is SPOT
