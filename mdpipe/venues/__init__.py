@@ -88,10 +88,6 @@ def get(name: str) -> Venue:
         raise UnknownVenue(f"unknown venue {name!r}; known: {', '.join(sorted(_VENUES))}") from None
 
 
-def normalizer_for(venue: str) -> Normalizer:
-    return get(venue).normalizer()
-
-
 def read_head(path: Path, lines: int = HEAD_LINES) -> list[bytes]:
     """The first ``lines`` lines of a journal (gzip or plain); a damaged file gives what could be
     read (the full read reports the damage with its line number)."""
@@ -211,7 +207,6 @@ __all__ = [
     "get",
     "messages_of",
     "names",
-    "normalizer_for",
     "read_head",
     "recognise",
     "register",
