@@ -1,11 +1,11 @@
 """``mdpipe import``: recordings and dumps into the lake, streaming, idempotent, loud on bad input.
 
-Venue-agnostic: the venue registry (:mod:`mdpipe.venues`) says which venue reads each file, and
-that venue's normalizer or dump reader yields the rows. Inputs:
+Venue-agnostic: the venue registry (:func:`mdpipe.venues.recognise`) says which venue reads
+each file, and that venue's normalizer or dump reader yields the rows. Inputs:
 
-- raw journals, one message per line as ``<local receive time> <raw message>`` (gzip or plain):
-  recordings and the journal ``mdpipe capture`` writes. Receive times in ns or µs (detected per
-  line). The venue is recognised from the first lines' content (``Venue.sniff``) unless forced.
+- raw journals (:mod:`mdpipe.lake.journal`), one message per line as ``<local receive time>
+  <raw message>``: recordings and the journal ``mdpipe capture`` writes. The venue is recognised
+  from the first lines' content (``Venue.sniff``) unless forced.
 - dumps a venue reads by their file name (``Venue.dump_of``; e.g. Binance public-data trade
   dumps, CSV or zip).
 
@@ -19,28 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 from rich.progress import Progress, TaskID
-from zlib_ng import zlib_ng  # zlib-compatible, ~4x faster inflate (a ccxt dependency too)
 
 from mdpipe import venues
-from mdpipe.lake import NS_PER_DAY, Lake, Partition, PartitionWriter, date_of_ns
+from mdpipe.lake import JournalReader, Lake, Partition, PartitionWriter, split_by_date
 from mdpipe.venues import Batch, DumpFile, LineError, Normalizer, RawLines, Venue
 
-CHUNK_BYTES = (
-    4 << 20
-)  # decompressed text per slice: bounds memory (peak RSS ~400 MB) for any file size
-TS_COLUMN = {
-    "trades": "exch_ts_ns",
-    "agg_trades": "exch_ts_ns",
-    "book": "exch_ts_ns",
-    "bbo": "exch_ts_ns",
-    "gaps": "ts_ns",
-}
 JOURNAL_SUFFIXES = (".gz", ".jsonl", ".txt", ".log", ".json")
 
 
@@ -96,127 +85,14 @@ def _expand(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-@dataclass
-class _Damage:
-    """How a compressed file ended badly, reported by the caller who knows the line count."""
-
-    message: str = ""
-
-
-def _open_text_chunks(
-    path: Path,
-    damage: _Damage,
-    digest: hashlib._Hash,
-    on_bytes: Callable[[int], None] | None = None,
-) -> Iterator[str]:
-    """Yield decompressed text in slices ending at line boundaries. A truncated or corrupt gzip
-    keeps every complete line read before the damage and says what happened in ``damage``."""
-    gz = path.suffix == ".gz"
-    dec = zlib_ng.decompressobj(wbits=31) if gz else None
-    tail = b""
-    with open(path, "rb") as f:
-        while True:
-            raw = f.read(CHUNK_BYTES // 4 if gz else CHUNK_BYTES)
-            if not raw:
-                break
-            digest.update(raw)
-            if on_bytes is not None:
-                on_bytes(len(raw))
-            if dec is not None:
-                try:
-                    data = dec.decompress(raw)
-                    while dec.eof and dec.unused_data:  # concatenated gzip members
-                        rest = dec.unused_data
-                        dec = zlib_ng.decompressobj(wbits=31)
-                        data += dec.decompress(rest)
-                except zlib_ng.error as e:  # type: ignore[misc]
-                    damage.message = f"corrupt gzip data ({e}); the rest of the file is lost"
-                    tail = b""
-                    break
-            else:
-                data = raw
-            buf = tail + data
-            cut = buf.rfind(b"\n")
-            if cut < 0:
-                tail = buf
-                continue
-            out, tail = buf[: cut + 1], buf[cut + 1 :]
-            yield out.decode("utf-8", errors="replace")
-        if dec is not None and not dec.eof and not damage.message:
-            damage.message = (
-                "file ends inside the gzip stream (truncated download or crashed writer); "
-                "the partial last line and anything after it are lost"
-            )
-            tail = b""  # a partial last line of a truncated file is never a complete message
-    if tail.strip():
-        yield tail.decode("utf-8", errors="replace") + "\n"
-
-
-def _split_lines(text: str, first_line: int) -> pl.DataFrame:
-    s = pl.Series("raw", [text]).str.split("\n").explode()
-    df = s.to_frame().with_row_index("line", offset=first_line)
-    # The slice ends with a newline, so the last element is an empty string.
-    return df.slice(0, df.height - 1) if df.height and text.endswith("\n") else df
-
-
-def _parse_journal(df: pl.DataFrame, source: str, errors: list[LineError]) -> pl.DataFrame:
-    """``<receive time> <JSON>`` -> recv_ts_ns (ns; µs and ms detected), text, line."""
-    df = df.filter(pl.col("raw").str.strip_chars().str.len_bytes() > 0)
-    parts = df["raw"].str.splitn(" ", 2)
-    df = df.with_columns(
-        ts=parts.struct.field("field_0").str.to_integer(strict=False),
-        text=parts.struct.field("field_1"),
-    )
-    bad = df.filter(pl.col("ts").is_null() | pl.col("text").is_null())
-    for line, raw in bad.select("line", "raw").iter_rows():
-        errors.append(
-            LineError(
-                source,
-                int(line) + 1,
-                "expected '<local receive time in ns or µs> <raw JSON message>'",
-                raw,
-            )
-        )
-    df = df.filter(pl.col("ts").is_not_null() & pl.col("text").is_not_null())
-    ts = pl.col("ts")
-    recv = (
-        pl.when(ts < 10**14).then(ts * 1_000_000).when(ts < 10**17).then(ts * 1_000).otherwise(ts)
-    )
-    return df.select(recv_ts_ns=recv, text="text", line=pl.col("line") + 1)
-
-
 def _first_recv_ns(head: list[bytes]) -> int:
-    """The first receive time of a journal head, in ns (ms and µs detected)."""
+    """The first receive time of a journal head, in ns (ms and µs told by size), for ordering."""
     for line in head:
         ts = line.partition(b" ")[0]
         if ts.isdigit():
             t = int(ts)
             return t * (1_000_000 if t < 10**14 else (1_000 if t < 10**17 else 1))
     return 0
-
-
-def _day_key(ts: pl.Expr) -> pl.Expr:
-    # Integer day number: a division per row instead of formatting a date string per row.
-    return ts.floordiv(NS_PER_DAY)
-
-
-def _day_str(day: int) -> str:
-    return date_of_ns(int(day) * NS_PER_DAY)
-
-
-def date_partitions(df: pl.DataFrame, ts_col: str) -> dict[str, pl.DataFrame]:
-    """Split rows by the UTC date of ``ts_col`` (nulls fall back to ``recv_ts_ns``)."""
-    if df.height == 0:
-        return {}
-    ts = pl.col(ts_col)
-    if "recv_ts_ns" in df.columns and ts_col != "recv_ts_ns":
-        ts = pl.coalesce(ts, pl.col("recv_ts_ns"))
-    days = df.select(_day_key(ts).alias("d"))["d"]
-    lo, hi = days.min(), days.max()
-    if lo == hi:  # the usual case: one date per slice
-        return {_day_str(lo): df}  # type: ignore[arg-type]
-    keyed = df.with_columns(_day=days)
-    return {_day_str(d): g.drop("_day") for (d,), g in keyed.group_by("_day", maintain_order=True)}
 
 
 class _Sink:
@@ -232,7 +108,7 @@ class _Sink:
             if table == "gaps":
                 self.gaps.append(df)
             for (venue, symbol), g in df.group_by("venue", "symbol", maintain_order=True):
-                for date, part in date_partitions(g, TS_COLUMN[table]).items():
+                for date, part in split_by_date(g, table).items():
                     key = Partition(table, str(venue), str(symbol), date)
                     w = self.writers.get(key)
                     if w is None:
@@ -331,15 +207,8 @@ def import_paths(
                 norm = normalizers.get(vname)
                 if norm is None:
                     norm = normalizers[vname] = src.venue.normalizer()
-                line0 = 0
-                nlines = 0
-                damage = _Damage()
-                advance = _advancer(bar, task)
-                for text in _open_text_chunks(src.path, damage, digest, advance):
-                    df = _split_lines(text, line0)
-                    line0 += df.height
-                    parsed = _parse_journal(df, str(src.path), report.errors)
-                    nlines += df.height
+                reader = JournalReader(src.path, on_raw=_on_raw(digest, bar, task))
+                for parsed in reader.frames():
                     b = norm.feed(
                         RawLines(
                             parsed["recv_ts_ns"],
@@ -352,17 +221,10 @@ def import_paths(
                     report.errors.extend(b.errors)
                     _merge_counts(report, b)
                     sink.write(b)
-                if damage.message:
-                    report.errors.append(
-                        LineError(
-                            str(src.path), nlines + 1, f"{damage.message} ({nlines} lines read)"
-                        )
-                    )
-                elif nlines == 0:
-                    report.errors.append(
-                        LineError(str(src.path), 1, "no lines: expected '<receive time> <JSON>'")
-                    )
-                report.lines += nlines
+                report.errors.extend(
+                    LineError(p.source, p.line, p.message, p.content) for p in reader.problems
+                )
+                report.lines += reader.lines
             report.bytes_read += src.path.stat().st_size
             if bar and task is not None:
                 bar.update(task, completed=report.bytes_read)
@@ -392,10 +254,18 @@ def _merge_counts(report: ImportReport, b: Batch) -> None:
         report.counts[k] = report.counts.get(k, 0) + v
 
 
-def _advancer(bar: Progress | None, task: TaskID | None) -> Callable[[int], None] | None:
+def _on_raw(
+    digest: hashlib._Hash, bar: Progress | None, task: TaskID | None
+) -> Callable[[bytes], None]:
+    """Every byte read feeds the output name's digest (and the progress bar)."""
     if bar is None or task is None:
-        return None
-    return lambda n: bar.update(task, advance=n)
+        return digest.update
+
+    def seen(raw: bytes) -> None:
+        digest.update(raw)
+        bar.update(task, advance=len(raw))
+
+    return seen
 
 
 def _progress(enabled: bool) -> Progress | None:

@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 from mdpipe.alerts.message import AlertSignal, render_discord, render_slack, render_telegram
 from mdpipe.alerts.redact import Redactor, install_filter, safe_url
+from mdpipe.retry import retry_after_s
 
 log = logging.getLogger("mdpipe.alerts")
 
@@ -61,16 +62,6 @@ class SendResult:
     @property
     def ok(self) -> bool:
         return self.outcome == DELIVERED
-
-
-def retry_after_from_headers(headers: Mapping[str, Any]) -> float | None:
-    for k, v in headers.items():
-        if k.lower() == "retry-after":
-            try:
-                return max(float(v), 0.0)
-            except (TypeError, ValueError):
-                return None
-    return None
 
 
 def _header(headers: Mapping[str, Any], name: str) -> str | None:
@@ -108,11 +99,7 @@ def classify_status(
     snippet = redact(body[:300])
     if status == 429:
         # the larger of header and body: Telegram rounds the header, the body is exact
-        found = [
-            v
-            for v in (retry_after_from_headers(headers), _retry_after_from_body(body))
-            if v is not None
-        ]
+        found = [v for v in (retry_after_s(headers), _retry_after_from_body(body)) if v is not None]
         ra = max(found) if found else None
         return SendResult(
             RATE_LIMITED, status=status, retry_after_s=ra, error=f"HTTP 429 rate limited {snippet}"

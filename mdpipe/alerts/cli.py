@@ -13,7 +13,8 @@ import socket
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mdpipe.alerts.channels import (
     ChannelClient,
@@ -23,6 +24,9 @@ from mdpipe.alerts.channels import (
     TelegramClient,
 )
 from mdpipe.alerts.redact import Redactor
+
+if TYPE_CHECKING:
+    from mdpipe.alerts.config import AlertConfig
 
 
 def clients_from_env(
@@ -63,12 +67,26 @@ def clients_from_env(
     return clients, skipped
 
 
+def _alert_settings(args: argparse.Namespace) -> AlertConfig:
+    """The `[alerts]` section of the effective settings (--config, $MDPIPE_CONFIG,
+    ./mdpipe.toml, MDPIPE_ALERTS_*, --set)."""
+    from mdpipe.settings import settings_from_args
+
+    return settings_from_args(args).alerts
+
+
 def cmd_test(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    clients, skipped = clients_from_env(timeout_s=args.timeout)
+    try:
+        alerts = _alert_settings(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    timeout = args.timeout if args.timeout is not None else alerts.timeout_s
+    clients, skipped = clients_from_env(timeout_s=timeout)
     redact = Redactor()
     for c in clients:
         redact.add(*c.redact._secrets)
@@ -104,7 +122,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mdpipe.lake import Lake
 
     console = Console()
-    path = default_ledger_path(Lake.resolve(args.lake).root)
+    try:
+        alerts = _alert_settings(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if alerts.ledger_path and not args.lake:
+        path = Path(alerts.ledger_path)
+    else:
+        path = default_ledger_path(Lake.resolve(args.lake or alerts.lake or None).root)
     if not path.exists():
         console.print(f"no delivery ledger yet at {path}")
         return 0
@@ -169,14 +195,23 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 def register_cli(sub: Any) -> None:
     """Hook called by mdpipe.cli: adds `mdpipe alerts {test,status,metrics,sandbox}`."""
+    from mdpipe.settings import add_settings_args
+
     p = sub.add_parser("alerts", help="live alerts: test channels, ledger status, metrics")
     asub = p.add_subparsers(dest="alerts_command", required=True)
     t = asub.add_parser("test", help="send a test message to every configured channel")
     t.add_argument("--message", default=None, help="text to send (default: a short test note)")
-    t.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    t.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds per request (default: [alerts] timeout_s, 10)",
+    )
+    add_settings_args(t)
     t.set_defaults(func=cmd_test)
     s = asub.add_parser("status", help="delivery ledger: counts, failures, uncertain deliveries")
     s.add_argument("--lake", default=None)
+    add_settings_args(s)
     s.set_defaults(func=cmd_status)
     m = asub.add_parser("metrics", help="serve the ledger's Prometheus metrics (no capture)")
     m.add_argument("--lake", default=None)

@@ -15,6 +15,7 @@ import polars as pl
 from numba import njit
 
 from mdpipe.core.book import book_apply_event
+from mdpipe.core.config import settings_id
 from mdpipe.core.detectors.ensemble import (
     DET_INPUTS,
     O_DIR,
@@ -91,6 +92,7 @@ SIGNAL_COLUMNS: tuple[str, ...] = (
     "trigger",
     "trigger_value",
     "threshold",
+    "settings_id",
     *SIGNAL_CONTEXT,
 )
 _CONTEXT_IDX = np.array([FEATURE_NAMES.index(c) for c in SIGNAL_CONTEXT], dtype=np.int64)
@@ -316,6 +318,7 @@ class BatchRun:
         self.ts_ = TradeState(self.fcfg)
         self.dfs, self.dis, self.dq = self.dcfg.new_state()
         self.dparams = self.dcfg.params()
+        self.settings_id = settings_id(self.fcfg, self.dcfg)
         self.tpos = np.zeros(1, dtype=np.int64)
         self._carry: dict[str, np.ndarray] | None = None
         self._features: list[pl.DataFrame] = []
@@ -364,7 +367,15 @@ class BatchRun:
                 self._features.append(features_frame(self.venue, self.symbol, out_f, out_m))
                 if ns:
                     self._signals.append(
-                        signals_frame(self.venue, self.symbol, sig_f[:ns], sig_i[:ns], out_f, out_m)
+                        signals_frame(
+                            self.venue,
+                            self.symbol,
+                            sig_f[:ns],
+                            sig_i[:ns],
+                            out_f,
+                            out_m,
+                            settings_id=self.settings_id,
+                        )
                     )
 
     def result(self) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -588,8 +599,12 @@ def signals_frame(
     sig_i: np.ndarray,
     out_f: np.ndarray,
     out_m: np.ndarray,
+    *,
+    settings_id: str,
 ) -> pl.DataFrame:
-    """Signal rows; `signal_id` hashes (venue, symbol, type, update_id), a few rows a day."""
+    """Signal rows; `signal_id` hashes (venue, symbol, type, update_id), a few rows a day;
+    `settings_id` names the feature and detector settings that produced them
+    (`mdpipe.core.config.settings_id`)."""
     types = [SIGNAL_TYPES[int(d)] for d in sig_f[:, 0]]
     uids = out_m[sig_i, M_UID] if sig_i.shape[0] else np.empty(0, dtype=np.int64)
     data: dict[str, Any] = {
@@ -607,6 +622,7 @@ def signals_frame(
         "trigger": pl.Series([DET_INPUTS[int(c)] for c in sig_f[:, 3]], dtype=pl.String),
         "trigger_value": pl.Series(sig_f[:, 4], dtype=pl.Float64),
         "threshold": pl.Series(sig_f[:, 5], dtype=pl.Float64),
+        "settings_id": pl.Series([settings_id] * len(types), dtype=pl.String),
     }
     for j, name in enumerate(SIGNAL_CONTEXT):
         vals = out_f[sig_i, _CONTEXT_IDX[j]] if len(types) else np.empty(0)
@@ -616,7 +632,8 @@ def signals_frame(
 
 def empty_signals() -> pl.DataFrame:
     return signals_frame("", "", np.empty((0, SIG_F_COLS)), np.empty(0, np.int64),
-                         np.empty((0, N_FEATURES)), np.empty((0, N_META), np.int64))  # fmt: skip
+                         np.empty((0, N_FEATURES)), np.empty((0, N_META), np.int64),
+                         settings_id="")  # fmt: skip
 
 
 __all__ = [

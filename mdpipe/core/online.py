@@ -39,6 +39,7 @@ from mdpipe.core.batch import (
     signals_frame,
     write_signals,
 )
+from mdpipe.core.config import settings_id
 from mdpipe.core.detectors.ensemble import (
     OUT_COLS,
     DetectorConfig,
@@ -533,6 +534,7 @@ class OnlineEngine:
         self.symbol = symbol
         self.feature_config = feature_config or FeatureConfig()
         dcfg = detector_config or DetectorConfig()
+        self.settings_id = settings_id(self.feature_config, dcfg)
         self.book = OrderBookFeatureExtractor(config=self.feature_config, microprice=microprice)
         self.trades = TradeFeatureExtractor(config=self.feature_config)
         self.detector = MicrostructureDetector.from_config(dcfg, venue=venue, symbol=symbol)
@@ -608,7 +610,7 @@ class OnlineEngine:
         f, m, sf, si = self._release_arrays(np.int64(0), force=True)
         return EngineOutput(
             features_frame(self.venue, self.symbol, f, m),
-            signals_frame(self.venue, self.symbol, sf, si, f, m),
+            signals_frame(self.venue, self.symbol, sf, si, f, m, settings_id=self.settings_id),
         )
 
     def _release_arrays(
@@ -729,7 +731,7 @@ class OnlineEngine:
         si = np.concatenate(sis) if sis else np.empty(0, np.int64)
         return EngineOutput(
             features_frame(self.venue, self.symbol, f, m),
-            signals_frame(self.venue, self.symbol, sf, si, f, m),
+            signals_frame(self.venue, self.symbol, sf, si, f, m, settings_id=self.settings_id),
         )
 
     def get_stats(self) -> dict[str, Any]:

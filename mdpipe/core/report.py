@@ -12,7 +12,6 @@ import base64
 import html
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from matplotlib.figure import Figure
 
 from mdpipe.core.labels import PricePath
 from mdpipe.core.metrics import Evaluation
+from mdpipe.lake import atomic_write_bytes
 
 PLOT_NAMES = (
     "price_signals",
@@ -133,21 +133,6 @@ def html_table(df: pl.DataFrame, *, max_rows: int = 200) -> str:
         else ""
     )
     return f"<table><tr>{head}</tr>{''.join(body)}</table>{more}"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; reports are read by the UI and other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- the plots
@@ -511,7 +496,7 @@ def write_report(
     parts: dict[str, str] = {}
     for name, (fig, caption) in figs.items():
         png = _png(fig)
-        _atomic_write(out / f"{name}.png", png)
+        atomic_write_bytes(out / f"{name}.png", png)
         parts[name] = _img(name, png, caption)
 
     head = evaluation.headline
@@ -567,7 +552,7 @@ use a regular grid in both directions. Censored labels (horizon past the data) a
 </body></html>
 """
     target = out / file_name
-    _atomic_write(target, doc.encode("utf-8"))
+    atomic_write_bytes(target, doc.encode("utf-8"))
     return target
 
 
@@ -627,7 +612,7 @@ def write_summary_report(
         _no_data(ax1, "partitions")
         _no_data(ax2, "partitions")
     png = _png(fig)
-    _atomic_write(out / "summary.png", png)
+    atomic_write_bytes(out / "summary.png", png)
     links = ""
     if report_links:
         items = "".join(
@@ -648,7 +633,7 @@ profit barrier first; OOS: thresholds fitted on training folds, scored on test f
 </body></html>
 """
     target = out / file_name
-    _atomic_write(target, doc.encode("utf-8"))
+    atomic_write_bytes(target, doc.encode("utf-8"))
     return target
 
 

@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import dagster as dg
 
@@ -33,11 +33,16 @@ from mdpipe.alerts.channels import (
     SlackWebhookClient,
     TelegramClient,
 )
+from mdpipe.alerts.config import AlertConfig
 from mdpipe.alerts.delivery import ChannelReport, DeliveryPolicy, deliver_channel
 from mdpipe.alerts.ledger import Ledger, default_ledger_path
 from mdpipe.alerts.redact import Redactor
 from mdpipe.alerts.source import SignalCursor, read_signals, scan_new_files
+from mdpipe.defs.resources import SettingsResource, section_resource
 from mdpipe.lake import Lake
+
+if TYPE_CHECKING:
+    from mdpipe.settings import Settings
 
 SENSOR_INTERVAL_ENV = "MDPIPE_ALERT_SENSOR_INTERVAL"
 DEFAULT_SENSOR_INTERVAL_S = 5
@@ -168,38 +173,26 @@ class FileChannelResource(AlertChannelResource):
         return FileChannelClient(self.path, name=self.name)
 
 
-class AlertSettingsResource(dg.ConfigurableResource):
-    """Where signals and the ledger live, how messages link back, and the delivery policy."""
+class AlertSettingsBase(SettingsResource):
+    """Where signals and the ledger live, how messages link back, and the delivery policy:
+    the `[alerts]` settings (`mdpipe.alerts.config.AlertConfig`). `AlertSettingsResource` is
+    generated from that dataclass (one field per setting, with its default and description)."""
 
-    lake: str = ""
-    ledger_path: str = ""
-    dagster_ui_url: str = "http://localhost:3000"
-    digest_min: int = 3
-    digest_max: int = 25
-    max_attempts: int = 4
-    max_wait_s: float = 30.0
-    run_budget_s: float = 120.0
-    backoff_initial_s: float = 0.5
-    retry_base_s: float = 5.0
-    lookback_s: float = 120.0
-    initial_lookback_s: float = 900.0
+    def config(self) -> AlertConfig:
+        return cast(AlertConfig, self.get())
 
     def lake_root(self) -> Path:
-        return Lake.resolve(self.lake or None).root
+        return Lake.resolve(self.config().lake or None).root
 
     def ledger_file(self) -> Path:
-        return Path(self.ledger_path) if self.ledger_path else default_ledger_path(self.lake_root())
+        cfg = self.config()
+        return Path(cfg.ledger_path) if cfg.ledger_path else default_ledger_path(self.lake_root())
 
     def policy(self) -> DeliveryPolicy:
-        return DeliveryPolicy(
-            digest_min=self.digest_min,
-            digest_max=self.digest_max,
-            max_attempts=self.max_attempts,
-            max_wait_s=self.max_wait_s,
-            run_budget_s=self.run_budget_s,
-            backoff_initial_s=self.backoff_initial_s,
-            retry_base_s=self.retry_base_s,
-        )
+        return self.config().policy()
+
+
+AlertSettingsResource = section_resource("alerts", base=AlertSettingsBase)
 
 
 # ---- the job ---------------------------------------------------------------------------------
@@ -221,7 +214,7 @@ def _channels(
 def deliver_alerts(
     context: dg.OpExecutionContext,
     config: AlertRunConfig,
-    alert_settings: AlertSettingsResource,
+    alert_settings: AlertSettingsBase,
     slack: AlertChannelResource,
     discord: AlertChannelResource,
     telegram: AlertChannelResource,
@@ -246,7 +239,7 @@ def deliver_alerts(
         f"{added} new (signal, channel) pair(s); channels: "
         + (", ".join(redact(c.describe()) for c in clients) or "none")
     )
-    link = f"{alert_settings.dagster_ui_url.rstrip('/')}/runs/{context.run_id}"
+    link = f"{alert_settings.config().dagster_ui_url.rstrip('/')}/runs/{context.run_id}"
     policy = alert_settings.policy()
     reports: list[ChannelReport] = []
     if clients:
@@ -300,7 +293,7 @@ def alert_job() -> None:
 # ---- the sensor ------------------------------------------------------------------------------
 def evaluate_live_signals(
     cursor_text: str | None,
-    settings: AlertSettingsResource,
+    settings: AlertSettingsBase,
     channels: list[AlertChannelResource],
     now_ns: int | None = None,
 ) -> tuple[list[dg.RunRequest], str, str | None]:
@@ -309,8 +302,8 @@ def evaluate_live_signals(
     new, cursor = scan_new_files(
         root,
         SignalCursor.loads(cursor_text),
-        lookback_s=settings.lookback_s,
-        initial_lookback_s=settings.initial_lookback_s,
+        lookback_s=settings.config().lookback_s,
+        initial_lookback_s=settings.config().initial_lookback_s,
         now_ns=now_ns,
     )
     configured = [r.channel_name() for r in channels if r.build_client() is not None]
@@ -365,7 +358,7 @@ def _make_sensor(interval_s: int, default_status: dg.DefaultSensorStatus) -> dg.
     )
     def live_signal_sensor(
         context: dg.SensorEvaluationContext,
-        alert_settings: AlertSettingsResource,
+        alert_settings: AlertSettingsBase,
         slack: AlertChannelResource,
         discord: AlertChannelResource,
         telegram: AlertChannelResource,
@@ -406,8 +399,17 @@ def channel_resources(environ: Mapping[str, str] | None = None) -> dict[str, Any
     }
 
 
-def settings_resource(environ: Mapping[str, str] | None = None) -> AlertSettingsResource:
+def settings_resource(
+    environ: Mapping[str, str] | None = None, settings: "Settings | None" = None
+) -> AlertSettingsBase:
+    """The `alert_settings` resource: `settings`' `[alerts]` values (None: the defaults), with
+    the lake, ledger and UI URL taken from their environment variables when those are set."""
     env = os.environ if environ is None else environ
+    cls = (
+        AlertSettingsResource
+        if settings is None
+        else section_resource("alerts", settings, base=AlertSettingsBase)
+    )
     kw: dict[str, Any] = {}
     for field, name in (
         ("lake", "MDPIPE_LAKE"),
@@ -416,7 +418,7 @@ def settings_resource(environ: Mapping[str, str] | None = None) -> AlertSettings
     ):
         if env.get(name):
             kw[field] = dg.EnvVar(name)
-    return AlertSettingsResource(**kw)
+    return cls(**kw)
 
 
 def build_alert_defs(
@@ -424,6 +426,7 @@ def build_alert_defs(
     *,
     sensor_interval_s: int | None = None,
     resources: Mapping[str, Any] | None = None,
+    settings: "Settings | None" = None,
 ) -> dg.Definitions:
     """The alert job, sensor and resources. `resources` overrides any of them (tests, dry runs
     with `FileChannelResource`)."""
@@ -439,7 +442,7 @@ def build_alert_defs(
     if sensor_interval_s < 1:
         raise ValueError(f"the sensor interval must be >= 1 s, got {sensor_interval_s}")
     res: dict[str, Any] = {
-        "alert_settings": settings_resource(env),
+        "alert_settings": settings_resource(env, settings),
         **channel_resources(env),
         **dict(resources or {}),
     }
@@ -471,6 +474,7 @@ alert_defs = build_alert_defs()
 __all__ = [
     "AlertChannelResource",
     "AlertRunConfig",
+    "AlertSettingsBase",
     "AlertSettingsResource",
     "DiscordResource",
     "FileChannelResource",

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mdpipe.lake.journal import GZIP_MAGIC
 from mdpipe.venues.base import (
     Batch,
     DumpFile,
@@ -93,7 +94,9 @@ def read_head(path: Path, lines: int = HEAD_LINES) -> list[bytes]:
     read (the full read reports the damage with its line number)."""
     head: list[bytes] = []
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == GZIP_MAGIC  # the journal's rule: compression by content
+        opener = gzip.open if gz else open
         with opener(path, "rb") as f:
             for _ in range(lines):
                 line = f.readline()

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from mdpipe.capture.daemon import Capture, CaptureConfig
-from mdpipe.capture.journal import iter_journal_lines
+from mdpipe.lake import iter_journal_lines
 from mdpipe.venues.binance.simulator import ExchangeSim
 from tests.capture.conftest import Run, run_capture, wait_pos
 

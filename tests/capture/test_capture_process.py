@@ -12,8 +12,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from mdpipe.capture.journal import iter_journal_lines
-from mdpipe.lake import Lake
+from mdpipe.lake import Lake, iter_journal_lines
 from mdpipe.venues.binance.simulator import ExchangeSim
 from tests.capture.conftest import ALL_FILES
 
@@ -64,7 +63,7 @@ def test_sigterm_sigkill_and_restart_keep_the_lake_consistent(tmp_path: Path) ->
         sim = ExchangeSim(ALL_FILES, speed=15.0, start_grace_s=1.0)
         await sim.start()
         cmd = [
-            sys.executable, "-m", "capture", "capture", "--symbols", "BTC/USDT,ETH/USDT",
+            sys.executable, "-m", "mdpipe.capture", "capture", "--symbols", "BTC/USDT,ETH/USDT",
             "--ws-url", sim.ws_url, "--rest-url", sim.rest_url, "--lake", str(lake),
             "--flush-interval", "0.3", "--reconnect-initial", "0.05", "--reconnect-max", "0.5",
             "--log-level", "WARNING",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mdpipe.capture.journal import iter_journal_lines
+from mdpipe.lake import iter_journal_lines
 from mdpipe.venues.binance.simulator import ExchangeSim
 from tests.capture.conftest import BTC_FILES, run_capture, wait_pos
 

@@ -11,7 +11,7 @@ import aiohttp
 import ccxt.pro as ccxtpro
 import pytest
 
-from mdpipe.capture.journal import iter_journal_lines
+from mdpipe.lake import iter_journal_lines
 from mdpipe.venues.binance.simulator import ExchangeSim, load_recording
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "binance-spot-2024-08-08"

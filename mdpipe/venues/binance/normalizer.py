@@ -34,7 +34,7 @@ from typing import Any
 
 import polars as pl
 
-from mdpipe.lake import NS_PER_DAY, SCHEMAS, date_of_ns, day_start_ns, empty_frame
+from mdpipe.lake import SCHEMAS, day_start_ns, empty_frame, split_by_date
 from mdpipe.venues.base import Batch, BookSync, LineError, RawLines, UnknownStream, gap_rows
 from mdpipe.venues.binance.common import (
     CHANNEL_KIND,
@@ -652,16 +652,8 @@ class BinanceNormalizer:
     def _with_checkpoints(self, sym: str, st: _SymbolState, seg: pl.DataFrame) -> pl.DataFrame:
         """Insert a snapshot of the synced book at each UTC day boundary the segment crosses, so
         every date partition of ``book`` can be replayed on its own."""
-        days = seg.select(_day_key(pl.col("exch_ts_ns")).alias("d"))["d"]
-        if days.min() == days.max():
-            groups = [(_day_str(days[0]), seg)]
-        else:
-            groups = [
-                (_day_str(d), g.drop("date"))
-                for (d,), g in seg.with_columns(date=days).group_by("date", maintain_order=True)
-            ]
         pieces = []
-        for date, part in groups:
+        for date, part in split_by_date(seg, "book").items():
             starts_with_snapshot = bool(part["is_snapshot"][0])
             if (
                 st.book is not None
@@ -774,15 +766,6 @@ def _classify(df: pl.DataFrame) -> pl.DataFrame:
         .otherwise(pl.lit(None, pl.String))
     )
     return df.with_columns(data=data, kind=kind)
-
-
-def _day_key(ts: pl.Expr) -> pl.Expr:
-    # Integer day number: a division per row instead of formatting a date string per row.
-    return ts.floordiv(NS_PER_DAY)
-
-
-def _day_str(day: int) -> str:
-    return date_of_ns(int(day) * NS_PER_DAY)
 
 
 __all__ = ["BinanceNormalizer", "BookSync", "unified_symbol"]
