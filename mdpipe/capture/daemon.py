@@ -13,15 +13,15 @@ Everything venue-specific (stream names, subscribe messages, frame routing, REST
 sequence rules, message parsing) is behind the venue's `Venue`, `Transport` and `Normalizer`
 (mdpipe/venues/base.py). REST depth snapshots enter the same pending queue as the frames,
 wrapped by the transport so that the line names its market (`wrap_snapshot`), so the journal
-replays to the same lake through `mdpipe import`. Because the journal is written before the Parquet files of the same
-interval, a SIGKILL loses at most the last flush interval and never leaves lake rows without
-their raw lines.
+replays to the same lake through `mdpipe import`. Because the journal is written before the
+Parquet files of the same interval, a SIGKILL loses at most the last flush interval and never
+leaves lake rows without their raw lines.
 
 Trade backfill. A trade-id hole the normalizer reports (`sequence_gap`, "trade ids A..B") starts
-a background task that fetches A..B over the venue's REST trade history (ccxt's rate limiter, Retry-After
-on 429/418), normalizes them with the normalizer's `rest_trades` and queues them for the lake;
-a `backfill` gaps row records the outcome. REST trade answers are not journaled (the import
-reproduces the gap row, not the backfill).
+a background task that fetches A..B over the venue's REST trade history (ccxt's rate limiter,
+Retry-After on 429/418), normalizes them with the normalizer's `rest_trades` and queues them for
+the lake; a `backfill` gaps row records the outcome. REST trade answers are not journaled (the
+import reproduces the gap row, not the backfill).
 
 Roll-up ("compaction"). Flushes name files `cap-YYYYMMDDTHH-<publish ns>.parquet`; a day of them
 is ~17,000 small files per partition. Once the flush that took the flush lock after an hour's end
