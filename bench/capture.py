@@ -41,7 +41,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mdpipe.capture.exchange_sim import ExchangeSim  # noqa: E402
+from mdpipe.venues.binance.simulator import ExchangeSim  # noqa: E402
 
 DATA = ROOT / "data" / "binance-spot-2024-08-08"
 FILES = [DATA / f for f in ("btcusdt_20240808.gz", "btcusdt_20240809.gz",

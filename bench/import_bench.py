@@ -37,7 +37,8 @@ def baseline(paths: list[str], lake: str) -> dict[str, int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mdpipe.venues.binance import BookSync, unified_symbol
+    from mdpipe.venues.base import BookSync
+    from mdpipe.venues.binance import SPOT_RULES, unified_symbol
 
     trades: list[dict] = []
     book: list[dict] = []
@@ -55,7 +56,7 @@ def baseline(paths: list[str], lake: str) -> dict[str, int]:
                 msgs += 1
                 if "lastUpdateId" in msg:
                     sym = unified_symbol(hint, "binance")
-                    sync = syncs.setdefault(sym, BookSync(futures=False))
+                    sync = syncs.setdefault(sym, BookSync(SPOT_RULES))
                     rows = [
                         {
                             "venue": "binance",
@@ -95,7 +96,7 @@ def baseline(paths: list[str], lake: str) -> dict[str, int]:
                         }
                     )
                 elif e == "depthUpdate":
-                    sync = syncs.setdefault(sym, BookSync(futures=False))
+                    sync = syncs.setdefault(sym, BookSync(SPOT_RULES))
                     rows = [
                         {
                             "venue": "binance",

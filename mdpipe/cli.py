@@ -150,9 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="journal files (.gz or plain), CSV/zip dumps, folders")
     p.add_argument(
         "--venue",
-        choices=["binance", "binanceusdm"],
         default=None,
-        help="force the venue instead of detecting it from the content",
+        help="force the venue (a registered ccxt id, e.g. binanceusdm) instead of detecting it",
     )
     _lake_arg(p)
     p.set_defaults(func=cmd_import)

@@ -75,7 +75,9 @@ def build_config(
 def add_capture_args(p: argparse.ArgumentParser) -> None:
     from mdpipe.settings import add_settings_args
 
-    p.add_argument("--venue", default=None, help="ccxt venue id: binance (default), binanceusdm")
+    p.add_argument(
+        "--venue", default=None, help="a registered venue (ccxt id): binance (default), binanceusdm"
+    )
     p.add_argument(
         "--symbols", default=None, help="comma-separated unified symbols, BTC/USDT,ETH/USDT"
     )
@@ -98,7 +100,7 @@ def add_capture_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--channels",
         default=None,
-        help="stream channels per symbol (default depth@100ms,trade,bookTicker)",
+        help="stream channels per symbol (default: the venue's, e.g. depth@100ms,trade,bookTicker)",
     )
     p.add_argument(
         "--flush-interval",
@@ -236,7 +238,7 @@ def add_sim_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_exchange_sim(args: argparse.Namespace) -> int:
-    from mdpipe.capture.exchange_sim import parse_speed, serve
+    from mdpipe.venues.binance.simulator import parse_speed, serve
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr

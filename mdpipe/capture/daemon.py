@@ -9,17 +9,19 @@ Data path (one asyncio loop, one flush thread)::
       every flush_interval_s:  journal member (gzip, fsync) then Parquet publish (atomic)
       once an hour is over:    roll-up of each partition's files of that hour into one file
 
-REST depth snapshots enter the same pending queue as the frames, wrapped as
-`{"stream":"<sym>@depthSnapshot","data":<REST body>}`, so the journal replays to the same lake
-through `mdpipe import`. Because the journal is written before the Parquet files of the same
-interval, a SIGKILL loses at most the last flush interval and never leaves lake rows without
-their raw lines.
+Everything venue-specific (stream names, subscribe messages, frame routing, REST endpoints,
+sequence rules, message parsing) is behind the venue's `Venue`, `Transport` and `Normalizer`
+(mdpipe/venues/base.py). REST depth snapshots enter the same pending queue as the frames,
+wrapped by the transport so that the line names its market (`wrap_snapshot`), so the journal
+replays to the same lake through `mdpipe import`. Because the journal is written before the
+Parquet files of the same interval, a SIGKILL loses at most the last flush interval and never
+leaves lake rows without their raw lines.
 
 Trade backfill. A trade-id hole the normalizer reports (`sequence_gap`, "trade ids A..B") starts
-a background task that fetches A..B over REST historicalTrades (ccxt's rate limiter, Retry-After
-on 429/418), normalizes them with the normalizer's `rest_trades` and queues them for the lake;
-a `backfill` gaps row records the outcome. REST trade answers are not journaled (the import
-reproduces the gap row, not the backfill).
+a background task that fetches A..B over the venue's REST trade history (ccxt's rate limiter,
+Retry-After on 429/418), normalizes them with the normalizer's `rest_trades` and queues them for
+the lake; a `backfill` gaps row records the outcome. REST trade answers are not journaled (the
+import reproduces the gap row, not the backfill).
 
 Roll-up ("compaction"). Flushes name files `cap-YYYYMMDDTHH-<publish ns>.parquet`; a day of them
 is ~17,000 small files per partition. Once the flush that took the flush lock after an hour's end
@@ -51,10 +53,12 @@ import polars as pl
 
 from mdpipe.capture.config import CaptureConfig
 from mdpipe.capture.metrics import CaptureMetrics
-from mdpipe.capture.transport import VenueAdapter, adapter_for, make_exchange
+from mdpipe.capture.transport import make_exchange
 from mdpipe.core.book import L2Book
 from mdpipe.lake import SCHEMAS, JournalWriter, Lake, Partition, split_by_date
-from mdpipe.venues import Batch, RawLines, normalizer_for
+from mdpipe.venues import Batch, Normalizer, RawLines, StreamRoute, Transport, UnknownStream
+from mdpipe.venues import get as get_venue
+from mdpipe.venues.base import TRADE_GAP_PREFIX
 
 log = logging.getLogger("mdpipe.capture")
 
@@ -185,16 +189,17 @@ class Capture:
         config: CaptureConfig,
         *,
         consumers: Sequence[BatchConsumer] = (),
-        adapter: VenueAdapter | None = None,
+        transport: Transport | None = None,
     ) -> None:
         self.config = config
         self.venue = config.venue
-        self.adapter = adapter or adapter_for(
-            config.venue, config.ws_url, config.rest_url, config.channels
+        # everything venue-specific goes through these three (mdpipe/venues/base.py)
+        self.plugin = get_venue(config.venue)
+        self.transport = transport or self.plugin.transport(
+            config.ws_url, config.rest_url, config.channels
         )
         self.lake = Lake.resolve(config.lake)
-        # Any: capture uses is_synced/force_resync(kind=...) beyond the Normalizer protocol
-        self.normalizer: Any = normalizer_for(config.venue)
+        self.normalizer: Normalizer = self.plugin.normalizer()
         self.metrics = CaptureMetrics(config.venue)
         self.journal = JournalWriter(self.lake.root, config.venue, fsync=config.fsync)
         self._book_callbacks: list[BookCallback] = []
@@ -219,7 +224,8 @@ class Capture:
         self._backfill_tasks: set[asyncio.Task[None]] = set()
         self._ex: Any = None
         self._markets: dict[str, dict[str, Any]] = {}
-        self._id_to_symbol: dict[str, str] = {}
+        self._market_keys: dict[str, str] = {}  # unified symbol -> the venue's stream key
+        self._routes: dict[str, StreamRoute | None] = {}  # stream label -> route (None: not one)
         self._connected = False
         self._stopping = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -272,10 +278,7 @@ class Capture:
 
     async def start(self) -> None:
         self.stats.started_ns = time.time_ns()
-        self._ex = make_exchange(
-            self.adapter.ccxt_class, self._on_raw, self._on_control, self.adapter.ccxt_config()
-        )
-        self.adapter.apply_urls(self._ex)
+        self._ex = make_exchange(self.transport, self._on_raw, self._on_control)
         attempt = 0
         while True:
             try:
@@ -296,7 +299,7 @@ class Capture:
         for s in self.config.symbols:
             m = self._ex.market(s)
             self._markets[s] = m
-            self._id_to_symbol[m["lowercaseId"]] = s
+            self._market_keys[s] = self.transport.market_key(m)
             self.metrics.book_synced.labels(self.venue, s).set(0)
         self._seed_from_lake()
         self._name_ns = max(self._name_ns, self._lake_name_floor())
@@ -376,13 +379,12 @@ class Capture:
         if client is None or self._ex is None or client.closed():
             return
         streams = [
-            n for s in self.config.symbols for n in self.adapter.stream_names(self._markets[s])
+            n for s in self.config.symbols for n in self.transport.stream_names(self._markets[s])
         ]
-        req = self.adapter.subscribe_request(self._ex, client.url, streams)
-        req["method"] = "UNSUBSCRIBE"
-        fut = client.future(f"mdpipe:sub:{req['id']}")
+        req = self.transport.unsubscribe_request(self._ex, client.url, streams)
+        fut = client.future(f"mdpipe:sub:{req.request_id}")
         try:
-            await client.send(req)
+            await client.send(req.message)
             await asyncio.wait_for(fut, timeout_s)
         except (TimeoutError, Exception) as exc:
             log.warning("no answer to UNSUBSCRIBE before closing (%s)", exc)
@@ -475,13 +477,10 @@ class Capture:
         now = time.time_ns()
         if not self._connected:
             reasons.append("websocket not connected")
-        for sym, m in self._markets.items():
+        for sym in self._markets:
+            key = self._market_keys[sym]
             last = max(
-                (
-                    v
-                    for k, v in self._stream_last_ns.items()
-                    if k.startswith(m["lowercaseId"] + "@")
-                ),
+                (v for k, v in self._stream_last_ns.items() if self._market_of(k) == key),
                 default=None,
             )
             if last is None:
@@ -565,21 +564,18 @@ class Capture:
         elif client is self._standby:
             self._standby_ns.append(recv_ns)
             self._standby_text.append(text)
-            if text.startswith('{"stream":"') and "@depth" in text[:48]:
-                self._standby_depth.add(text[11 : text.index("@", 11)])
-            elif text.startswith('{"e":"depthUpdate"'):
-                i = text.find('"s":"')
-                if i > 0:
-                    self._standby_depth.add(text[i + 5 : text.index('"', i + 5)].lower())
+            key = self.plugin.depth_market(text)
+            if key is not None:
+                self._standby_depth.add(key)
         # else: a retired connection closing; everything it still delivers, the new one has
 
     def _on_control(self, client: Any, msg: dict[str, Any]) -> None:
-        rid = msg.get("id")
-        if rid is None:
+        answer = self.transport.control_answer(msg)
+        if answer is None:
             return
-        h = f"mdpipe:sub:{rid}"
-        if "error" in msg or ("code" in msg and "msg" in msg):
-            client.reject(ccxt.ExchangeError(f"subscription {rid} refused: {msg}"), h)
+        h = f"mdpipe:sub:{answer.request_id}"
+        if answer.error is not None:
+            client.reject(ccxt.ExchangeError(answer.error), h)
         else:
             client.resolve(True, h)
 
@@ -632,14 +628,14 @@ class Capture:
         returns the client and the future resolved by the exchange's answer."""
         ex = self._ex
         streams = [
-            n for s in self.config.symbols for n in self.adapter.stream_names(self._markets[s])
+            n for s in self.config.symbols for n in self.transport.stream_names(self._markets[s])
         ]
-        req = self.adapter.subscribe_request(ex, url, streams)
-        h = f"mdpipe:sub:{req['id']}"
+        req = self.transport.subscribe_request(ex, url, streams)
+        h = f"mdpipe:sub:{req.request_id}"
         # our own backoff governs redials; ccxt's per-url dial backoff would stack on top of it
         if getattr(ex, "ws_dial_backoff", None):
             ex.ws_dial_backoff.pop(url, None)
-        fut = ex.watch_multiple(url, [h], req, [h], {"id": str(req["id"])})
+        fut = ex.watch_multiple(url, [h], req.message, [h], {"id": req.request_id})
         return ex.clients[url], fut
 
     async def _make_before_break(self, detail: str) -> bool:
@@ -649,14 +645,14 @@ class Capture:
         still guard the seam, and a gap there would resync as usual."""
         old_url, old_client = self._conn_url, self._primary
         self._slot ^= 1
-        url = self.adapter.ws_endpoint(self._ex, self._slot)
+        url = self.transport.ws_endpoint(self._ex, self._slot)
         self._overlap = set()
         self._standby_ns, self._standby_text, self._standby_depth = [], [], set()
         try:
             client, fut = await self._subscribe(url)
             self._standby = client
             await asyncio.wait_for(fut, timeout=self.config.connect_timeout_s)
-            want = {self._markets[s]["lowercaseId"] for s in self.config.symbols}
+            want = {self._market_keys[s] for s in self.config.symbols}
             deadline = time.monotonic() + self.config.connect_timeout_s
             while not want <= self._standby_depth:
                 if time.monotonic() > deadline or client.closed():
@@ -711,7 +707,7 @@ class Capture:
         return True
 
     async def _connect_and_subscribe(self) -> None:
-        url = self.adapter.ws_endpoint(self._ex, self._slot)
+        url = self.transport.ws_endpoint(self._ex, self._slot)
         self._conn_url = url
         self._depth_seen.clear()
         client, fut = await self._subscribe(url)
@@ -856,21 +852,10 @@ class Capture:
 
     def _count_streams(self, recv: pl.Series, text: pl.Series) -> None:
         df = pl.DataFrame({"recv": recv, "text": text})
-        stream = (
-            pl.col("text")
-            .str.extract(r'^\{"stream":"([^"]+)"', 1)
-            .fill_null(
-                pl.concat_str(
-                    pl.col("text").str.extract(r'"s":"([A-Za-z0-9]+)"', 1).str.to_lowercase(),
-                    pl.lit("@"),
-                    pl.col("text").str.extract(r'^\{"e":"([A-Za-z]+)"', 1).fill_null("bookTicker"),
-                )
-            )
-            .fill_null(pl.when(pl.col("text").str.starts_with('{"result"')).then(pl.lit("control")))
-            .fill_null("other")
-        )
         g = (
-            df.with_columns(stream=stream, nbytes=pl.col("text").str.len_bytes())
+            df.with_columns(
+                stream=self.plugin.stream_labels(text), nbytes=pl.col("text").str.len_bytes()
+            )
             .group_by("stream")
             .agg(n=pl.len(), b=pl.col("nbytes").sum(), last=pl.col("recv").max())
         )
@@ -880,9 +865,23 @@ class Capture:
             self.metrics.messages.labels(self.venue, st).inc(n)
             self.metrics.bytes.labels(self.venue, st).inc(b)
             self._stream_last_ns[st] = last
-            sym_id, _, chan = st.partition("@")
-            if chan.startswith("depth") and "Snapshot" not in chan:
-                self._depth_seen.add(sym_id)
+            route = self._route(st)
+            if route is not None and route.kind == "depth":
+                self._depth_seen.add(route.market_key)
+
+    def _route(self, label: str) -> StreamRoute | None:
+        """The venue's route of a stream label; None for `control`, `other` and streams the
+        venue does not know (the normalizer reports those frames with file and line)."""
+        if label not in self._routes:
+            try:
+                self._routes[label] = self.plugin.route(label)
+            except UnknownStream:
+                self._routes[label] = None
+        return self._routes[label]
+
+    def _market_of(self, label: str) -> str | None:
+        route = self._route(label)
+        return None if route is None else route.market_key
 
     def _absorb(self, batch: Batch) -> None:
         """Account a normalized batch, hand it to callbacks and consumers, queue it for publish."""
@@ -893,7 +892,7 @@ class Capture:
             ).iter_rows():
                 if (
                     kind == "sequence_gap"
-                    and detail.startswith("trade ids ")
+                    and detail.startswith(TRADE_GAP_PREFIX)
                     and prev is not None
                     and nxt is not None
                     and self.config.backfill_trades
@@ -963,7 +962,7 @@ class Capture:
         self.stats.clock_offset_events_ns = ev_off if prev is None else max(prev, ev_off)
         df = df.with_columns(lat=(pl.col("r") + offset - pl.col("e")) / 1e9)
         for (sym, kind), g in df.group_by("stream", "kind"):
-            mid = self._markets[str(sym)]["lowercaseId"] if sym in self._markets else str(sym)
+            mid = self._market_keys.get(str(sym), str(sym))
             self.metrics.latency.observe_many(f"{mid}@{kind}", g["lat"].to_numpy())
 
     def _run_book_callbacks(self, book: pl.DataFrame) -> None:
@@ -1059,13 +1058,13 @@ class Capture:
             return
         awaiting = set(self.normalizer.awaiting_snapshot())
         for sym in self.config.symbols:
-            m = self._markets[sym]
+            key = self._market_keys[sym]
             need = sym in awaiting or (
-                m["lowercaseId"] in self._depth_seen and not self.normalizer.is_synced(sym)
+                key in self._depth_seen and not self.normalizer.is_synced(sym)
             )
             # ask only once this connection has delivered a diff of the symbol: a snapshot older
             # than the first buffered diff would not bridge to the stream
-            if need and m["lowercaseId"] in self._depth_seen and sym not in self._snapshot_tasks:
+            if need and key in self._depth_seen and sym not in self._snapshot_tasks:
                 self._snapshot_tasks[sym] = asyncio.get_running_loop().create_task(
                     self._fetch_snapshot(sym), name=f"snapshot-{sym}"
                 )
@@ -1076,7 +1075,7 @@ class Capture:
         try:
             while not self._stopping:
                 try:
-                    snap = await self.adapter.fetch_snapshot(self._ex, m)
+                    snap = await self.transport.fetch_snapshot(self._ex, m)
                 except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
                     status, delay, why = self._rest_failure(exc, attempt)
                     self.stats.snapshot_errors[status] = (
@@ -1090,7 +1089,7 @@ class Capture:
                     log.warning("snapshot %s failed (%s); retrying in %.2f s", sym, status, delay)
                     await asyncio.sleep(delay)
                     continue
-                self._on_raw(snap.recv_ns, self.adapter.wrap_snapshot(m, snap.text))
+                self._on_raw(snap.recv_ns, self.transport.wrap_snapshot(m, snap.text))
                 n = self.stats.snapshots[sym] = self.stats.snapshots.get(sym, 0) + 1
                 if n > 1:
                     self.metrics.resyncs.labels(self.venue, sym).inc()
@@ -1137,7 +1136,7 @@ class Capture:
         try:
             while next_id <= end:
                 try:
-                    page = await self.adapter.fetch_trades_page(
+                    page = await self.transport.fetch_trades_page(
                         self._ex, m, next_id, end - next_id + 1
                     )
                 except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
@@ -1163,7 +1162,7 @@ class Capture:
                 got += df.height
                 self.stats.backfilled[sym] = self.stats.backfilled.get(sym, 0) + df.height
                 self.metrics.backfilled_trades.labels(self.venue, sym).inc(df.height)
-                next_id = int(df["trade_id"].max()) + 1
+                next_id = int(df.select(pl.col("trade_id").max()).item()) + 1
             if failure is None and end < last:
                 failure = f"capped at backfill_max_trades={self.config.backfill_max_trades}"
         except asyncio.CancelledError:
@@ -1212,7 +1211,7 @@ class Capture:
     async def _sync_clock(self) -> None:
         try:
             t0 = time.time_ns()
-            server_ms = await self.adapter.server_time_ms(self._ex)
+            server_ms = await self.transport.server_time_ms(self._ex)
             t1 = time.time_ns()
         except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
             log.warning("clock sync failed: %s", exc)

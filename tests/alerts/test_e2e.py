@@ -23,7 +23,7 @@ import pytest
 
 from mdpipe.alerts.ledger import Ledger
 from mdpipe.alerts.loopback import FakeChatAPIs
-from mdpipe.capture.exchange_sim import ExchangeSim
+from mdpipe.venues.binance.simulator import ExchangeSim
 
 from .test_defs import Harness, _env, _setenv, covered
 

@@ -13,9 +13,9 @@ import aiohttp
 import polars as pl
 
 from mdpipe.capture.daemon import Capture, CaptureConfig
-from mdpipe.capture.exchange_sim import ExchangeSim
 from mdpipe.crosscheck import CrossCheck, book_vs_bbo
 from mdpipe.lake import Lake, iter_journal_lines
+from mdpipe.venues.binance.simulator import ExchangeSim
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "binance-spot-2024-08-08"
 BTC_FILES = [DATA / "btcusdt_20240808.gz", DATA / "btcusdt_20240809.gz"]

@@ -10,9 +10,9 @@ from typing import Any
 import polars as pl
 
 from mdpipe.capture.daemon import Capture, CaptureConfig
-from mdpipe.capture.exchange_sim import ExchangeSim
 from mdpipe.ingest import import_paths
 from mdpipe.lake import Lake
+from mdpipe.venues.binance.simulator import ExchangeSim
 from tests.capture.conftest import ALL_FILES, SYMBOLS, Run, run_capture, wait_pos
 
 LIMIT = 30_000

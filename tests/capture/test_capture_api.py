@@ -127,7 +127,7 @@ def test_settings_merge_file_env_and_flags(tmp_path: Path) -> None:
 def test_unknown_symbol_is_a_clear_error(tmp_path: Path) -> None:
     async def run() -> None:
         from mdpipe.capture.daemon import CaptureConfig
-        from mdpipe.capture.exchange_sim import ExchangeSim
+        from mdpipe.venues.binance.simulator import ExchangeSim
 
         sim = ExchangeSim(ALL_FILES[:2], speed=None)
         await sim.start()

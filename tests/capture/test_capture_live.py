@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from mdpipe.capture.daemon import Capture, CaptureConfig
-from mdpipe.capture.exchange_sim import ExchangeSim
 from mdpipe.lake import iter_journal_lines
+from mdpipe.venues.binance.simulator import ExchangeSim
 from tests.capture.conftest import Run, run_capture, wait_pos
 
 BTC_TRADES = list(range(3735683259, 3735703162 + 1))

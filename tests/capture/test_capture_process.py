@@ -12,8 +12,8 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from mdpipe.capture.exchange_sim import ExchangeSim
 from mdpipe.lake import Lake, iter_journal_lines
+from mdpipe.venues.binance.simulator import ExchangeSim
 from tests.capture.conftest import ALL_FILES
 
 ROOT = Path(__file__).resolve().parents[2]

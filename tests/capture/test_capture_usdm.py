@@ -14,8 +14,8 @@ from pathlib import Path
 
 import polars as pl
 
-from mdpipe.capture.exchange_sim import ExchangeSim
 from mdpipe.lake import iter_journal_lines
+from mdpipe.venues.binance.simulator import ExchangeSim
 from tests.capture.conftest import BTC_FILES, run_capture, wait_pos
 
 SYMBOL = "BTC/USDT:USDT"

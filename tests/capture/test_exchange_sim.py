@@ -11,8 +11,8 @@ import aiohttp
 import ccxt.pro as ccxtpro
 import pytest
 
-from mdpipe.capture.exchange_sim import ExchangeSim, load_recording
 from mdpipe.lake import iter_journal_lines
+from mdpipe.venues.binance.simulator import ExchangeSim, load_recording
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "binance-spot-2024-08-08"
 BTC = [DATA / "btcusdt_20240808.gz", DATA / "btcusdt_20240809.gz"]

@@ -14,9 +14,9 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from mdpipe.capture.daemon import Capture
-from mdpipe.capture.exchange_sim import ExchangeSim
 from mdpipe.crosscheck import book_vs_bbo
 from mdpipe.lake import Lake, Partition, parse_rollup_name, parse_sequence_name
+from mdpipe.venues.binance.simulator import ExchangeSim
 from tests.capture.conftest import Run, Step, run_capture
 from tests.capture.test_capture_live import assert_trades_exactly_once
 

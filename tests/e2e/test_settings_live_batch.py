@@ -25,11 +25,11 @@ from typing import Any
 import polars as pl
 import pytest
 
-from mdpipe.capture.exchange_sim import ExchangeSim
 from mdpipe.cli import main
 from mdpipe.lake import Lake
 from mdpipe.pipeline import steps
 from mdpipe.settings import load_settings
+from mdpipe.venues.binance.simulator import ExchangeSim
 
 from ..conftest import BTC_FILES, ROOT
 

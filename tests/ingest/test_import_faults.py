@@ -19,7 +19,9 @@ from mdpipe.cli import main as cli_main
 from mdpipe.crosscheck import book_vs_bbo
 from mdpipe.ingest import import_paths
 from mdpipe.lake import Lake
-from mdpipe.venues.binance.normalizer import BookSync, _fold_book
+from mdpipe.venues.base import BookSync
+from mdpipe.venues.binance.common import SPOT_RULES, USDM_RULES
+from mdpipe.venues.binance.normalizer import _fold_book
 from tests.conftest import BTC_FILES, ETH_FILES
 
 
@@ -87,14 +89,14 @@ def test_futures_broken_pu_chain_is_a_gap(tmp_path: Path) -> None:
 
 def test_sync_rules_differ_between_spot_and_futures() -> None:
     # A diff ending exactly at lastUpdateId: spot drops it (u <= lastUpdateId), futures applies it.
-    spot, fut = BookSync(futures=False), BookSync(futures=True)
+    spot, fut = BookSync(SPOT_RULES), BookSync(USDM_RULES)
     for s in (spot, fut):
         s.on_diff(1, 90, 100, 89)
         s.on_snapshot(2, 100)
     assert spot.applied == 0 and spot.dropped == 1
     assert fut.applied == 1
     # Spot: the first diff may start at lastUpdateId + 1 exactly.
-    s = BookSync(futures=False)
+    s = BookSync(SPOT_RULES)
     s.on_snapshot(1, 100)
     assert s.on_diff(2, 101, 105, -1) == ([2], [])
     # ... and must chain by U == previous u + 1 afterwards.

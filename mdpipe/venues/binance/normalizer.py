@@ -29,21 +29,23 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
 from mdpipe.lake import SCHEMAS, day_start_ns, empty_frame, split_by_date
-from mdpipe.venues import NORMALIZERS, Batch, LineError, RawLines
-
-MS = 1_000_000  # ns per ms
-# Longest first, so that e.g. FDUSD wins over USD.
-QUOTE_ASSETS = (
-    "FDUSD", "USDT", "USDC", "BUSD", "TUSD", "USDP", "DAI", "BTC", "ETH", "BNB", "EUR", "TRY",
-    "BRL", "JPY", "GBP", "AUD", "USD", "XRP", "DOGE",
-)  # fmt: skip
-MAX_BUFFERED_DIFFS = 20_000  # about half an hour of depth@100ms per symbol without a snapshot
+from mdpipe.venues.base import Batch, BookSync, LineError, RawLines, UnknownStream, gap_rows
+from mdpipe.venues.binance.common import (
+    CHANNEL_KIND,
+    MS,
+    SPOT,
+    SPOT_RULES,
+    USDM,
+    USDM_RULES,
+    route,
+    unified_symbol,
+)
 
 _LEVELS = pl.List(pl.List(pl.String))
 DEPTH = pl.Struct(
@@ -75,17 +77,6 @@ _DEPTH_HEAD = (
     r'"U":(?<U>\d+),"u":(?<u>\d+),(?:"pu":(?<pu>-?\d+),)?"b":\['
 )
 _WRAPPED = r'^\{"stream":"([A-Za-z0-9_.-]+)@([A-Za-z0-9@]+)","data":'
-_CHANNEL_KIND = {
-    "depth": "depth",
-    "depth@100ms": "depth",
-    "depth@250ms": "depth",
-    "depth@500ms": "depth",
-    "depth@0ms": "depth",
-    "trade": "trade",
-    "aggTrade": "agg_trade",
-    "bookTicker": "bbo",
-    "depthSnapshot": "snapshot",
-}
 _EVENT_KIND = {
     "depthUpdate": "depth",
     "trade": "trade",
@@ -110,123 +101,6 @@ EXPECTED = (
     "expected a Binance combined-stream frame (depth, trade, aggTrade, bookTicker), a bare "
     "event of those kinds, or a REST depth snapshot"
 )
-
-
-def unified_symbol(raw: str, venue: str) -> str:
-    """``BTCUSDT`` -> ``BTC/USDT`` (spot) or ``BTC/USDT:USDT`` (USD-M)."""
-    raw = raw.upper()
-    for q in QUOTE_ASSETS:
-        if raw.endswith(q) and len(raw) > len(q):
-            base = raw[: -len(q)]
-            return f"{base}/{q}:{q}" if venue == "binanceusdm" else f"{base}/{q}"
-    raise ValueError(f"cannot split Binance symbol {raw!r} into base and quote")
-
-
-# ---------------------------------------------------------------------------------------------
-# Book sync: a small state machine over event headers (ids only), shared by import and capture.
-# It runs once per depth event, not per level row, so it stays in plain Python.
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class GapInfo:
-    ev: int
-    detail: str
-    prev_update_id: int | None
-    next_update_id: int | None
-
-
-@dataclass
-class BookSync:
-    """Binance's book-sync procedure for one symbol. Events are identified by a number ``ev``;
-    the caller keeps their rows and emits them in the order :meth:`on_diff` and
-    :meth:`on_snapshot` return."""
-
-    futures: bool
-    synced: bool = False
-    first_pending: bool = False
-    last_u: int = -1
-    buffer: list[tuple[int, int, int, int]] = field(default_factory=list)  # ev, U, u, pu
-    dropped: int = 0
-    applied: int = 0
-    snapshots: int = 0
-    first_applied: tuple[int, int, int] | None = None  # (lastUpdateId, U, u) of the last sync
-
-    def on_snapshot(self, ev: int, last_id: int) -> tuple[list[int], list[GapInfo]]:
-        """Apply a snapshot: returns the events to emit (the snapshot first, then buffered diffs
-        that follow it) and any gap found while replaying the buffer."""
-        self.synced, self.first_pending, self.last_u = True, True, last_id
-        self.snapshots += 1
-        out, gaps = [ev], []
-        pending, self.buffer = self.buffer, []
-        for b_ev, U, u, pu in pending:
-            o, g = self.on_diff(b_ev, U, u, pu)
-            out.extend(o)
-            gaps.extend(g)
-        return out, gaps
-
-    def on_diff(self, ev: int, U: int, u: int, pu: int) -> tuple[list[int], list[GapInfo]]:
-        if not self.synced:
-            self.buffer.append((ev, U, u, pu))
-            if len(self.buffer) > MAX_BUFFERED_DIFFS:
-                self.buffer.pop(0)
-                self.dropped += 1
-            return [], []
-        last = self.last_u
-        if self.first_pending:
-            if (u < last) if self.futures else (u <= last):
-                self.dropped += 1
-                return [], []
-            ok = (U <= last <= u) if self.futures else (U <= last + 1 <= u)
-            if not ok:
-                rule = "U <= lastUpdateId <= u" if self.futures else "U <= lastUpdateId+1 <= u"
-                return [], [
-                    self._gap(
-                        ev,
-                        U,
-                        u,
-                        pu,
-                        f"first diff after snapshot breaks {rule}: "
-                        f"lastUpdateId={last}, U={U}, u={u}",
-                    )
-                ]
-        else:
-            if self.futures:
-                if pu != last:
-                    if u <= last:
-                        self.dropped += 1
-                        return [], []
-                    return [], [
-                        self._gap(ev, U, u, pu, f"expected pu={last}, got pu={pu} (U={U}, u={u})")
-                    ]
-            elif U != last + 1:
-                if u <= last:
-                    self.dropped += 1
-                    return [], []
-                return [], [
-                    self._gap(
-                        ev,
-                        U,
-                        u,
-                        pu,
-                        f"expected U={last + 1}, got U={U} ({U - last - 1} update ids missing)",
-                    )
-                ]
-        if self.first_pending:
-            self.first_applied = (last, U, u)
-        self.first_pending = False
-        self.last_u = u
-        self.applied += 1
-        return [ev], []
-
-    def _gap(self, ev: int, U: int, u: int, pu: int, detail: str) -> GapInfo:
-        prev = self.last_u
-        self.reset()
-        self.buffer.append((ev, U, u, pu))  # it may apply on top of the next snapshot
-        return GapInfo(ev, detail + "; book rows stop until the next snapshot", prev, U)
-
-    def reset(self) -> None:
-        self.synced, self.first_pending = False, False
 
 
 @dataclass
@@ -258,13 +132,13 @@ _LEVEL_COLS = {
 class BinanceNormalizer:
     """Stateful, streaming: feed slices of lines in arrival order, then call :meth:`finish`."""
 
-    def __init__(self, venue: str = "binance") -> None:
-        if venue not in ("binance", "binanceusdm"):
+    def __init__(self, venue: str = SPOT) -> None:
+        if venue not in (SPOT, USDM):
             raise ValueError(
                 f"BinanceNormalizer handles 'binance' and 'binanceusdm', not {venue!r}"
             )
         self.venue = venue
-        self.futures = venue == "binanceusdm"
+        self.futures = venue == USDM
         self._symbols: dict[str, _SymbolState] = {}
         self._next_ev = 0
 
@@ -349,7 +223,7 @@ class BinanceNormalizer:
         prev = st.last_update_id if prev_update_id is None else prev_update_id
         st.sync.reset()
         st.book = None
-        batch.add("gaps", _gap_rows(self.venue, symbol, [(ts_ns, kind, reason, prev, None)]))
+        batch.add("gaps", gap_rows(self.venue, symbol, [(ts_ns, kind, reason, prev, None)]))
         batch.count(kind)
         return batch
 
@@ -370,7 +244,9 @@ class BinanceNormalizer:
         bad = df.filter(pl.col("kind").is_null())
         for row in bad.iter_rows(named=True):
             batch.errors.append(
-                LineError(lines.source, row["line"], _why_unknown(row["text"]), row["text"])
+                LineError(
+                    lines.source, row["line"], _why_unknown(row["text"], self.venue), row["text"]
+                )
             )
         batch.count("control", df.filter(pl.col("kind") == "control").height)
         decoded: dict[str, pl.DataFrame] = {}
@@ -397,7 +273,7 @@ class BinanceNormalizer:
                 n = len(st.sync.buffer) + st.sync.dropped
                 batch.add(
                     "gaps",
-                    _gap_rows(
+                    gap_rows(
                         self.venue,
                         sym,
                         [
@@ -420,7 +296,9 @@ class BinanceNormalizer:
     def _state(self, symbol: str) -> _SymbolState:
         st = self._symbols.get(symbol)
         if st is None:
-            st = self._symbols[symbol] = _SymbolState(BookSync(self.futures))
+            st = self._symbols[symbol] = _SymbolState(
+                BookSync(USDM_RULES if self.futures else SPOT_RULES)
+            )
         return st
 
     def _decode(self, kind: str, part: pl.DataFrame, lines: RawLines, batch: Batch) -> pl.DataFrame:
@@ -502,11 +380,11 @@ class BinanceNormalizer:
             ids = g["t"]
             prev_max = ids.cum_max().shift(1, fill_value=start).clip(lower_bound=start)
             fresh = ids > prev_max
-            gap_rows = []
+            holes = []
             jumps = g.filter(fresh & (ids > prev_max + 1) & (prev_max >= 0))
             jump_prev = prev_max.filter(fresh & (ids > prev_max + 1) & (prev_max >= 0))
             for (tid, ts), prev in zip(jumps.select("t", "T").iter_rows(), jump_prev, strict=True):
-                gap_rows.append(
+                holes.append(
                     (
                         ts * MS,
                         "sequence_gap",
@@ -515,7 +393,7 @@ class BinanceNormalizer:
                         tid,
                     )
                 )
-            batch.add("gaps", _gap_rows(self.venue, str(sym), gap_rows))
+            batch.add("gaps", gap_rows(self.venue, str(sym), holes))
             batch.count("duplicate_trades", int((~fresh).sum()))
             g = g.filter(fresh)
             if g.height:
@@ -729,7 +607,7 @@ class BinanceNormalizer:
         all_rows = lv if st.pending_rows is None else pl.concat([st.pending_rows, lv])
         buffered = {b[0] for b in st.sync.buffer}
         st.pending_rows = all_rows.filter(pl.col("ev").is_in(list(buffered))) if buffered else None
-        batch.add("gaps", _gap_rows(self.venue, sym, gaps))
+        batch.add("gaps", gap_rows(self.venue, sym, gaps))
         batch.count("sequence_gap", len(gaps))
         if not order:
             return
@@ -843,11 +721,17 @@ def _fold_book(book: pl.DataFrame | None, rows: pl.DataFrame) -> pl.DataFrame:
     return out.sort(["side", "price"], descending=[False, False])
 
 
-def _why_unknown(text: str) -> str:
+def _why_unknown(text: str, venue: str) -> str:
     try:
-        json.loads(text)
+        msg = json.loads(text)
     except ValueError as e:
         return f"malformed JSON ({e}); {EXPECTED}"
+    stream = msg.get("stream") if isinstance(msg, dict) else None
+    if isinstance(stream, str):
+        try:
+            route(venue, stream)
+        except UnknownStream as e:  # never read as some other stream
+            return f"unknown message: {e}"
     return f"unknown message: {EXPECTED}"
 
 
@@ -862,7 +746,7 @@ def _classify(df: pl.DataFrame) -> pl.DataFrame:
     prefix_len = pl.col("stream_symbol").str.len_bytes() + pl.col("channel").str.len_bytes() + 21
     inner = pl.col("text").str.slice(prefix_len, pl.col("text").str.len_chars() - prefix_len - 1)
     channel_kind = pl.col("channel").replace_strict(
-        _CHANNEL_KIND, default=None, return_dtype=pl.String
+        CHANNEL_KIND, default=None, return_dtype=pl.String
     )
     if df["channel"].null_count() == 0:  # a combined-stream journal: skip the bare-message tests
         return df.with_columns(data=inner, kind=channel_kind)
@@ -883,28 +767,5 @@ def _classify(df: pl.DataFrame) -> pl.DataFrame:
     )
     return df.with_columns(data=data, kind=kind)
 
-
-def _gap_rows(
-    venue: str, symbol: str, rows: list[tuple[int, str, str, int | None, int | None]]
-) -> pl.DataFrame:
-    if not rows:
-        return empty_frame("gaps")
-    ts, kind, detail, prev, nxt = zip(*rows, strict=True)
-    return pl.DataFrame(
-        {
-            "venue": [venue] * len(rows),
-            "symbol": [symbol] * len(rows),
-            "ts_ns": list(ts),
-            "kind": list(kind),
-            "detail": list(detail),
-            "prev_update_id": list(prev),
-            "next_update_id": list(nxt),
-        },
-        schema=SCHEMAS["gaps"],
-    )
-
-
-NORMALIZERS["binance"] = lambda: BinanceNormalizer("binance")
-NORMALIZERS["binanceusdm"] = lambda: BinanceNormalizer("binanceusdm")
 
 __all__ = ["BinanceNormalizer", "BookSync", "unified_symbol"]

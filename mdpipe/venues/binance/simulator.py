@@ -43,10 +43,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from mdpipe.lake import iter_journal_lines
+from mdpipe.venues.binance.common import split_symbol
 
-log = logging.getLogger("mdpipe.exchange_sim")
-
-_QUOTES = ("USDT", "FDUSD", "USDC", "TUSD", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
+log = logging.getLogger("mdpipe.venues.binance.simulator")
 
 FAULT_KINDS = (
     "drop",
@@ -213,11 +212,10 @@ def load_recording(paths: Sequence[str | Path]) -> tuple[list[_Event], dict[str,
 
 
 def _exchange_info_symbol(sym_upper: str) -> dict[str, Any]:
-    base, quote = sym_upper, ""
-    for q in _QUOTES:
-        if sym_upper.endswith(q) and len(sym_upper) > len(q):
-            base, quote = sym_upper[: -len(q)], q
-            break
+    try:
+        base, quote = split_symbol(sym_upper)
+    except ValueError:
+        base, quote = sym_upper, ""
     return {
         "symbol": sym_upper,
         "status": "TRADING",
