@@ -117,7 +117,7 @@ def write_day(lake_root: Path, copies: int) -> None:
 
 
 def batch_child(lake_root: Path) -> None:
-    from mdpipe.core.batch import compute_partition
+    from mdpipe.pipeline.read import compute_partition
     from mdpipe.lake import Lake
 
     lake = Lake(lake_root)
