@@ -20,8 +20,10 @@ one `FEATURE_META` record per row, and `SIGNAL_ROW` records pointing at their fe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numba
 import numpy as np
 import polars as pl
 from numba import njit
@@ -257,6 +259,30 @@ def write_signals(detection: np.ndarray, row_index: int, signals: np.ndarray, ns
             r.threshold = o.threshold
             ns += 1
     return ns
+
+
+def specialize(kernel: Any, *example_args: Any) -> Callable[..., Any]:
+    """The compiled entry point of numba `kernel` for the types of `example_args`.
+
+    numba's dispatcher types every argument of every call; for the nested NamedTuples of
+    structured arrays that hold a market's state that costs ~10 us, more than an event's
+    work. The entry point returned here is compiled (or loaded from numba's cache) once and
+    skips that dispatch, so its callers must pass arguments of exactly the example's types on
+    every call: the state bundles never change type, and event arrays go through
+    `event_array` first.
+    """
+    sig = tuple(numba.typeof(a) for a in example_args)
+    kernel.compile(sig)
+    entry: Callable[..., Any] = kernel.overloads[sig].entry_point
+    return entry
+
+
+def event_array(a: Any, dtype: type, name: str) -> np.ndarray:
+    """`a` as a contiguous 1-d array of `dtype` (a no-op when it already is one)."""
+    out = np.ascontiguousarray(a, dtype=dtype)
+    if out.ndim != 1:
+        raise ValueError(f"{name} must be 1-dimensional, got shape {out.shape}")
+    return out
 
 
 # ---------------------------------------------------------------- frames

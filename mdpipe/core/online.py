@@ -58,12 +58,14 @@ from mdpipe.core.kernel import (
     copy_meta,
     empty_book_rows,
     empty_trade_rows,
+    event_array,
     features_frame,
     finish_event,
     new_outputs,
     new_scratch,
     signal_objects,
     signals_frame,
+    specialize,
     trade_rows,
     write_meta,
     write_signals,
@@ -295,6 +297,8 @@ def _dict(row: np.ndarray, names: Sequence[str], idx: Iterable[int]) -> dict[str
 
 
 _BOOK_NAMES = FEATURE_NAMES[:F_TI1]
+# The types of a book event's level arrays (`event_array` makes every caller's match).
+_EVENT_ARRAYS = (np.zeros(0, np.bool_), np.zeros(0), np.zeros(0))
 _TRADE_NAMES = FEATURE_NAMES[F_TI1 : F_LAST + 1]
 
 
@@ -316,6 +320,10 @@ class OrderBookFeatureExtractor:
         self.state = new_book_state(self.config, microprice)
         self._row = np.full(N_FEATURES, math.nan)
         self._top = np.empty((4, 10))
+        self._step = specialize(
+            book_event_step, self.state, *_EVENT_ARRAYS, 0, 0, False, np.int64(0), self._row,
+            self._top,
+        )  # fmt: skip
         self.last_asof_ns = 0
         self.last_is_warmup = True
         self._view: tuple[set[float], set[float]] | None = None
@@ -343,8 +351,10 @@ class OrderBookFeatureExtractor:
         ts_ns: int,
         is_snapshot: bool = False,
     ) -> dict[str, float]:
-        asof, warm = book_event_step(
-            self.state, is_bid, price, qty, 0, is_bid.shape[0], bool(is_snapshot),
+        is_bid = event_array(is_bid, np.bool_, "is_bid")
+        asof, warm = self._step(
+            self.state, is_bid, event_array(price, np.float64, "price"),
+            event_array(qty, np.float64, "qty"), 0, is_bid.shape[0], bool(is_snapshot),
             np.int64(ts_ns), self._row, self._top,
         )  # fmt: skip
         self.last_asof_ns = int(asof)
@@ -384,15 +394,17 @@ class TradeFeatureExtractor:
         self.config = config or FeatureConfig()
         self.state = new_trade_state(self.config)
         self._row = np.full(N_FEATURES, math.nan)
+        self._add = specialize(trade_add, self.state, np.int64(0), 0.0, 0.0, False)
+        self._features = specialize(trade_features, self.state, np.int64(0), 0.0, self._row)
 
     def add_trade(self, ts_ns: int, price: float, qty: float, side: str | bool) -> None:
         buy = side if isinstance(side, bool) else side == "buy"
         if not isinstance(side, bool) and side not in ("buy", "sell"):
             raise ValueError(f"trade side is the taker side, 'buy' or 'sell', got {side!r}")
-        trade_add(self.state, np.int64(ts_ns), float(price), float(qty), bool(buy))
+        self._add(self.state, np.int64(ts_ns), float(price), float(qty), bool(buy))
 
     def features_at(self, ts_ns: int, mid: float = math.nan) -> dict[str, float]:
-        trade_features(self.state, np.int64(ts_ns), float(mid), self._row)
+        self._features(self.state, np.int64(ts_ns), float(mid), self._row)
         return _dict(self._row, _TRADE_NAMES, range(F_TI1, F_LAST + 1))
 
 
@@ -443,6 +455,13 @@ class OnlineEngine:
         self.pending = new_pending(pending_events, pending_trades, int(self.max_wait_ns))
         self._out = new_outputs(pending_events + 1)
         self._scratch = new_scratch()
+        i64, st, pend, out, scr = np.int64(0), self.state, self.pending, self._out, self._scratch
+        self._arrive_book = specialize(
+            _arrive_book, st, pend, *_EVENT_ARRAYS, 0, 0, False, i64, i64, i64, out, 0, 0, scr
+        )
+        self._arrive_trade = specialize(
+            _arrive_trade, st, pend, i64, 0.0, 0.0, False, i64, out, 0, 0, scr
+        )
         self._feat_f: list[np.ndarray] = []
         self._feat_m: list[np.ndarray] = []
 
@@ -459,8 +478,10 @@ class OnlineEngine:
         is_snapshot: bool = False,
     ) -> list[Signal]:
         """One book event (all its level changes; absolute sizes, 0 removes)."""
-        nr, ns = _arrive_book(
-            self.state, self.pending, is_bid, price, qty, 0, is_bid.shape[0], bool(is_snapshot),
+        is_bid = event_array(is_bid, np.bool_, "is_bid")
+        nr, ns = self._arrive_book(
+            self.state, self.pending, is_bid, event_array(price, np.float64, "price"),
+            event_array(qty, np.float64, "qty"), 0, is_bid.shape[0], bool(is_snapshot),
             np.int64(exch_ts_ns), np.int64(update_id), np.int64(recv_ts_ns), self._out, 0, 0,
             self._scratch,
         )  # fmt: skip
@@ -470,7 +491,7 @@ class OnlineEngine:
         self, exch_ts_ns: int, recv_ts_ns: int, price: float, qty: float, side: str | bool
     ) -> list[Signal]:
         buy = side if isinstance(side, bool) else side == "buy"
-        nr, ns = _arrive_trade(
+        nr, ns = self._arrive_trade(
             self.state, self.pending, np.int64(exch_ts_ns), float(price), float(qty), bool(buy),
             np.int64(recv_ts_ns), self._out, 0, 0, self._scratch,
         )  # fmt: skip

@@ -395,6 +395,7 @@ class MicrostructureDetector:
         self.state = self.config.new_state()
         self._x = np.empty(N_DET_INPUTS)
         self._out = np.zeros(N_TYPES, dtype=DETECTION)
+        self._step: Any = None
 
     @classmethod
     def from_config(
@@ -409,7 +410,13 @@ class MicrostructureDetector:
             x[i] = math.nan if v is None else float(v)
         ts = int(features["ts_ns"])
         uid = int(features.get("update_id", ts))
-        detector_step(
+        if self._step is None:
+            from mdpipe.core.kernel import specialize  # kernel imports this module
+
+            self._step = specialize(
+                detector_step, self.state, np.int64(0), x, False, False, self._out
+            )
+        self._step(
             self.state, np.int64(ts), x, bool(features.get("is_warmup", False)),
             bool(features.get("is_snapshot", False)), self._out,
         )  # fmt: skip
