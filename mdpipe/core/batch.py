@@ -79,9 +79,7 @@ def batch_chunk(
         snap = rows.is_snapshot[s]
         ts = rows.exch_ts[s]
         if ts < full_from_ts and not emit:
-            book_apply_event(
-                state.book.book, rows.is_bid, rows.price, rows.qty, s, stop, snap
-            )
+            book_apply_event(state.book.book, rows.is_bid, rows.price, rows.qty, s, stop, snap)
             while tp < nt and t_ts[tp] <= ts:
                 tp += 1
             continue

@@ -172,9 +172,7 @@ def new_market_state(
 ) -> MarketState:
     fcfg = feature_config or FeatureConfig()
     dcfg = detector_config or DetectorConfig()
-    return MarketState(
-        new_book_state(fcfg, microprice), new_trade_state(fcfg), dcfg.new_state()
-    )
+    return MarketState(new_book_state(fcfg, microprice), new_trade_state(fcfg), dcfg.new_state())
 
 
 def new_outputs(n: int) -> Outputs:
@@ -333,9 +331,7 @@ def empty_trade_rows() -> TradeRows:
     return TradeRows(i, i.copy(), f, f.copy(), np.zeros(0, np.bool_))
 
 
-def features_frame(
-    venue: str, symbol: str, features: np.ndarray, meta: np.ndarray
-) -> pl.DataFrame:
+def features_frame(venue: str, symbol: str, features: np.ndarray, meta: np.ndarray) -> pl.DataFrame:
     n = features.shape[0]
     cols: dict[str, Any] = {
         "venue": pl.Series("venue", [venue], dtype=pl.String).extend_constant(venue, n - 1)
@@ -394,11 +390,9 @@ def empty_signals() -> pl.DataFrame:
     )
 
 
-def signal_objects(
-    venue: str, symbol: str, signals: np.ndarray, meta: np.ndarray
-) -> list[Signal]:
+def signal_objects(venue: str, symbol: str, signals: np.ndarray, meta: np.ndarray) -> list[Signal]:
     """`Signal`s (the alert payload) of SIGNAL_ROW records."""
-    out = []
+    out: list[Signal] = []
     for r in signals:
         m = meta[int(r["row"])]
         t = SIGNAL_TYPES[int(r["type"])]

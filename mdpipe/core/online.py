@@ -34,7 +34,6 @@ from mdpipe.core.batch import event_starts
 from mdpipe.core.detectors.ensemble import DetectorConfig, MicrostructureDetector, Signal
 from mdpipe.core.features import (
     F_LAST,
-    F_MID,
     F_TI1,
     FEATURE_META,
     FEATURE_NAMES,
@@ -526,9 +525,7 @@ class OnlineEngine:
         fs, ms, ss = [], [], []
         base = 0
         while True:
-            nr, ns = _release(
-                self.state, self.pending, now, force, 0, out, 0, 0, self._scratch
-            )
+            nr, ns = _release(self.state, self.pending, now, force, 0, out, 0, 0, self._scratch)
             fs.append(out.features[:nr].copy())
             ms.append(out.meta[:nr].copy())
             sigs = out.signals[:ns].copy()
