@@ -277,7 +277,7 @@ def specialize(kernel: Any, *example_args: Any) -> Callable[..., Any]:
 
 def event_array(a: Any, dtype: type, name: str) -> np.ndarray:
     """`a` as a contiguous 1-d array of `dtype` (a no-op when it already is one)."""
-    out = np.ascontiguousarray(a, dtype=dtype)
+    out: np.ndarray = np.ascontiguousarray(a, dtype=dtype)
     if out.ndim != 1:
         raise ValueError(f"{name} must be 1-dimensional, got shape {out.shape}")
     return out
