@@ -4,7 +4,7 @@ Per book event (rows sharing update_id, in applied order) the numba loop runs, i
 book_event_step -> trade_add for every trade with exch_ts_ns <= the event's as-of time ->
 finish_event (trade features, detectors). The online engine runs the same kernels in the same
 order (`mdpipe.core.kernel`). Input arrives as frames or as chunks of `BookRows`; reading
-partitions from the lake is the pipeline layer's job (`mdpipe.pipeline.read`).
+partitions from files is the pipeline layer's job (`mdpipe.pipeline.read`).
 """
 
 from __future__ import annotations
@@ -240,7 +240,7 @@ def compute_features_and_signals(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Features (one row per applied book event) and signals of one market's partition.
 
-    book, trades   the partition's canonical rows (lake schemas; `seq` orders book rows when
+    book, trades   the partition's canonical `book` and `trades` rows (`seq` orders book rows when
                    present, otherwise the frame must already be in applied order). Only the
                    columns BOOK_INPUT_COLUMNS / TRADE_INPUT_COLUMNS are read.
     prev_book, prev_trades

@@ -5,7 +5,7 @@ Parts (public, also usable on their own):
   TradeFeatureExtractor       trades -> trade-side features as of a time (`trade_add`,
                               `trade_features`)
   MicrostructureDetector      feature rows -> signals (`detector_step`)
-  OnlineEngine                the three, fed the lake's canonical rows in arrival order.
+  OnlineEngine                the three, fed canonical `book` and `trades` rows in arrival order.
 
 Why the engine holds book events back for a moment: the `features` contract joins each book
 event with the trades at or before its exchange time, and on the wire a trade can arrive after
@@ -418,7 +418,7 @@ class OnlineEngine:
 
     Per-event API (`on_book_event`, `on_trade`) returns the signals released by that arrival;
     feature rows accumulate until `drain_features()`. Frame API (`feed(book=..., trades=...)`)
-    takes normalized batches (lake schemas), interleaves them by `recv_ts_ns`, and returns the
+    takes normalized batches (canonical schemas), interleaves them by `recv_ts_ns`, and returns the
     released features and signals as frames. `flush()` releases everything pending (end of a
     replay); `poll(now_recv_ns)` releases what waited longer than `max_wait_ms`.
     """

@@ -36,9 +36,9 @@ from mdpipe.core.config import BacktestConfig
 from mdpipe.core.cv import check_no_leakage, make_cv_folds
 from mdpipe.core.labels import PricePath, TradePath, make_labels
 from mdpipe.core.metrics import evaluate
-from mdpipe.core.report import write_report, write_summary_report
 from mdpipe.lake import NS_PER_DAY, Lake, day_start_ns, market_key, parse_market_key
 from mdpipe.pipeline.read import compute_partition
+from mdpipe.pipeline.reports import write_report, write_summary_report
 
 # Feature columns checked for finiteness after warm-up. `microprice` is excluded on purpose:
 # it is NaN by design unless a model fitted on an earlier partition is supplied.
