@@ -1,6 +1,8 @@
 """Microstructure features: one row per applied book event, trades as of its time.
 
-Everything sequential is a numba kernel operating on explicit, bounded state arrays:
+Everything sequential is a numba kernel operating on explicit, bounded state: `BookState` and
+`TradeState`, NamedTuples of arrays whose scalars sit in one-record structured arrays (`vars`,
+`params`) read by field name:
 
   book_event_step    applies one book event and computes the book-side features (book shape,
                      OFI, wmid drift, spread compression, BOCPD on mid returns, time of day,
