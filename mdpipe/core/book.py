@@ -21,7 +21,7 @@ base, best levels, counters; `inv_tick` is kept as an integer power of ten).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -176,9 +176,13 @@ def book_clear(book: Book) -> None:
 
 
 @njit(cache=True, inline="always")
-def book_set_level(book: Book, is_bid: bool, price: float, q: float) -> None:
-    """Absolute size `q` at `price` (0 removes; removing an unknown level is normal)."""
-    qty, bits, info = book.qty, book.bits, book.info[0]
+def book_set_level(
+    qty: np.ndarray, bits: np.ndarray, info: Any, is_bid: bool, price: float, q: float
+) -> None:
+    """Absolute size `q` at `price` (0 removes; removing an unknown level is normal).
+
+    Takes the book's parts, not the `Book`: it runs per level change, and taking an array out
+    of a tuple costs a reference count increment and decrement each time."""
     n = qty.shape[1]
     inv = float(info.inv_tick)
     v = price * inv
@@ -256,8 +260,9 @@ def book_apply_event(
     elif info.synced == 0:
         # Diffs before the first snapshot cannot be applied (the normalizer never writes any).
         return
+    qty, bits = book.qty, book.bits
     for r in range(start, stop):
-        book_set_level(book, is_bid[r], price[r], size[r])
+        book_set_level(qty, bits, info, is_bid[r], price[r], size[r])
     if info.best_bid >= 0 and info.best_ask < book.qty.shape[1] and info.best_bid >= info.best_ask:
         info.crossed += 1
 
@@ -285,8 +290,7 @@ def book_first_crossed(
 
 
 @njit(cache=True, inline="always")
-def level_price(book: Book, i: int) -> float:
-    info = book.info[0]
+def level_price(info: Any, i: int) -> float:
     return float(info.base + i) / float(info.inv_tick)
 
 
@@ -296,23 +300,24 @@ def book_top(book: Book, k: int, out: np.ndarray) -> int:
 
     Returns min(levels on bid side, levels on ask side, k).
     """
-    qty, bits, info = book.qty, book.bits, book.info[0]
+    qty, info = book.qty, book.info[0]
+    bid_bits, ask_bits = book.bits[0], book.bits[1]
     n = qty.shape[1]
     out[:, :] = np.nan
     i = info.best_bid
     nb = 0
     while i >= 0 and nb < k:
-        out[0, nb] = level_price(book, i)
+        out[0, nb] = level_price(info, i)
         out[1, nb] = qty[0, i]
         nb += 1
-        i = next_below(bits[0], i)
+        i = next_below(bid_bits, i)
     j = info.best_ask
     na = 0
     while j < n and na < k:
-        out[2, na] = level_price(book, j)
+        out[2, na] = level_price(info, j)
         out[3, na] = qty[1, j]
         na += 1
-        j = next_above(bits[1], j, n)
+        j = next_above(ask_bits, j, n)
     return min(nb, na)
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -386,9 +386,7 @@ def new_trade_state(config: FeatureConfig) -> TradeState:
 
 
 @njit(cache=True)
-def _book_ring_expire(s: BookState, now: np.int64) -> None:
-    ring = s.ring
-    v = s.vars[0]
+def _book_ring_expire(ring: np.ndarray, v: Any, now: np.int64) -> None:
     head = v.head
     cap = ring.shape[0]
     t = v.tail_1s
@@ -431,9 +429,8 @@ def _book_ring_expire(s: BookState, now: np.int64) -> None:
 
 
 @njit(cache=True)
-def _book_ring_push(s: BookState, now: np.int64, ofi: float, wmid: float, spread: float) -> None:
-    ring = s.ring
-    v = s.vars[0]
+def _book_ring_push(ring: np.ndarray, v: Any, now: np.int64, ofi: float, wmid: float,
+                    spread: float) -> None:  # fmt: skip
     cap = ring.shape[0]
     head = v.head
     if head - v.tail_30s == cap:
@@ -482,9 +479,11 @@ def book_event_step(
 
     Returns (as-of time, warm-up flag). `top` is scratch of shape (4, 10).
     """
-    book_apply_event(s.book, is_bid, price, size, start, stop, is_snapshot)
+    # Tuple fields are taken out once: each access costs a reference count round trip.
+    book = s.book
     v = s.vars[0]
     p = s.params[0]
+    book_apply_event(book, is_bid, price, size, start, stop, is_snapshot)
     asof = ts_ns
     if v.has_first == 1 and v.last_asof > asof:
         asof = v.last_asof
@@ -494,9 +493,9 @@ def book_event_step(
         v.first_asof = asof
     v.events += 1
 
-    book_top(s.book, 10, top)
-    info = s.book.info[0]
-    n = s.book.qty.shape[1]
+    book_top(book, 10, top)
+    info = book.info[0]
+    n = book.qty.shape[1]
     two_sided = info.synced == 1 and info.best_bid >= 0 and info.best_ask < n
     bid = top[0, 0]
     bidq = top[1, 0]
@@ -574,8 +573,9 @@ def book_event_step(
         v.prev_wmid = wmid
         v.prev_mid = mid
 
-    _book_ring_push(s, asof, ofi, wmid, spread)
-    _book_ring_expire(s, asof)
+    ring = s.ring
+    _book_ring_push(ring, v, asof, ofi, wmid, spread)
+    _book_ring_expire(ring, v, asof)
     row[F_OFI1] = v.ofi_1s
     row[F_OFI5] = v.ofi_5s
     lw1 = v.lookback_wmid_1s if v.lookback_1s >= 0 else math.nan
@@ -632,12 +632,13 @@ def book_event_step(
 @njit(cache=True)
 def _trade_evict_oldest(s: TradeState) -> None:
     ring = s.ring
+    windows = s.windows
     v = s.vars[0]
     cap = ring.shape[0]
-    old = s.windows[2].tail
+    old = windows[2].tail
     e = ring[old % cap]
     for w in range(3):
-        win = s.windows[w]
+        win = windows[w]
         if win.tail == old:
             win.signed -= e.signed
             win.qty -= e.qty
@@ -653,11 +654,12 @@ def trade_add(s: TradeState, ts_ns: np.int64, price: float, qty: float, is_buy: 
     if not (qty > 0.0 and price > 0.0):
         return
     ring = s.ring
+    windows = s.windows
     v = s.vars[0]
     p = s.params[0]
     cap = ring.shape[0]
     head = v.head
-    if head - s.windows[2].tail == cap:
+    if head - windows[2].tail == cap:
         _trade_evict_oldest(s)
     last = v.last_price
     r = math.log(price / last) * 1e4 if last == last else 0.0
@@ -672,7 +674,7 @@ def trade_add(s: TradeState, ts_ns: np.int64, price: float, qty: float, is_buy: 
     v.head = head + 1
     v.trades += 1
     for w in range(3):
-        win = s.windows[w]
+        win = windows[w]
         win.signed += e.signed
         win.qty += e.qty
         win.notional += e.notional
@@ -726,13 +728,15 @@ def trade_add(s: TradeState, ts_ns: np.int64, price: float, qty: float, is_buy: 
 def trade_features(s: TradeState, asof: np.int64, mid: float, row: np.ndarray) -> None:
     """Trade-side features as of `asof` (the trades folded in so far, all <= asof)."""
     ring = s.ring
+    windows = s.windows
+    volume_std = s.volume_std
     v = s.vars[0]
     p = s.params[0]
     cap = ring.shape[0]
     head = v.head
     for w in range(3):
         span = _TRADE_WINDOWS[w]
-        win = s.windows[w]
+        win = windows[w]
         t = win.tail
         while t < head and ring[t % cap].ts <= asof - span:
             e = ring[t % cap]
@@ -751,15 +755,15 @@ def trade_features(s: TradeState, asof: np.int64, mid: float, row: np.ndarray) -
         vol = win.qty
         row[F_V1 + w] = vol
         row[F_N1 + w] = float(head - t)
-        row[F_VZ1 + w] = standardize_update(s.volume_std[w], vol, p.std_alpha, p.std_min_count)
-    rv5 = math.sqrt(max(s.windows[1].r2, 0.0))
-    rv30 = math.sqrt(max(s.windows[2].r2, 0.0))
+        row[F_VZ1 + w] = standardize_update(volume_std[w], vol, p.std_alpha, p.std_min_count)
+    rv5 = math.sqrt(max(windows[1].r2, 0.0))
+    rv30 = math.sqrt(max(windows[2].r2, 0.0))
     row[F_RV5] = rv5
     row[F_RV30] = rv30
     row[F_RVZ] = standardize_update(s.rv_std[0], rv5, p.std_alpha, p.std_min_count)
     last = v.last_price
-    vol30 = s.windows[2].qty
-    vwap = s.windows[2].notional / vol30 if vol30 > 0.0 else last
+    vol30 = windows[2].qty
+    vwap = windows[2].notional / vol30 if vol30 > 0.0 else last
     row[F_VWAP] = vwap
     row[F_VWAPD] = (mid / vwap - 1.0) * 1e4
     row[F_VPIN] = v.vpin if v.trades > 0 else math.nan

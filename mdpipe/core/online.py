@@ -155,7 +155,10 @@ def _release(
         row = out.features[nr]
         row[:] = pend.features[slot]
         copy_meta(out.meta, nr, pend.meta, slot)
-        finish_event(state, asof, m.is_snapshot != 0, m.is_warmup != 0, row, scratch)
+        finish_event(
+            state.trades, state.detector, asof, m.is_snapshot != 0, m.is_warmup != 0, row,
+            scratch.x, scratch.detection,
+        )  # fmt: skip
         ns = write_signals(scratch.detection, nr, out.signals, ns)
         nr += 1
         released += 1

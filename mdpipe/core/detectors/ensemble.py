@@ -126,6 +126,9 @@ def detector_step(
     emitted."""
     p = det.params[0]
     v = det.vars[0]
+    cusums = det.cusum
+    types = det.types
+    scores = det.scores
     h = p.drift_threshold
     k = p.drift_allowance
     alpha = p.std_alpha
@@ -142,7 +145,7 @@ def detector_step(
             xj = x[j]
             if not math.isfinite(xj):
                 continue
-            c = det.cusum[j]
+            c = cusums[j]
             z = standardize_update(c, xj, alpha, min_count)
             if not math.isfinite(z):
                 continue
@@ -185,9 +188,9 @@ def detector_step(
     regime_dir = _sign(x[9]) if math.isfinite(x[9]) else 1.0
     score = (min(s_drift, SCORE_CAP) + min(s_burst, SCORE_CAP) + min(s_regime, SCORE_CAP)) / 3.0
 
-    w = det.scores.shape[1]
+    w = scores.shape[1]
     n = v.rq_n
-    thr = rq_quantile(det.scores, n, p.quantile)
+    thr = rq_quantile(scores, n, p.quantile)
     ready = (n == w) and (not is_warmup) and (not is_snapshot)
     cooldown = p.cooldown_ns
     emitted = 0
@@ -207,7 +210,7 @@ def detector_step(
         o.threshold = thr
         if alarm == 0 or is_snapshot:
             continue
-        t = det.types[d]
+        t = types[d]
         t.alarms += 1
         if not ready or score < thr:
             continue
@@ -220,7 +223,7 @@ def detector_step(
         o.fired = 1
         emitted += 1
     if not is_snapshot:
-        n, head = rq_push(det.scores, n, v.rq_head, score)
+        n, head = rq_push(scores, n, v.rq_head, score)
         v.rq_n = n
         v.rq_head = head
     return emitted
