@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from mdpipe.lake import Lake
+from mdpipe.lake import Lake, LakeLocationError
 
 if TYPE_CHECKING:
     from mdpipe.ingest import ImportReport
@@ -96,10 +97,34 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    from mdpipe.settings import settings_from_args
+
+    try:
+        settings = settings_from_args(args)
+    except ValueError as e:
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
+        return 2
+    text = settings.to_toml()
+    if sys.stdout.isatty():
+        from rich.syntax import Syntax
+
+        console.print(Syntax(text, "toml", theme="ansi_dark", background_color="default"))
+    else:
+        sys.stdout.write(text)  # plain, so `mdpipe settings > mdpipe.toml` saves them
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mdpipe.ingest import import_paths
+    from mdpipe.settings import settings_from_args
     from mdpipe.summary import print_summary
 
+    try:
+        settings = settings_from_args(args)
+    except ValueError as e:
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
+        return 2
     lake = Lake.resolve(args.lake)
     console.rule("[bold]mdpipe demo: importing the bundled Binance recordings")
     report = import_paths(sorted(BUNDLED.glob("*.gz")), lake, progress=sys.stderr.isatty())
@@ -109,13 +134,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mdpipe.run import run_pipeline
 
     console.rule("[bold]materialising every asset through Dagster")
-    rc = run_pipeline(lake, console=console)
+    rc = run_pipeline(lake, console=console, settings=settings)
     console.rule("[bold]summary")
     print_summary(lake, console)
     return rc
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mdpipe.settings import add_settings_args
+
     ap = argparse.ArgumentParser(prog="mdpipe", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -140,7 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="import the bundled recording, run the pipeline, summarise")
     _lake_arg(p)
+    add_settings_args(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "settings",
+        help="print the effective settings (file, environment, --set) as TOML with settings_id",
+    )
+    add_settings_args(p)
+    p.set_defaults(func=cmd_settings)
 
     for register in _plugins():
         register(sub)
@@ -165,7 +200,11 @@ def _plugins() -> list[Callable[[Any], None]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except LakeLocationError as e:  # any command given a lake it cannot use (s3://...)
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return 2
 
 
 if __name__ == "__main__":

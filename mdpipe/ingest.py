@@ -23,28 +23,17 @@ import re
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 from rich.progress import Progress, TaskID
-from zlib_ng import zlib_ng  # zlib-compatible, ~4x faster inflate (a ccxt dependency too)
 
-from mdpipe.lake import Lake, Partition, PartitionWriter
+from mdpipe.lake import JournalReader, Lake, Partition, PartitionWriter, split_by_date
 from mdpipe.venues import Batch, LineError, Normalizer, RawLines, normalizer_for
-from mdpipe.venues.binance import date_partitions, unified_symbol
+from mdpipe.venues.binance import unified_symbol
 
-CHUNK_BYTES = (
-    4 << 20
-)  # decompressed text per slice: bounds memory (peak RSS ~400 MB) for any file size
-TS_COLUMN = {
-    "trades": "exch_ts_ns",
-    "agg_trades": "exch_ts_ns",
-    "book": "exch_ts_ns",
-    "bbo": "exch_ts_ns",
-    "gaps": "ts_ns",
-}
 JOURNAL_SUFFIXES = (".gz", ".jsonl", ".txt", ".log", ".json")
 _DUMP_NAME = re.compile(r"^(?P<sym>[A-Z0-9]+)-(?P<kind>trades|aggTrades)-", re.I)
 TRADES_COLUMNS = ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match")
@@ -105,95 +94,6 @@ def _expand(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
-@dataclass
-class _Damage:
-    """How a compressed file ended badly, reported by the caller who knows the line count."""
-
-    message: str = ""
-
-
-def _open_text_chunks(
-    path: Path,
-    damage: _Damage,
-    digest: hashlib._Hash,
-    on_bytes: Callable[[int], None] | None = None,
-) -> Iterator[str]:
-    """Yield decompressed text in slices ending at line boundaries. A truncated or corrupt gzip
-    keeps every complete line read before the damage and says what happened in ``damage``."""
-    gz = path.suffix == ".gz"
-    dec = zlib_ng.decompressobj(wbits=31) if gz else None
-    tail = b""
-    with open(path, "rb") as f:
-        while True:
-            raw = f.read(CHUNK_BYTES // 4 if gz else CHUNK_BYTES)
-            if not raw:
-                break
-            digest.update(raw)
-            if on_bytes is not None:
-                on_bytes(len(raw))
-            if dec is not None:
-                try:
-                    data = dec.decompress(raw)
-                    while dec.eof and dec.unused_data:  # concatenated gzip members
-                        rest = dec.unused_data
-                        dec = zlib_ng.decompressobj(wbits=31)
-                        data += dec.decompress(rest)
-                except zlib_ng.error as e:  # type: ignore[misc]
-                    damage.message = f"corrupt gzip data ({e}); the rest of the file is lost"
-                    tail = b""
-                    break
-            else:
-                data = raw
-            buf = tail + data
-            cut = buf.rfind(b"\n")
-            if cut < 0:
-                tail = buf
-                continue
-            out, tail = buf[: cut + 1], buf[cut + 1 :]
-            yield out.decode("utf-8", errors="replace")
-        if dec is not None and not dec.eof and not damage.message:
-            damage.message = (
-                "file ends inside the gzip stream (truncated download or crashed writer); "
-                "the partial last line and anything after it are lost"
-            )
-            tail = b""  # a partial last line of a truncated file is never a complete message
-    if tail.strip():
-        yield tail.decode("utf-8", errors="replace") + "\n"
-
-
-def _split_lines(text: str, first_line: int) -> pl.DataFrame:
-    s = pl.Series("raw", [text]).str.split("\n").explode()
-    df = s.to_frame().with_row_index("line", offset=first_line)
-    # The slice ends with a newline, so the last element is an empty string.
-    return df.slice(0, df.height - 1) if df.height and text.endswith("\n") else df
-
-
-def _parse_journal(df: pl.DataFrame, source: str, errors: list[LineError]) -> pl.DataFrame:
-    """``<receive time> <JSON>`` -> recv_ts_ns (ns; µs and ms detected), text, line."""
-    df = df.filter(pl.col("raw").str.strip_chars().str.len_bytes() > 0)
-    parts = df["raw"].str.splitn(" ", 2)
-    df = df.with_columns(
-        ts=parts.struct.field("field_0").str.to_integer(strict=False),
-        text=parts.struct.field("field_1"),
-    )
-    bad = df.filter(pl.col("ts").is_null() | pl.col("text").is_null())
-    for line, raw in bad.select("line", "raw").iter_rows():
-        errors.append(
-            LineError(
-                source,
-                int(line) + 1,
-                "expected '<local receive time in ns or µs> <raw JSON message>'",
-                raw,
-            )
-        )
-    df = df.filter(pl.col("ts").is_not_null() & pl.col("text").is_not_null())
-    ts = pl.col("ts")
-    recv = (
-        pl.when(ts < 10**14).then(ts * 1_000_000).when(ts < 10**17).then(ts * 1_000).otherwise(ts)
-    )
-    return df.select(recv_ts_ns=recv, text="text", line=pl.col("line") + 1)
-
-
 def _peek(path: Path) -> tuple[int, str | None, bool, int]:
     """First receive time, first stream symbol, whether it looks like USD-M futures, lines seen."""
     head: list[bytes] = []
@@ -241,7 +141,7 @@ class _Sink:
             if table == "gaps":
                 self.gaps.append(df)
             for (venue, symbol), g in df.group_by("venue", "symbol", maintain_order=True):
-                for date, part in date_partitions(g, TS_COLUMN[table]).items():
+                for date, part in split_by_date(g, table).items():
                     key = Partition(table, str(venue), str(symbol), date)
                     w = self.writers.get(key)
                     if w is None:
@@ -432,15 +332,8 @@ def import_paths(
                 norm = normalizers.get(src.venue)
                 if norm is None:
                     norm = normalizers[src.venue] = normalizer_for(src.venue)
-                line0 = 0
-                nlines = 0
-                damage = _Damage()
-                advance = _advancer(bar, task)
-                for text in _open_text_chunks(src.path, damage, digest, advance):
-                    df = _split_lines(text, line0)
-                    line0 += df.height
-                    parsed = _parse_journal(df, str(src.path), report.errors)
-                    nlines += df.height
+                reader = JournalReader(src.path, on_raw=_on_raw(digest, bar, task))
+                for parsed in reader.frames():
                     b = norm.feed(
                         RawLines(
                             parsed["recv_ts_ns"],
@@ -453,17 +346,10 @@ def import_paths(
                     report.errors.extend(b.errors)
                     _merge_counts(report, b)
                     sink.write(b)
-                if damage.message:
-                    report.errors.append(
-                        LineError(
-                            str(src.path), nlines + 1, f"{damage.message} ({nlines} lines read)"
-                        )
-                    )
-                elif nlines == 0:
-                    report.errors.append(
-                        LineError(str(src.path), 1, "no lines: expected '<receive time> <JSON>'")
-                    )
-                report.lines += nlines
+                report.errors.extend(
+                    LineError(p.source, p.line, p.message, p.content) for p in reader.problems
+                )
+                report.lines += reader.lines
             report.bytes_read += src.path.stat().st_size
             if bar and task is not None:
                 bar.update(task, completed=report.bytes_read)
@@ -493,10 +379,18 @@ def _merge_counts(report: ImportReport, b: Batch) -> None:
         report.counts[k] = report.counts.get(k, 0) + v
 
 
-def _advancer(bar: Progress | None, task: TaskID | None) -> Callable[[int], None] | None:
+def _on_raw(
+    digest: hashlib._Hash, bar: Progress | None, task: TaskID | None
+) -> Callable[[bytes], None]:
+    """Every byte read feeds the output name's digest (and the progress bar)."""
     if bar is None or task is None:
-        return None
-    return lambda n: bar.update(task, advance=n)
+        return digest.update
+
+    def seen(raw: bytes) -> None:
+        digest.update(raw)
+        bar.update(task, advance=len(raw))
+
+    return seen
 
 
 def _progress(enabled: bool) -> Progress | None:

@@ -17,21 +17,23 @@ import contextlib
 import math
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mdpipe.lake import Lake
 
+if TYPE_CHECKING:
+    from mdpipe.settings import Settings
+
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-# The resource labels, cv_folds and evaluation share (`mdpipe.defs.resources.BacktestResource`).
-BACKTEST_RESOURCE = "backtest"
 
 
 @dataclass
@@ -114,14 +116,12 @@ def report_tick_observations(instance: Any, lake: Lake, parts: Sequence[Any]) ->
     return n
 
 
-def run_config_for(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Run config with the `BacktestConfig` overrides set once, on the `backtest` resource."""
-    from mdpipe.core.config import BacktestConfig
-
+def run_config_for(settings: Settings | None) -> dict[str, Any]:
+    """Run config giving the `features`, `detectors` and `backtest` resources every value of
+    `settings` (None: the resources' own defaults, i.e. the settings the code location found)."""
     cfg: dict[str, Any] = dict(QUIET_LOGS)
-    if overrides:
-        BacktestConfig.from_mapping(dict(overrides))  # fail early, with the core's message
-        cfg["resources"] = {BACKTEST_RESOURCE: {"config": dict(overrides)}}
+    if settings is not None:
+        cfg.update(settings.run_config())
     return cfg
 
 
@@ -130,7 +130,7 @@ def execute(
     parts: Sequence[Any],
     *,
     instance: Any,
-    config: Mapping[str, Any] | None = None,
+    settings: Settings | None = None,
     on_step: Any = None,
 ) -> RunOutcome:
     """Run both stages and the summary for `parts` on `instance` (no printing)."""
@@ -142,10 +142,10 @@ def execute(
     from mdpipe.pipeline.steps import report_dir
 
     t0 = time.perf_counter()
-    defs = build_defs(str(lake.root))
+    defs = build_defs(str(lake.root), settings)
     job = defs.resolve_job_def("pipeline_job")
     summary_job = defs.resolve_job_def("summary_job")
-    run_config = run_config_for(config)
+    run_config = run_config_for(settings)
     out = RunOutcome()
     feature_keys = [dg.AssetKey("features"), dg.AssetKey("signals")]
     for stage, keys in (("features", feature_keys), ("labels", LABEL_STAGE_KEYS)):
@@ -191,7 +191,7 @@ def run_pipeline(
     market: str | None = None,
     date: str | None = None,
     *,
-    config: Mapping[str, Any] | None = None,
+    settings: Settings | None = None,
 ) -> int:
     """Materialise every asset for the lake's partitions (optionally one market / date), show
     progress, print the headline table and the report paths. Returns the exit code: 0 when
@@ -210,6 +210,10 @@ def run_pipeline(
             console.print(f"registered market partitions: {', '.join(added)}")
         n_obs = report_tick_observations(instance, lake, parts)
         console.print(f"observed ticks of {n_obs} partition(s) in {lake.root}")
+        if settings is not None:
+            console.print(
+                f"settings: {settings.source or 'defaults'} (settings_id {settings.settings_id})"
+            )
         total = 2 * len(parts) + 1
         progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -232,7 +236,9 @@ def run_pipeline(
             with warnings.catch_warnings():
                 # Dagster flags some of its own APIs as beta on every definition load
                 warnings.simplefilter("ignore", dg.BetaWarning)
-                outcome = execute(lake, parts, instance=instance, config=config, on_step=on_step)
+                outcome = execute(
+                    lake, parts, instance=instance, settings=settings, on_step=on_step
+                )
             progress.update(task, completed=total, description="done")
     print_outcome(console, lake, outcome)
     # Derived tables become DuckDB views (signals, labels, evaluation, ...).
@@ -367,37 +373,23 @@ def print_outcome(console: Console, lake: Lake, outcome: RunOutcome) -> None:
     )
 
 
-def _parse_set(values: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects name=value, got {item!r}")
-        val: Any = raw
-        for conv in (int, float):
-            try:
-                val = conv(raw)
-                break
-            except ValueError:
-                continue
-        out[key.strip()] = val
-    return out
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    from mdpipe.settings import settings_from_args
+
     console = Console()
     try:
-        overrides = _parse_set(args.set or [])
-        run_config_for(overrides)
+        settings = settings_from_args(args)
     except ValueError as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}")
+        Console(stderr=True).print(
+            f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False
+        )
         return 2
-    return run_pipeline(
-        Lake.resolve(args.lake), console, args.market, args.date, config=overrides or None
-    )
+    return run_pipeline(Lake.resolve(args.lake), console, args.market, args.date, settings=settings)
 
 
 def register_cli(subparsers: Any) -> None:
+    from mdpipe.settings import add_settings_args
+
     p = subparsers.add_parser(
         "run",
         help="materialise every asset (through Dagster, in process) for the lake's partitions",
@@ -405,13 +397,7 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--lake", default=None, help="lake directory (default: $MDPIPE_LAKE or ./lake)")
     p.add_argument("--market", default=None, help="only this market, e.g. binance:BTC-USDT")
     p.add_argument("--date", default=None, help="only this UTC day, YYYY-MM-DD")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="NAME=VALUE",
-        help="BacktestConfig override (the `backtest` resource of labels, cv_folds and "
-        "evaluation), e.g. --set fee_rate=0.0004; repeatable",
-    )
+    add_settings_args(p)
     p.set_defaults(func=cmd_run)
 
 

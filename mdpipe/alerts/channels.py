@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 from mdpipe.alerts.message import AlertSignal, render_discord, render_slack, render_telegram
 from mdpipe.alerts.redact import Redactor, install_filter, safe_url
+from mdpipe.retry import retry_after_s
 
 log = logging.getLogger("mdpipe.alerts")
 
@@ -61,16 +62,6 @@ class SendResult:
     @property
     def ok(self) -> bool:
         return self.outcome == DELIVERED
-
-
-def retry_after_from_headers(headers: Mapping[str, Any]) -> float | None:
-    for k, v in headers.items():
-        if k.lower() == "retry-after":
-            try:
-                return max(float(v), 0.0)
-            except (TypeError, ValueError):
-                return None
-    return None
 
 
 def _header(headers: Mapping[str, Any], name: str) -> str | None:
@@ -108,11 +99,7 @@ def classify_status(
     snippet = redact(body[:300])
     if status == 429:
         # the larger of header and body: Telegram rounds the header, the body is exact
-        found = [
-            v
-            for v in (retry_after_from_headers(headers), _retry_after_from_body(body))
-            if v is not None
-        ]
+        found = [v for v in (retry_after_s(headers), _retry_after_from_body(body)) if v is not None]
         ra = max(found) if found else None
         return SendResult(
             RATE_LIMITED, status=status, retry_after_s=ra, error=f"HTTP 429 rate limited {snippet}"
@@ -451,3 +438,119 @@ __all__ = [
     "SlackWebhookClient",
     "TelegramClient",
 ]
+
+
+# ---- which settings configure which channel (stated once; the CLI and Dagster both read it) ----
+@dataclass(frozen=True)
+class ChannelSetup:
+    """How a channel is configured: its settings, the environment variable of each, and the
+    groups of settings any one of which is enough (the first complete group wins)."""
+
+    name: str
+    env: Mapping[str, str]  # setting -> environment variable
+    groups: tuple[tuple[str, ...], ...]  # alternatives, in order of preference
+    secret: tuple[str, ...]  # settings whose values are redacted
+
+    def missing(self, values: Mapping[str, str | None]) -> str:
+        """What to set, naming a half-configured group precisely."""
+        for group in self.groups:
+            have = [s for s in group if values.get(s)]
+            if have and len(have) < len(group):
+                lack = [self.env[s] for s in group if not values.get(s)]
+                return f"{', '.join(self.env[s] for s in have)} is set but {', '.join(lack)} is not"
+        return "set " + ", or ".join(" and ".join(self.env[s] for s in g) for g in self.groups)
+
+    def complete_group(self, values: Mapping[str, str | None]) -> tuple[str, ...] | None:
+        return next((g for g in self.groups if all(values.get(s) for s in g)), None)
+
+    def from_env(self, environ: Mapping[str, str]) -> dict[str, str | None]:
+        return {s: (environ.get(var) or None) for s, var in self.env.items()}
+
+
+CHANNELS: dict[str, ChannelSetup] = {
+    "slack": ChannelSetup(
+        "slack",
+        {
+            "webhook_url": "SLACK_WEBHOOK_URL",
+            "bot_token": "SLACK_BOT_TOKEN",
+            "channel": "SLACK_CHANNEL",
+            "api_base_url": "SLACK_API_BASE_URL",
+        },
+        (("webhook_url",), ("bot_token", "channel")),
+        ("webhook_url", "bot_token"),
+    ),
+    "discord": ChannelSetup(
+        "discord", {"webhook_url": "DISCORD_WEBHOOK_URL"}, (("webhook_url",),), ("webhook_url",)
+    ),
+    "telegram": ChannelSetup(
+        "telegram",
+        {
+            "bot_token": "TELEGRAM_BOT_TOKEN",
+            "chat_id": "TELEGRAM_CHAT_ID",
+            "api_base_url": "TELEGRAM_API_BASE_URL",
+        },
+        (("bot_token", "chat_id"),),
+        ("bot_token",),
+    ),
+}
+DEFAULT_MIN_INTERVAL_S = {"slack": 1.0, "discord": 0.0, "telegram": 1.0}
+
+
+def make_client(
+    name: str,
+    values: Mapping[str, str | None],
+    *,
+    timeout_s: float = 10.0,
+    min_interval_s: float | None = None,
+) -> ChannelClient | None:
+    """The client a channel's settings describe, or None when no group is complete."""
+    setup = CHANNELS[name]
+    group = setup.complete_group(values)
+    if group is None:
+        return None
+    gap = DEFAULT_MIN_INTERVAL_S[name] if min_interval_s is None else min_interval_s
+
+    # values are passed on as they are: inside Dagster they may be unresolved `EnvVar`s
+    def v(key: str) -> str:
+        value = values[key]
+        assert value is not None  # the complete group has it
+        return value
+
+    def base(default: str) -> str:
+        return values.get("api_base_url") or default
+
+    if name == "slack" and group == ("webhook_url",):
+        return SlackWebhookClient(v("webhook_url"), timeout_s=timeout_s, min_interval_s=gap)
+    if name == "slack":
+        return SlackBotClient(
+            v("bot_token"),
+            v("channel"),
+            api_base_url=base("https://slack.com/api/"),
+            timeout_s=timeout_s,
+            min_interval_s=gap,
+        )
+    if name == "discord":
+        return DiscordWebhookClient(v("webhook_url"), timeout_s=timeout_s, min_interval_s=gap)
+    return TelegramClient(
+        v("bot_token"),
+        v("chat_id"),
+        api_base_url=base("https://api.telegram.org"),
+        timeout_s=timeout_s,
+        min_interval_s=gap,
+    )
+
+
+def clients_from_env(
+    environ: Mapping[str, str], *, timeout_s: float = 10.0
+) -> tuple[list[ChannelClient], list[tuple[str, str]]]:
+    """(configured clients, [(channel, what to set)] for the unconfigured ones)."""
+    clients: list[ChannelClient] = []
+    skipped: list[tuple[str, str]] = []
+    for name, setup in CHANNELS.items():
+        values = setup.from_env(environ)
+        client = make_client(name, values, timeout_s=timeout_s)
+        if client is None:
+            skipped.append((name, setup.missing(values)))
+        else:
+            clients.append(client)
+    return clients, skipped

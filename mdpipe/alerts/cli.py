@@ -12,55 +12,22 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from mdpipe.alerts.channels import (
-    ChannelClient,
-    DiscordWebhookClient,
-    SlackBotClient,
-    SlackWebhookClient,
-    TelegramClient,
-)
+from mdpipe.alerts.channels import clients_from_env
 from mdpipe.alerts.redact import Redactor
 
+if TYPE_CHECKING:
+    from mdpipe.alerts.config import AlertConfig
 
-def clients_from_env(
-    environ: Mapping[str, str] | None = None, *, timeout_s: float = 10.0
-) -> tuple[list[ChannelClient], list[tuple[str, str]]]:
-    """(configured clients, [(channel, what to set)] for the unconfigured ones)."""
-    env = os.environ if environ is None else environ
-    clients: list[ChannelClient] = []
-    skipped: list[tuple[str, str]] = []
-    if env.get("SLACK_WEBHOOK_URL"):
-        clients.append(SlackWebhookClient(env["SLACK_WEBHOOK_URL"], timeout_s=timeout_s))
-    elif env.get("SLACK_BOT_TOKEN") and env.get("SLACK_CHANNEL"):
-        clients.append(
-            SlackBotClient(
-                env["SLACK_BOT_TOKEN"],
-                env["SLACK_CHANNEL"],
-                api_base_url=env.get("SLACK_API_BASE_URL") or "https://slack.com/api/",
-                timeout_s=timeout_s,
-            )
-        )
-    else:
-        skipped.append(("slack", "set SLACK_WEBHOOK_URL, or SLACK_BOT_TOKEN and SLACK_CHANNEL"))
-    if env.get("DISCORD_WEBHOOK_URL"):
-        clients.append(DiscordWebhookClient(env["DISCORD_WEBHOOK_URL"], timeout_s=timeout_s))
-    else:
-        skipped.append(("discord", "set DISCORD_WEBHOOK_URL"))
-    if env.get("TELEGRAM_BOT_TOKEN") and env.get("TELEGRAM_CHAT_ID"):
-        clients.append(
-            TelegramClient(
-                env["TELEGRAM_BOT_TOKEN"],
-                env["TELEGRAM_CHAT_ID"],
-                api_base_url=env.get("TELEGRAM_API_BASE_URL") or "https://api.telegram.org",
-                timeout_s=timeout_s,
-            )
-        )
-    else:
-        skipped.append(("telegram", "set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID"))
-    return clients, skipped
+
+def _alert_settings(args: argparse.Namespace) -> AlertConfig:
+    """The `[alerts]` section of the effective settings (--config, $MDPIPE_CONFIG,
+    ./mdpipe.toml, MDPIPE_ALERTS_*, --set)."""
+    from mdpipe.settings import settings_from_args
+
+    return settings_from_args(args).alerts
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -68,7 +35,13 @@ def cmd_test(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = Console()
-    clients, skipped = clients_from_env(timeout_s=args.timeout)
+    try:
+        alerts = _alert_settings(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    timeout = args.timeout if args.timeout is not None else alerts.timeout_s
+    clients, skipped = clients_from_env(os.environ, timeout_s=timeout)
     redact = Redactor()
     for c in clients:
         redact.add(*c.redact._secrets)
@@ -104,7 +77,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mdpipe.lake import Lake
 
     console = Console()
-    path = default_ledger_path(Lake.resolve(args.lake).root)
+    try:
+        alerts = _alert_settings(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if alerts.ledger_path and not args.lake:
+        path = Path(alerts.ledger_path)
+    else:
+        path = default_ledger_path(Lake.resolve(args.lake or alerts.lake or None).root)
     if not path.exists():
         console.print(f"no delivery ledger yet at {path}")
         return 0
@@ -169,14 +150,23 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 def register_cli(sub: Any) -> None:
     """Hook called by mdpipe.cli: adds `mdpipe alerts {test,status,metrics,sandbox}`."""
+    from mdpipe.settings import add_settings_args
+
     p = sub.add_parser("alerts", help="live alerts: test channels, ledger status, metrics")
     asub = p.add_subparsers(dest="alerts_command", required=True)
     t = asub.add_parser("test", help="send a test message to every configured channel")
     t.add_argument("--message", default=None, help="text to send (default: a short test note)")
-    t.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    t.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds per request (default: [alerts] timeout_s, 10)",
+    )
+    add_settings_args(t)
     t.set_defaults(func=cmd_test)
     s = asub.add_parser("status", help="delivery ledger: counts, failures, uncertain deliveries")
     s.add_argument("--lake", default=None)
+    add_settings_args(s)
     s.set_defaults(func=cmd_status)
     m = asub.add_parser("metrics", help="serve the ledger's Prometheus metrics (no capture)")
     m.add_argument("--lake", default=None)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from mdpipe.alerts.channels import (
     SendResult,
 )
 from mdpipe.alerts.ledger import Ledger
+from mdpipe.retry import backoff_s
 
 log = logging.getLogger("mdpipe.alerts")
 
@@ -76,8 +76,7 @@ class DeliveryPolicy:
                 raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
 
     def backoff_s(self, attempt: int) -> float:
-        base = min(self.backoff_initial_s * 2**attempt, self.backoff_max_s)
-        return base * random.uniform(0.8, 1.2)  # jitter, so runs do not retry in lockstep
+        return backoff_s(attempt, self.backoff_initial_s, self.backoff_max_s)
 
     def next_tick_delay_s(self, attempts_so_far: int, retry_after: float | None) -> float:
         d = min(self.retry_base_s * 2 ** max(attempts_so_far, 0), self.retry_max_s)

@@ -21,9 +21,9 @@ from pathlib import Path
 import polars as pl
 
 from mdpipe.alerts.message import AlertSignal
+from mdpipe.lake import TMP_PREFIX
 
 SIGNALS_TABLE = "live/signals"
-TMP_PREFIX = ".tmp-"
 
 
 @dataclass(frozen=True)

@@ -1,46 +1,49 @@
 """`mdpipe capture` and `mdpipe exchange-sim`: registered into the `mdpipe` command by
 mdpipe.cli's plugin hook, and runnable alone as `python -m mdpipe.capture {capture,exchange-sim} ...`.
 
-Settings come from, in increasing priority: defaults, a TOML config file (`--config`, keys as in
-CaptureConfig, e.g. `symbols = ["BTC/USDT"]`, `flush_interval_s = 5`), environment variables
-`MDPIPE_CAPTURE_<KEY>` (e.g. `MDPIPE_CAPTURE_SYMBOLS=BTC/USDT,ETH/USDT`,
-`MDPIPE_CAPTURE_COMPACT_HOURLY=0`, `MDPIPE_CAPTURE_BACKFILL_TRADES=0`, and `MDPIPE_LAKE`), and the command line.
+Settings come from `mdpipe.settings` (the `[capture]` section for the daemon, `[features]` and
+`[detectors]` for the online engine, so live signals use the same values as `mdpipe run`), in
+increasing priority: defaults, the settings file (`--config`, `$MDPIPE_CONFIG`, `./mdpipe.toml`),
+environment variables `MDPIPE_CAPTURE_<KEY>` (e.g. `MDPIPE_CAPTURE_SYMBOLS=BTC/USDT,ETH/USDT`,
+`MDPIPE_CAPTURE_COMPACT_HOURLY=0`, and `MDPIPE_LAKE`), `--set section.key=value`, and the flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
-import os
 import sys
-import tomllib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mdpipe.capture.config import CaptureConfig
+    from mdpipe.settings import Settings
 
 ENV_PREFIX = "MDPIPE_CAPTURE_"
 
-# CLI flag -> CaptureConfig field, for the options that are plain values
-_FLAGS = {
-    "venue": str,
-    "lake": str,
-    "ws_url": str,
-    "rest_url": str,
-    "metrics_port": int,
-    "metrics_host": str,
-    "flush_interval_s": float,
-    "batch_interval_s": float,
-    "reconnect_initial_s": float,
-    "reconnect_max_s": float,
-    "stale_after_s": float,
-    "max_connection_age_s": float,
-    "clock_sync_interval_s": float,
-    "backfill_max_trades": int,
-}
-# CLI flag -> CaptureConfig field, for the on/off options (--x / --no-x)
-_BOOL_FLAGS = ("compact_hourly", "backfill_trades")
-_BOOL_FIELDS = ("fsync", "compact_hourly", "backfill_trades")
+# CLI flags that set a CaptureConfig field of the same name
+_FLAG_FIELDS = (
+    "venue",
+    "symbols",
+    "channels",
+    "lake",
+    "ws_url",
+    "rest_url",
+    "metrics_port",
+    "metrics_host",
+    "flush_interval_s",
+    "batch_interval_s",
+    "reconnect_initial_s",
+    "reconnect_max_s",
+    "stale_after_s",
+    "max_connection_age_s",
+    "clock_sync_interval_s",
+    "backfill_max_trades",
+    "compact_hourly",
+    "backfill_trades",
+)
 
 
 def _split_list(v: Any) -> tuple[str, ...]:
@@ -49,47 +52,29 @@ def _split_list(v: Any) -> tuple[str, ...]:
     return tuple(str(s) for s in v)
 
 
-def build_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Any:
-    """Merge config file, environment and flags into a validated CaptureConfig."""
-    from mdpipe.capture.config import CaptureConfig
+def build_config(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None = None,
+    *,
+    settings: Settings | None = None,
+) -> CaptureConfig:
+    """The validated CaptureConfig: the settings' `[capture]` section (file < env < --set,
+    loaded here unless given) with the command's flags on top."""
+    from mdpipe.settings import settings_from_args
 
-    env = os.environ if environ is None else environ
-    fields = {f.name: f for f in dataclasses.fields(CaptureConfig)}
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        with open(args.config, "rb") as f:
-            data = tomllib.load(f)
-        data = data.get("capture", data)
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ValueError(f"{args.config}: unknown capture settings {unknown}")
-        values.update(data)
-    if env.get("MDPIPE_LAKE"):
-        values["lake"] = env["MDPIPE_LAKE"]
-    for name in fields:
-        key = ENV_PREFIX + name.upper()
-        if key in env:
-            values[name] = env[key]
-    for name in (*_FLAGS, *_BOOL_FLAGS, "symbols", "channels"):
+    if settings is None:
+        settings = settings_from_args(args, environ)
+    flags: dict[str, Any] = {}
+    for name in _FLAG_FIELDS:
         v = getattr(args, name, None)
         if v is not None:
-            values[name] = v
-    for name in ("symbols", "channels"):
-        if name in values:
-            values[name] = _split_list(values[name])
-    for name, typ in _FLAGS.items():
-        if name in values and values[name] is not None and not isinstance(values[name], typ):
-            try:
-                values[name] = typ(values[name])
-            except ValueError:
-                raise ValueError(f"{name}: expected {typ.__name__}, got {values[name]!r}") from None
-    for name in _BOOL_FIELDS:
-        if name in values and isinstance(values[name], str):
-            values[name] = values[name].strip().lower() not in ("0", "false", "no", "off")
-    return CaptureConfig(**values)
+            flags[name] = _split_list(v) if name in ("symbols", "channels") else v
+    return settings.capture_config(**flags)
 
 
 def add_capture_args(p: argparse.ArgumentParser) -> None:
+    from mdpipe.settings import add_settings_args
+
     p.add_argument("--venue", default=None, help="ccxt venue id: binance (default), binanceusdm")
     p.add_argument(
         "--symbols", default=None, help="comma-separated unified symbols, BTC/USDT,ETH/USDT"
@@ -175,7 +160,7 @@ def add_capture_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="at most this many trades fetched per hole (default 100000)",
     )
-    p.add_argument("--config", default=None, help="TOML file with capture settings")
+    add_settings_args(p)
     p.add_argument("--log-level", default="INFO")
     p.add_argument(
         "--no-live-signals",
@@ -192,16 +177,26 @@ def cmd_capture(args: argparse.Namespace) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from mdpipe.settings import settings_from_args
+
     try:
-        config = build_config(args)
-    except (ValueError, OSError, tomllib.TOMLDecodeError) as exc:
+        settings = settings_from_args(args)
+        config = build_config(args, settings=settings)
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cap = Capture(config)
     if not getattr(args, "no_live_signals", False):
         from mdpipe.capture.live_signals import attach_live_signals
 
-        attach_live_signals(cap)
+        attach_live_signals(
+            cap, feature_config=settings.features, detector_config=settings.detectors
+        )
+        logging.getLogger("mdpipe.capture").info(
+            "live signals with settings_id %s (%s)",
+            settings.settings_id,
+            settings.source or "default settings",
+        )
 
     async def run() -> None:
         await cap.run_until_signal()
@@ -282,4 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     register_cli(sub)
     args = ap.parse_args(argv)
-    return int(args.func(args) or 0)
+    from mdpipe.lake import LakeLocationError
+
+    try:
+        return int(args.func(args) or 0)
+    except LakeLocationError as exc:  # --lake / $MDPIPE_LAKE is a URL (s3://...)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

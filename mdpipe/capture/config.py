@@ -7,7 +7,30 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class CaptureConfig:
-    """Everything `mdpipe capture` can be told; validated on construction."""
+    """Everything `mdpipe capture` can be told (the `[capture]` section of mdpipe.toml);
+    validated on construction.
+
+    venue                   ccxt venue id: binance (spot) or binanceusdm (USD-M futures).
+    symbols                 unified symbols to record, e.g. ["BTC/USDT", "ETH/USDT"].
+    lake                    lake directory (unset: $MDPIPE_LAKE, else ./lake).
+    ws_url, rest_url        websocket and REST base URLs (unset: the venue's; set them for a
+                            proxy, a testnet or `mdpipe exchange-sim`).
+    metrics_port            serve /metrics, /health and /stats on this port (unset: off).
+    metrics_host            address the metrics server binds.
+    channels                stream channels per symbol (empty: depth@100ms, trade, bookTicker).
+    flush_interval_s        seconds between journal + Parquet publishes.
+    batch_interval_s        seconds between normalized batches handed to the online engine.
+    reconnect_initial_s     first reconnect delay (doubles, jittered).
+    reconnect_max_s         largest reconnect delay.
+    stale_after_s           silence watchdog: reconnect after this many quiet seconds.
+    max_connection_age_s    planned make-before-break reconnect after this many seconds.
+    clock_sync_interval_s   seconds between exchange clock-offset measurements.
+    connect_timeout_s       seconds a connection attempt may take.
+    fsync                   fsync every published file before it is renamed into place.
+    compact_hourly          merge each partition's files of an hour into one once it is over.
+    backfill_trades         fetch the trades of a trade-id hole over REST (historicalTrades).
+    backfill_max_trades     at most this many trades fetched per hole.
+    """
 
     venue: str = "binance"
     symbols: tuple[str, ...] = ()

@@ -50,17 +50,15 @@ import ccxt
 import polars as pl
 
 from mdpipe.capture.config import CaptureConfig
-from mdpipe.capture.journal import JournalWriter
 from mdpipe.capture.metrics import CaptureMetrics
 from mdpipe.capture.transport import VenueAdapter, adapter_for, make_exchange
 from mdpipe.core.book import L2Book
-from mdpipe.lake import SCHEMAS, Lake, Partition
+from mdpipe.lake import SCHEMAS, JournalWriter, Lake, Partition, split_by_date
 from mdpipe.venues import Batch, RawLines, normalizer_for
 
 log = logging.getLogger("mdpipe.capture")
 
 TABLES = ("trades", "book", "gaps", "bbo", "agg_trades")
-_TS_COL = {"gaps": "ts_ns"}
 FILE_PREFIX = "cap-"  # capture's sequence-named files: cap-YYYYMMDDTHH-<19-digit ns>.parquet
 HOUR_NS = 3600 * 1_000_000_000
 BACKFILL_ATTEMPTS = 6  # failed requests in a row before a backfill gives up (each one backs off)
@@ -1316,13 +1314,9 @@ class Capture:
             df = acc.tables.get(table)
             if df is None or df.height == 0:
                 continue
-            ts_col = _TS_COL.get(table, "exch_ts_ns")
-            ts = pl.col(ts_col)
-            if "recv_ts_ns" in df.columns:
-                ts = pl.coalesce(ts, pl.col("recv_ts_ns"))
-            keyed = df.with_columns(_date=pl.from_epoch(ts, time_unit="ns").dt.strftime("%Y-%m-%d"))
-            for (sym, date), part in keyed.group_by("symbol", "_date", maintain_order=True):
-                parts.append((table, str(sym), str(date), part.drop("_date")))
+            for date, day in split_by_date(df, table).items():
+                for (sym,), part in day.group_by("symbol", maintain_order=True):
+                    parts.append((table, str(sym), date, part))
         for i, (table, sym, date, part) in enumerate(parts):
             try:
                 self.lake.publish(table, self.venue, sym, date, part, name=name)

@@ -42,7 +42,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from mdpipe.capture.journal import iter_journal_lines
+from mdpipe.lake import iter_journal_lines
 
 log = logging.getLogger("mdpipe.exchange_sim")
 

@@ -12,7 +12,9 @@ equal batch); a poller releases held events on a 100 ms timer when the streams g
 signal is on disk within max_wait + one batch interval + a file write of its triggering event:
 under a second with the defaults (`mdpipe_signal_publish_latency_seconds` measures it).
 
-Each row is the `signals` contract plus `recv_ts_ns` (when the triggering event was received)
+Each row is the `signals` contract (with `settings_id`, the hash of the `[features]` and
+`[detectors]` settings this engine runs with: `mdpipe capture --config F` and `mdpipe run
+--config F` stamp the same id) plus `recv_ts_ns` (when the triggering event was received)
 and `emitted_ns` (when the row was written), from which alerts measure signal-to-delivery time.
 """
 
@@ -28,7 +30,7 @@ import polars as pl
 
 from mdpipe.alerts.ledger import default_ledger_path
 from mdpipe.alerts.metrics import LedgerCollector, SignalMetrics
-from mdpipe.lake import Lake, date_of_ns, symbol_to_path
+from mdpipe.lake import Lake, split_by_date, symbol_to_path
 
 log = logging.getLogger("mdpipe.capture.signals")
 
@@ -52,6 +54,9 @@ class LiveSignals:
         warm_up: bool = True,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        from mdpipe.core.config import settings_id
+        from mdpipe.core.detectors.ensemble import DetectorConfig
+        from mdpipe.core.features import FeatureConfig
         from mdpipe.core.online import OnlineEngine
 
         if not poll_interval_s > 0:
@@ -63,6 +68,9 @@ class LiveSignals:
         self.poll_interval_s = poll_interval_s
         self.detector_config = detector_config
         self.feature_config = feature_config
+        self.settings_id = settings_id(
+            feature_config or FeatureConfig(), detector_config or DetectorConfig()
+        )
         # the receive-time clock: live, receive stamps are the wall clock; a replay injects
         # its own so held events are released exactly as they would have been live
         self.clock = clock
@@ -152,18 +160,19 @@ class LiveSignals:
 
     def _publish(self, signals: pl.DataFrame) -> None:
         now = time.time_ns()
-        signals = _conform(signals.with_columns(emitted_ns=pl.lit(now, dtype=pl.Int64)))
-        keyed = signals.with_columns(
-            _date=pl.from_epoch("ts_ns", time_unit="ns").dt.strftime("%Y-%m-%d")
+        signals = _conform(
+            signals.with_columns(
+                # rows released by `poll` come from `Signal` objects, which carry no id
+                settings_id=pl.lit(self.settings_id, dtype=pl.String),
+                emitted_ns=pl.lit(now, dtype=pl.Int64),
+            )
         )
-        for (sym, date), part in keyed.group_by("symbol", "_date", maintain_order=True):
-            self._file_seq += 1
-            name = f"sig-{now:019d}-{symbol_to_path(str(sym))}-{self._file_seq}.parquet"
-            path = self.lake.publish(
-                TABLE, self.venue, str(sym), str(date or date_of_ns(now)), part.drop("_date"),
-                name=name,
-            )  # fmt: skip
-            self.files_published.append(str(path))
+        for date, day in split_by_date(signals, TABLE).items():
+            for (sym,), part in day.group_by("symbol", maintain_order=True):
+                self._file_seq += 1
+                name = f"sig-{now:019d}-{symbol_to_path(str(sym))}-{self._file_seq}.parquet"
+                path = self.lake.publish(TABLE, self.venue, str(sym), date, part, name=name)
+                self.files_published.append(str(path))
         published = time.time_ns()
         self.signals_published += signals.height
         for row in signals.select("symbol", "signal_type", "score", "signal_id").iter_rows():

@@ -16,6 +16,7 @@ import polars as pl
 from numba import njit
 
 from mdpipe.core.book import book_apply_event
+from mdpipe.core.config import settings_id
 from mdpipe.core.detectors.ensemble import DetectorConfig
 from mdpipe.core.features import FeatureConfig, MicropriceModel, book_event_step, trade_add
 from mdpipe.core.kernel import (
@@ -156,7 +157,10 @@ class BatchRun:
         self.symbol = symbol
         self.trades = trades
         self.chunk_events = chunk_events
-        self.state = new_market_state(feature_config, detector_config, microprice)
+        fcfg = feature_config or FeatureConfig()
+        dcfg = detector_config or DetectorConfig()
+        self.state = new_market_state(fcfg, dcfg, microprice)
+        self.settings_id = settings_id(fcfg, dcfg)
         self.trade_pos = 0
         self._scratch = new_scratch()
         self._carry: BookRows | None = None
@@ -199,7 +203,12 @@ class BatchRun:
                 if ns:
                     self._signals.append(
                         signals_frame(
-                            self.venue, self.symbol, out.signals[:ns], out.features, out.meta
+                            self.venue,
+                            self.symbol,
+                            out.signals[:ns],
+                            out.features,
+                            out.meta,
+                            settings_id=self.settings_id,
                         )
                     )
 

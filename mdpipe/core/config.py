@@ -1,9 +1,10 @@
 """Parameters of labelling, cross-validation and backtesting, in one validated structure.
 
 `BacktestConfig` is deliberately a flat frozen dataclass of primitive fields (float, int, str) so
-that a Dagster resource (`mdpipe.defs.resources.BacktestResource`) can mirror it field by field
-and hand it over with `BacktestConfig.from_mapping(...)`. Validation happens in `__post_init__`,
-so an invalid launchpad value fails before any data is read, with a message naming the field.
+that the `[backtest]` settings section (`mdpipe.settings`) and the Dagster resource generated
+from it (`mdpipe.defs.resources.BacktestResource`) can carry it field by field. Validation
+happens in `__post_init__`, so an invalid value fails before any data is read, with a message
+naming the field. `settings_id` (below) names the feature and detector settings of a signal.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
 class BacktestConfig:
     """Everything that decides a label, a fold, a threshold and a backtest trade.
 
+    initial_capital   starting equity of the backtest, in quote currency.
+
     Costs (applied identically by the labeller and the backtester):
       fee_rate        taker fee as a fraction of notional, charged on entry and on exit.
       slippage_bps    adverse price move in basis points on each leg, on top of the touch price.
@@ -54,6 +57,7 @@ class BacktestConfig:
       threshold_objective     'pnl' (maximise summed net return of acted train signals) or
                               'precision' (maximise the share of acted train signals that hit the
                               profit barrier, with at least `threshold_min_signals` acted).
+      threshold_min_signals   fewest acted train signals a fitted threshold may leave.
       sharpe_interval_seconds the equity curve is sampled on this grid for Sharpe; annualised with
                               sqrt(365 * 86400 / interval) because crypto spot trades 24/7.
       random_seed             seed of the random-signal baseline.
@@ -167,3 +171,33 @@ class BacktestConfig:
         if unknown:
             raise ValueError(f"unknown BacktestConfig field(s) {unknown}; known: {sorted(known)}")
         return cls(**dict(values))
+
+
+# ---- settings_id: which feature and detector settings produced a signal ----------------------
+SETTINGS_ID_LENGTH = 12
+
+
+def _canonical(cfg: Any) -> dict[str, Any]:
+    """A dataclass's fields as JSON-ready values, numbers normalised by the field's declared
+    type, so `drift_threshold=4` and `drift_threshold=4.0` (a TOML int) hash alike."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.type in ("float", float) and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        out[f.name] = v
+    return out
+
+
+def settings_id(features: Any, detectors: Any) -> str:
+    """Short id of the effective feature and detector settings (a `FeatureConfig` and a
+    `DetectorConfig`): the first 12 hex digits of sha256 over their canonical JSON. Every
+    signal row carries it, so signals computed with different settings never mix unnoticed;
+    backtest, alert and capture settings do not change what a detector emits and are not in it.
+    """
+    import hashlib
+    import json
+
+    doc = {"detectors": _canonical(detectors), "features": _canonical(features)}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:SETTINGS_ID_LENGTH]

@@ -100,6 +100,7 @@ SIGNAL_COLUMNS: tuple[str, ...] = (
     "trigger",
     "trigger_value",
     "threshold",
+    "settings_id",
     *SIGNAL_CONTEXT,
 )
 _CONTEXT_IDX = np.array([FEATURE_NAMES.index(c) for c in SIGNAL_CONTEXT], dtype=np.int64)
@@ -366,9 +367,17 @@ def empty_features(venue: str = "", symbol: str = "") -> pl.DataFrame:
 
 
 def signals_frame(
-    venue: str, symbol: str, signals: np.ndarray, features: np.ndarray, meta: np.ndarray
+    venue: str,
+    symbol: str,
+    signals: np.ndarray,
+    features: np.ndarray,
+    meta: np.ndarray,
+    *,
+    settings_id: str,
 ) -> pl.DataFrame:
-    """Signal rows; `signal_id` hashes (venue, symbol, type, update_id), a few rows a day."""
+    """Signal rows; `signal_id` hashes (venue, symbol, type, update_id), a few rows a day;
+    `settings_id` names the feature and detector settings that produced them
+    (`mdpipe.core.config.settings_id`)."""
     types = [SIGNAL_TYPES[int(d)] for d in signals["type"]]
     rows = signals["row"]
     uids = meta["update_id"][rows]
@@ -387,6 +396,7 @@ def signals_frame(
         "trigger": pl.Series([DET_INPUTS[int(c)] for c in signals["trigger"]], dtype=pl.String),
         "trigger_value": pl.Series(signals["value"], dtype=pl.Float64),
         "threshold": pl.Series(signals["threshold"], dtype=pl.Float64),
+        "settings_id": pl.Series([settings_id] * len(types), dtype=pl.String),
     }
     for j, name in enumerate(SIGNAL_CONTEXT):
         data[name] = pl.Series(features[rows, _CONTEXT_IDX[j]], dtype=pl.Float64)
@@ -395,8 +405,9 @@ def signals_frame(
 
 def empty_signals() -> pl.DataFrame:
     return signals_frame(
-        "", "", np.zeros(0, SIGNAL_ROW), np.empty((0, N_FEATURES)), np.zeros(0, FEATURE_META)
-    )
+        "", "", np.zeros(0, SIGNAL_ROW), np.empty((0, N_FEATURES)), np.zeros(0, FEATURE_META),
+        settings_id="",
+    )  # fmt: skip
 
 
 def signal_objects(venue: str, symbol: str, signals: np.ndarray, meta: np.ndarray) -> list[Signal]:

@@ -31,6 +31,7 @@ import polars as pl
 from numba import njit
 
 from mdpipe.core.batch import event_starts
+from mdpipe.core.config import settings_id
 from mdpipe.core.detectors.ensemble import DetectorConfig, MicrostructureDetector, Signal
 from mdpipe.core.features import (
     F_LAST,
@@ -449,6 +450,7 @@ class OnlineEngine:
         self.symbol = symbol
         self.feature_config = feature_config or FeatureConfig()
         dcfg = detector_config or DetectorConfig()
+        self.settings_id = settings_id(self.feature_config, dcfg)
         self.book = OrderBookFeatureExtractor(config=self.feature_config, microprice=microprice)
         self.trades = TradeFeatureExtractor(config=self.feature_config)
         self.detector = MicrostructureDetector.from_config(dcfg, venue=venue, symbol=symbol)
@@ -518,7 +520,7 @@ class OnlineEngine:
         f, m, sigs = self._release_arrays(np.int64(0), force=True)
         return EngineOutput(
             features_frame(self.venue, self.symbol, f, m),
-            signals_frame(self.venue, self.symbol, sigs, f, m),
+            signals_frame(self.venue, self.symbol, sigs, f, m, settings_id=self.settings_id),
         )
 
     def _release_arrays(
@@ -600,7 +602,7 @@ class OnlineEngine:
         sg = np.concatenate(ss) if ss else np.zeros(0, SIGNAL_ROW)
         return EngineOutput(
             features_frame(self.venue, self.symbol, f, m),
-            signals_frame(self.venue, self.symbol, sg, f, m),
+            signals_frame(self.venue, self.symbol, sg, f, m, settings_id=self.settings_id),
         )
 
     def get_stats(self) -> dict[str, Any]:

@@ -21,23 +21,21 @@ import os
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import dagster as dg
 
-from mdpipe.alerts.channels import (
-    ChannelClient,
-    DiscordWebhookClient,
-    FileChannelClient,
-    SlackBotClient,
-    SlackWebhookClient,
-    TelegramClient,
-)
+from mdpipe.alerts.channels import CHANNELS, ChannelClient, FileChannelClient, make_client
+from mdpipe.alerts.config import AlertConfig
 from mdpipe.alerts.delivery import ChannelReport, DeliveryPolicy, deliver_channel
 from mdpipe.alerts.ledger import Ledger, default_ledger_path
 from mdpipe.alerts.redact import Redactor
 from mdpipe.alerts.source import SignalCursor, read_signals, scan_new_files
+from mdpipe.defs.resources import SettingsResource, section_resource
 from mdpipe.lake import Lake
+
+if TYPE_CHECKING:
+    from mdpipe.settings import Settings
 
 SENSOR_INTERVAL_ENV = "MDPIPE_ALERT_SENSOR_INTERVAL"
 DEFAULT_SENSOR_INTERVAL_S = 5
@@ -66,7 +64,28 @@ class AlertChannelResource(dg.ConfigurableResource):
         return []
 
 
-class SlackResource(AlertChannelResource):
+class _SharedSetupChannel(AlertChannelResource):
+    """A channel whose settings, environment variables and client come from the one table in
+    `mdpipe.alerts.channels.CHANNELS` (the same one `mdpipe alerts test` reads)."""
+
+    def _values(self) -> dict[str, str | None]:
+        return {k: getattr(self, k, None) for k in CHANNELS[self.channel_name()].env}
+
+    def build_client(self) -> ChannelClient | None:
+        mi = getattr(self, "min_interval_s", None)
+        return make_client(
+            self.channel_name(), self._values(), timeout_s=self.timeout_s, min_interval_s=mi
+        )
+
+    def missing_settings(self) -> str:
+        return CHANNELS[self.channel_name()].missing(self._values())
+
+    def secrets(self) -> list[str]:
+        values = self._values()
+        return [v for k in CHANNELS[self.channel_name()].secret if (v := values.get(k))]
+
+
+class SlackResource(_SharedSetupChannel):
     """Slack: an incoming webhook (`SLACK_WEBHOOK_URL`), or a bot token plus channel
     (`SLACK_BOT_TOKEN`, `SLACK_CHANNEL`); the webhook wins when both are set."""
 
@@ -79,31 +98,8 @@ class SlackResource(AlertChannelResource):
     def channel_name(self) -> str:
         return "slack"
 
-    def build_client(self) -> ChannelClient | None:
-        if self.webhook_url:
-            return SlackWebhookClient(
-                self.webhook_url, timeout_s=self.timeout_s, min_interval_s=self.min_interval_s
-            )
-        if self.bot_token and self.channel:
-            return SlackBotClient(
-                self.bot_token,
-                self.channel,
-                api_base_url=self.api_base_url,
-                timeout_s=self.timeout_s,
-                min_interval_s=self.min_interval_s,
-            )
-        return None
 
-    def missing_settings(self) -> str:
-        if self.bot_token and not self.channel:
-            return "SLACK_BOT_TOKEN is set but SLACK_CHANNEL is not"
-        return "set SLACK_WEBHOOK_URL, or SLACK_BOT_TOKEN and SLACK_CHANNEL"
-
-    def secrets(self) -> list[str]:
-        return [s for s in (self.webhook_url, self.bot_token) if s]
-
-
-class DiscordResource(AlertChannelResource):
+class DiscordResource(_SharedSetupChannel):
     """Discord: a channel webhook (`DISCORD_WEBHOOK_URL`); pacing from Discord's headers."""
 
     webhook_url: str | None = None
@@ -112,21 +108,8 @@ class DiscordResource(AlertChannelResource):
     def channel_name(self) -> str:
         return "discord"
 
-    def build_client(self) -> ChannelClient | None:
-        if not self.webhook_url:
-            return None
-        return DiscordWebhookClient(
-            self.webhook_url, timeout_s=self.timeout_s, min_interval_s=self.min_interval_s
-        )
 
-    def missing_settings(self) -> str:
-        return "set DISCORD_WEBHOOK_URL"
-
-    def secrets(self) -> list[str]:
-        return [self.webhook_url] if self.webhook_url else []
-
-
-class TelegramResource(AlertChannelResource):
+class TelegramResource(_SharedSetupChannel):
     """Telegram: Bot API sendMessage (`TELEGRAM_BOT_TOKEN`, `TELEGRAM_CHAT_ID`)."""
 
     bot_token: str | None = None
@@ -136,23 +119,6 @@ class TelegramResource(AlertChannelResource):
 
     def channel_name(self) -> str:
         return "telegram"
-
-    def build_client(self) -> ChannelClient | None:
-        if not (self.bot_token and self.chat_id):
-            return None
-        return TelegramClient(
-            self.bot_token,
-            self.chat_id,
-            api_base_url=self.api_base_url,
-            timeout_s=self.timeout_s,
-            min_interval_s=self.min_interval_s,
-        )
-
-    def missing_settings(self) -> str:
-        return "set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID"
-
-    def secrets(self) -> list[str]:
-        return [self.bot_token] if self.bot_token else []
 
 
 class FileChannelResource(AlertChannelResource):
@@ -168,38 +134,26 @@ class FileChannelResource(AlertChannelResource):
         return FileChannelClient(self.path, name=self.name)
 
 
-class AlertSettingsResource(dg.ConfigurableResource):
-    """Where signals and the ledger live, how messages link back, and the delivery policy."""
+class AlertSettingsBase(SettingsResource):
+    """Where signals and the ledger live, how messages link back, and the delivery policy:
+    the `[alerts]` settings (`mdpipe.alerts.config.AlertConfig`). `AlertSettingsResource` is
+    generated from that dataclass (one field per setting, with its default and description)."""
 
-    lake: str = ""
-    ledger_path: str = ""
-    dagster_ui_url: str = "http://localhost:3000"
-    digest_min: int = 3
-    digest_max: int = 25
-    max_attempts: int = 4
-    max_wait_s: float = 30.0
-    run_budget_s: float = 120.0
-    backoff_initial_s: float = 0.5
-    retry_base_s: float = 5.0
-    lookback_s: float = 120.0
-    initial_lookback_s: float = 900.0
+    def config(self) -> AlertConfig:
+        return cast(AlertConfig, self.get())
 
     def lake_root(self) -> Path:
-        return Lake.resolve(self.lake or None).root
+        return Lake.resolve(self.config().lake or None).root
 
     def ledger_file(self) -> Path:
-        return Path(self.ledger_path) if self.ledger_path else default_ledger_path(self.lake_root())
+        cfg = self.config()
+        return Path(cfg.ledger_path) if cfg.ledger_path else default_ledger_path(self.lake_root())
 
     def policy(self) -> DeliveryPolicy:
-        return DeliveryPolicy(
-            digest_min=self.digest_min,
-            digest_max=self.digest_max,
-            max_attempts=self.max_attempts,
-            max_wait_s=self.max_wait_s,
-            run_budget_s=self.run_budget_s,
-            backoff_initial_s=self.backoff_initial_s,
-            retry_base_s=self.retry_base_s,
-        )
+        return self.config().policy()
+
+
+AlertSettingsResource = section_resource("alerts", base=AlertSettingsBase)
 
 
 # ---- the job ---------------------------------------------------------------------------------
@@ -221,7 +175,7 @@ def _channels(
 def deliver_alerts(
     context: dg.OpExecutionContext,
     config: AlertRunConfig,
-    alert_settings: AlertSettingsResource,
+    alert_settings: AlertSettingsBase,
     slack: AlertChannelResource,
     discord: AlertChannelResource,
     telegram: AlertChannelResource,
@@ -246,7 +200,7 @@ def deliver_alerts(
         f"{added} new (signal, channel) pair(s); channels: "
         + (", ".join(redact(c.describe()) for c in clients) or "none")
     )
-    link = f"{alert_settings.dagster_ui_url.rstrip('/')}/runs/{context.run_id}"
+    link = f"{alert_settings.config().dagster_ui_url.rstrip('/')}/runs/{context.run_id}"
     policy = alert_settings.policy()
     reports: list[ChannelReport] = []
     if clients:
@@ -300,7 +254,7 @@ def alert_job() -> None:
 # ---- the sensor ------------------------------------------------------------------------------
 def evaluate_live_signals(
     cursor_text: str | None,
-    settings: AlertSettingsResource,
+    settings: AlertSettingsBase,
     channels: list[AlertChannelResource],
     now_ns: int | None = None,
 ) -> tuple[list[dg.RunRequest], str, str | None]:
@@ -309,8 +263,8 @@ def evaluate_live_signals(
     new, cursor = scan_new_files(
         root,
         SignalCursor.loads(cursor_text),
-        lookback_s=settings.lookback_s,
-        initial_lookback_s=settings.initial_lookback_s,
+        lookback_s=settings.config().lookback_s,
+        initial_lookback_s=settings.config().initial_lookback_s,
         now_ns=now_ns,
     )
     configured = [r.channel_name() for r in channels if r.build_client() is not None]
@@ -365,7 +319,7 @@ def _make_sensor(interval_s: int, default_status: dg.DefaultSensorStatus) -> dg.
     )
     def live_signal_sensor(
         context: dg.SensorEvaluationContext,
-        alert_settings: AlertSettingsResource,
+        alert_settings: AlertSettingsBase,
         slack: AlertChannelResource,
         discord: AlertChannelResource,
         telegram: AlertChannelResource,
@@ -387,27 +341,26 @@ def _env(environ: Mapping[str, str], name: str) -> Any:
 
 
 def channel_resources(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """One resource per channel, each setting bound to its environment variable when set."""
     env = os.environ if environ is None else environ
-    slack_base = _env(env, "SLACK_API_BASE_URL")
-    tg_base = _env(env, "TELEGRAM_API_BASE_URL")
+    kinds = {"slack": SlackResource, "discord": DiscordResource, "telegram": TelegramResource}
     return {
-        "slack": SlackResource(
-            webhook_url=_env(env, "SLACK_WEBHOOK_URL"),
-            bot_token=_env(env, "SLACK_BOT_TOKEN"),
-            channel=_env(env, "SLACK_CHANNEL"),
-            **({"api_base_url": slack_base} if slack_base else {}),
-        ),
-        "discord": DiscordResource(webhook_url=_env(env, "DISCORD_WEBHOOK_URL")),
-        "telegram": TelegramResource(
-            bot_token=_env(env, "TELEGRAM_BOT_TOKEN"),
-            chat_id=_env(env, "TELEGRAM_CHAT_ID"),
-            **({"api_base_url": tg_base} if tg_base else {}),
-        ),
+        name: kinds[name](**{k: _env(env, var) for k, var in setup.env.items() if env.get(var)})
+        for name, setup in CHANNELS.items()
     }
 
 
-def settings_resource(environ: Mapping[str, str] | None = None) -> AlertSettingsResource:
+def settings_resource(
+    environ: Mapping[str, str] | None = None, settings: "Settings | None" = None
+) -> AlertSettingsBase:
+    """The `alert_settings` resource: `settings`' `[alerts]` values (None: the defaults), with
+    the lake, ledger and UI URL taken from their environment variables when those are set."""
     env = os.environ if environ is None else environ
+    cls = (
+        AlertSettingsResource
+        if settings is None
+        else section_resource("alerts", settings, base=AlertSettingsBase)
+    )
     kw: dict[str, Any] = {}
     for field, name in (
         ("lake", "MDPIPE_LAKE"),
@@ -416,7 +369,7 @@ def settings_resource(environ: Mapping[str, str] | None = None) -> AlertSettings
     ):
         if env.get(name):
             kw[field] = dg.EnvVar(name)
-    return AlertSettingsResource(**kw)
+    return cls(**kw)
 
 
 def build_alert_defs(
@@ -424,6 +377,7 @@ def build_alert_defs(
     *,
     sensor_interval_s: int | None = None,
     resources: Mapping[str, Any] | None = None,
+    settings: "Settings | None" = None,
 ) -> dg.Definitions:
     """The alert job, sensor and resources. `resources` overrides any of them (tests, dry runs
     with `FileChannelResource`)."""
@@ -439,7 +393,7 @@ def build_alert_defs(
     if sensor_interval_s < 1:
         raise ValueError(f"the sensor interval must be >= 1 s, got {sensor_interval_s}")
     res: dict[str, Any] = {
-        "alert_settings": settings_resource(env),
+        "alert_settings": settings_resource(env, settings),
         **channel_resources(env),
         **dict(resources or {}),
     }
@@ -458,12 +412,8 @@ def build_alert_defs(
 
 
 def _has_secret_env(key: str, env: Mapping[str, str]) -> bool:
-    need = {
-        "slack": (("SLACK_WEBHOOK_URL",), ("SLACK_BOT_TOKEN", "SLACK_CHANNEL")),
-        "discord": (("DISCORD_WEBHOOK_URL",),),
-        "telegram": (("TELEGRAM_BOT_TOKEN", "TELEGRAM_CHAT_ID"),),
-    }[key]
-    return any(all(env.get(n) for n in group) for group in need)
+    setup = CHANNELS[key]
+    return setup.complete_group(setup.from_env(env)) is not None
 
 
 alert_defs = build_alert_defs()
@@ -471,6 +421,7 @@ alert_defs = build_alert_defs()
 __all__ = [
     "AlertChannelResource",
     "AlertRunConfig",
+    "AlertSettingsBase",
     "AlertSettingsResource",
     "DiscordResource",
     "FileChannelResource",

@@ -8,6 +8,7 @@
 Checks are declared with `check_specs` and yielded by the step that produces the asset.
 """
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Iterator, Mapping
@@ -27,7 +28,7 @@ from mdpipe.defs.partitions import (
     part_of,
     partition_key,
 )
-from mdpipe.defs.resources import BacktestResource, LakeResource
+from mdpipe.defs.resources import LakeResource, SettingsResource
 from mdpipe.lake import Lake
 from mdpipe.pipeline import steps
 
@@ -197,13 +198,24 @@ FEATURE_CHECKS = {
     ],
 )
 def features_and_signals(
-    context: AssetExecutionContext, lake: LakeResource
+    context: AssetExecutionContext,
+    lake: LakeResource,
+    features: SettingsResource,
+    detectors: SettingsResource,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    from mdpipe.core.config import settings_id
+
     part = part_of(context)
-    out = steps.features_step(lake.get(), part)
+    fcfg, dcfg = features.get(), detectors.get()
+    out = steps.features_step(lake.get(), part, feature_config=fcfg, detector_config=dcfg)
     common: dict[str, Any] = {
         "duration_s": round(out.seconds, 3),
         "warmup_from": out.warmup_from or "none",
+        # which settings produced this partition (every signal row carries the id too)
+        "settings_id": settings_id(fcfg, dcfg),
+        "config": dg.MetadataValue.json(
+            {"features": dataclasses.asdict(fcfg), "detectors": dataclasses.asdict(dcfg)}
+        ),
     }
     yield dg.MaterializeResult(
         asset_key="features",
@@ -255,7 +267,7 @@ def features_and_signals(
     "labels needing the next day read its features when materialised, else are censored.",
 )
 def labels(
-    context: AssetExecutionContext, backtest: BacktestResource, lake: LakeResource
+    context: AssetExecutionContext, backtest: SettingsResource, lake: LakeResource
 ) -> dg.MaterializeResult:
     cfg = backtest.get()
     out = steps.labels_step(lake.get(), part_of(context), cfg)
@@ -297,7 +309,7 @@ def labels(
     "time and embargoed.",
 )
 def cv_folds(
-    context: AssetExecutionContext, backtest: BacktestResource, lake: LakeResource
+    context: AssetExecutionContext, backtest: SettingsResource, lake: LakeResource
 ) -> dg.MaterializeResult:
     cfg = backtest.get()
     out = steps.cv_folds_step(lake.get(), part_of(context), cfg)
@@ -335,7 +347,7 @@ def cv_folds(
     "always-in baselines) and a self-contained HTML report with PNGs next to it.",
 )
 def evaluation(
-    context: AssetExecutionContext, backtest: BacktestResource, lake: LakeResource
+    context: AssetExecutionContext, backtest: SettingsResource, lake: LakeResource
 ) -> dg.MaterializeResult:
     cfg = backtest.get()
     out = steps.evaluation_step(lake.get(), part_of(context), cfg)

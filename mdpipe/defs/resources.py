@@ -1,23 +1,49 @@
-"""Resources, bound once in `mdpipe.defs.build_defs`: the lake, and the backtest settings.
+"""Resources, bound once in `mdpipe.defs.build_defs`: the lake, and the settings sections.
 
-`BacktestResource` is the one place the backtest parameters live in Dagster: `labels`,
-`cv_folds` and `evaluation` all take it, so a value set once (launchpad, `--config-json`,
-`mdpipe run --set`) reaches all three, as run config
+The settings resources are generated from the settings model (`mdpipe.settings`), one per
+section: `features` and `detectors` (taken by the `features`/`signals` step) and `backtest`
+(taken by `labels`, `cv_folds` and `evaluation`). Every field of the section's dataclass becomes
+a resource field with its type, its default (the dataclass default, or the value of the settings
+file the code location found: `$MDPIPE_CONFIG`, else `./mdpipe.toml`) and its description (from
+the dataclass docstring), so the Launchpad shows all of them. There is no hand-written copy to
+fall out of step: a field added to `DetectorConfig` shows up here by itself. A value set once per
+run reaches every asset that takes the resource:
 
     resources:
+      detectors:
+        config:
+          drift_threshold: 4.0
       backtest:
         config:
           fee_rate: 0.0004
+
+`mdpipe run --config F` passes every value of F's sections this way. Validation stays in the
+dataclasses and runs when the resource is initialised, so a bad value fails the run before any
+data is read, with the field, the value and the allowed range.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import dagster as dg
+import pydantic
 
-from mdpipe.core.config import BacktestConfig
 from mdpipe.lake import Lake
+
+if TYPE_CHECKING:
+    from mdpipe.settings import Settings
+
+# the settings sections the pipeline's assets take, by resource key
+PIPELINE_SECTIONS = ("features", "detectors", "backtest")
+_PY_TYPES: dict[str, Any] = {
+    "float": float,
+    "int": int,
+    "bool": bool,
+    "str": str,
+    "list": list[str],
+}
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -34,54 +60,74 @@ class LakeResource(dg.ConfigurableResource):
         return Lake.resolve(self.path or None)
 
 
-_DEFAULTS = BacktestConfig()
+class SettingsResource(dg.ConfigurableResource):
+    """Base of the generated per-section resources: `get()` is the section's validated
+    dataclass (`FeatureConfig`, `DetectorConfig`, `BacktestConfig`, ...)."""
 
+    section: ClassVar[str] = ""
 
-class BacktestResource(dg.ConfigurableResource):
-    """The backtest settings (`mdpipe.core.config.BacktestConfig`: costs, barriers, CV,
-    thresholds) shared by labels, cv_folds and evaluation. Set them once per run, under
-    `resources: backtest: config:`.
+    def get(self) -> Any:
+        from mdpipe.settings import build_section
 
-    Field for field the core's `BacktestConfig` (same names, same defaults; checked at import);
-    validation stays in the core (`BacktestConfig.__post_init__`) and runs when the resource is
-    initialised, so a bad value fails the run before any data is read, with the core's message.
-    """
-
-    initial_capital: float = _DEFAULTS.initial_capital
-    fee_rate: float = _DEFAULTS.fee_rate
-    slippage_bps: float = _DEFAULTS.slippage_bps
-    profit_target_pct: float = _DEFAULTS.profit_target_pct
-    stop_loss_pct: float = _DEFAULTS.stop_loss_pct
-    max_holding_seconds: float = _DEFAULTS.max_holding_seconds
-    barrier_price: str = _DEFAULTS.barrier_price
-    position_fraction: float = _DEFAULTS.position_fraction
-    grid_seconds: float = _DEFAULTS.grid_seconds
-    move_bps: float = _DEFAULTS.move_bps
-    cv_method: str = _DEFAULTS.cv_method
-    cv_n_folds: int = _DEFAULTS.cv_n_folds
-    cv_n_test_folds: int = _DEFAULTS.cv_n_test_folds
-    embargo_seconds: float = _DEFAULTS.embargo_seconds
-    threshold_objective: str = _DEFAULTS.threshold_objective
-    threshold_min_signals: int = _DEFAULTS.threshold_min_signals
-    sharpe_interval_seconds: float = _DEFAULTS.sharpe_interval_seconds
-    random_seed: int = _DEFAULTS.random_seed
-
-    def get(self) -> BacktestConfig:
-        """The validated core config (raises the core's ValueError on a bad value)."""
-        return BacktestConfig.from_mapping({k: getattr(self, k) for k in type(self).model_fields})
+        return build_section(self.section, self.model_dump(), "run config")
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self.get()
 
 
-def _check_mirror() -> None:
-    core = {f.name for f in dataclasses.fields(BacktestConfig)}
-    ours = set(BacktestResource.model_fields)
-    if core != ours:
-        raise RuntimeError(
-            f"BacktestResource is out of step with BacktestConfig: missing {sorted(core - ours)}, "
-            f"extra {sorted(ours - core)}"
+R = TypeVar("R", bound=SettingsResource)
+
+
+def section_resource(
+    section: str,
+    settings: Settings | None = None,
+    *,
+    base: type[R] = SettingsResource,  # type: ignore[assignment]
+) -> type[R]:
+    """A `ConfigurableResource` class with one field per field of `section`, defaulting to
+    `settings` (or the dataclass defaults)."""
+    from mdpipe.settings import FIELDS, SECTIONS
+
+    values = settings.section(section) if settings is not None else {}
+    fields: dict[str, Any] = {}
+    for name, info in FIELDS[section].items():
+        typ = _PY_TYPES[info.kind]
+        default = values.get(name, info.default)
+        if isinstance(default, tuple):
+            default = list(default)
+        fields[name] = (
+            typ | None if info.optional else typ,
+            pydantic.Field(default=default, description=info.description),
         )
+    cls_name = f"{section.capitalize()}Resource"
+    model = pydantic.create_model(
+        cls_name,
+        __base__=base,
+        __module__=__name__,
+        __doc__=f"The [{section}] settings (`{SECTIONS[section].__name__}`): "
+        + (SECTIONS[section].__doc__ or "").strip().split("\n")[0],
+        **fields,
+    )
+    model.section = section
+    return model
 
 
-_check_mirror()
+@functools.cache
+def _default_classes() -> dict[str, type[SettingsResource]]:
+    return {s: section_resource(s) for s in PIPELINE_SECTIONS}
+
+
+def pipeline_resources(settings: Settings | None = None) -> dict[str, Any]:
+    """The settings resources of the pipeline, configurable at launch, defaulting to
+    `settings` (the discovered settings file) or to the dataclass defaults."""
+    if settings is None:
+        classes = _default_classes()
+    else:
+        classes = {s: section_resource(s, settings) for s in PIPELINE_SECTIONS}
+    return {s: cls.configure_at_launch() for s, cls in classes.items()}
+
+
+# Importable names (tests, scripts): the resources with the dataclass defaults.
+FeaturesResource = _default_classes()["features"]
+DetectorsResource = _default_classes()["detectors"]
+BacktestResource = _default_classes()["backtest"]

@@ -1,27 +1,32 @@
-"""The lake: partitioned Parquet files, their layout, atomic writes and the DuckDB catalog.
+"""The lake: partitioned Parquet files, the raw journal, atomic writes and the DuckDB catalog.
 
-Every fact about where rows live (paths, file names, the time column per table, UTC-day
-splitting) is stated once, in :mod:`mdpipe.lake.store`; everything else imports it from here.
+Each fact about the lake is stated once, in one module of this package, and imported from here:
+
+- :mod:`~mdpipe.lake.tables`: table columns, row keys, the time column of each table and
+  splitting rows by UTC day;
+- :mod:`~mdpipe.lake.paths`: the lake's location (local folders only), partition folders,
+  market keys, sequence and roll-up file names;
+- :mod:`~mdpipe.lake.atomic`: the one atomic writer (temporary ``.tmp-*`` name, fsync, rename);
+- :mod:`~mdpipe.lake.journal`: the raw journal's format, its writer and its one reader;
+- :mod:`~mdpipe.lake.store`: :class:`Lake` (listing, reading, publishing, roll-ups, catalog).
 """
 
-from mdpipe.lake.store import (
+from mdpipe.lake.atomic import TMP_PREFIX, atomic_target, atomic_write_bytes, tmp_path_for
+from mdpipe.lake.journal import (
+    JournalError,
+    JournalProblem,
+    JournalReader,
+    JournalWriter,
+    iter_journal_lines,
+    read_journal,
+)
+from mdpipe.lake.paths import (
     CATALOG_NAME,
-    COMPACT_READ_FILES,
-    GAP_KINDS,
+    DEFAULT_LAKE,
     LAKE_ENV,
-    NS_PER_DAY,
-    ROW_GROUP_ROWS,
-    SCHEMAS,
-    TMP_PREFIX,
-    Lake,
-    Partition,
-    PartitionWriter,
-    atomic_write_bytes,
-    conform,
+    LakeLocationError,
     covered_files,
-    date_of_ns,
-    day_start_ns,
-    empty_frame,
+    local_root,
     market_key,
     parse_market_key,
     parse_rollup_name,
@@ -30,30 +35,67 @@ from mdpipe.lake.store import (
     rollup_name,
     symbol_to_path,
 )
+from mdpipe.lake.store import (
+    COMPACT_READ_FILES,
+    ROW_GROUP_ROWS,
+    Lake,
+    Partition,
+    PartitionWriter,
+)
+from mdpipe.lake.tables import (
+    GAP_KINDS,
+    NS_PER_DAY,
+    ROW_KEYS,
+    SCHEMAS,
+    TIME_COLUMNS,
+    conform,
+    date_of_ns,
+    day_start_ns,
+    empty_frame,
+    row_time,
+    split_by_date,
+    time_column,
+)
 
 __all__ = [
     "CATALOG_NAME",
     "COMPACT_READ_FILES",
+    "DEFAULT_LAKE",
     "GAP_KINDS",
     "LAKE_ENV",
     "NS_PER_DAY",
     "ROW_GROUP_ROWS",
+    "ROW_KEYS",
     "SCHEMAS",
+    "TIME_COLUMNS",
     "TMP_PREFIX",
+    "JournalError",
+    "JournalProblem",
+    "JournalReader",
+    "JournalWriter",
     "Lake",
+    "LakeLocationError",
     "Partition",
     "PartitionWriter",
+    "atomic_target",
     "atomic_write_bytes",
     "conform",
     "covered_files",
     "date_of_ns",
     "day_start_ns",
     "empty_frame",
+    "iter_journal_lines",
+    "local_root",
     "market_key",
     "parse_market_key",
     "parse_rollup_name",
     "parse_sequence_name",
     "path_to_symbol",
+    "read_journal",
     "rollup_name",
+    "row_time",
+    "split_by_date",
     "symbol_to_path",
+    "time_column",
+    "tmp_path_for",
 ]

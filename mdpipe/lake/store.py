@@ -1,25 +1,14 @@
-"""The tick lake: paths, table schemas and atomic publishing.
+"""The lake as an object: listing, reading and publishing partitions, roll-ups, the catalog.
 
-This module is the only writer of lake files. Layout (DESIGN.md, a contract)::
+Every file appears under its final name in one ``os.replace`` after its bytes are fsynced
+(:mod:`mdpipe.lake.atomic`), so a reader (DuckDB, polars, another process) never sees a
+half-written file and a crashed writer leaves at most a ``.tmp-*`` file, which no ``*.parquet``
+glob matches. Files hold the ``venue`` and ``symbol`` columns themselves (the unified symbol
+``BTC/USDT``; the path uses ``BTC-USDT``), so readers do not use hive partitioning for those
+columns.
 
-    <lake>/raw/venue=<venue>/date=<YYYY-MM-DD>/<hour>-<seq>.jsonl.gz
-    <lake>/<table>/venue=<venue>/symbol=<BASE-QUOTE>/date=<YYYY-MM-DD>/*.parquet
-    <lake>/derived/<asset>/venue=.../symbol=.../date=.../*.parquet
-    <lake>/live/signals/venue=.../symbol=.../date=.../*.parquet
-    <lake>/mdpipe.duckdb
-
-Every file appears under its final name in one ``os.replace`` after its bytes are fsynced, so a
-reader (DuckDB, polars, another process) never sees a half-written file and a crashed writer
-leaves at most a ``.tmp-*.partial`` file, which no ``*.parquet`` glob matches. Files hold the ``venue`` and ``symbol``
-columns themselves (the unified symbol ``BTC/USDT``; the path uses ``BTC-USDT``), so readers do
-not use hive partitioning for those columns.
-
-Roll-ups. A writer that publishes often (capture, every few seconds) names its files
-``<prefix>-<19-digit ns>.parquet`` with names increasing in publish order, and later merges a run
-of them into one *roll-up* ``<prefix>-<first ns>-to-<last ns>.parquet`` (:meth:`Lake.compact`),
-which sorts exactly where the first merged file did. A roll-up *covers* every file of its
-directory with the same prefix and an ns in ``[first, last]``. The roll-up is published before
-the files it covers are unlinked, so a crash in between leaves both: :meth:`Lake.files` (and so
+Roll-ups (names in :mod:`mdpipe.lake.paths`). The roll-up is published before the files it
+covers are unlinked, so a crash in between leaves both: :meth:`Lake.files` (and so
 ``scan``/``read``) never lists covered files, and :meth:`Lake.finish_compactions` deletes them.
 DuckDB views glob ``*.parquet`` and do not know the rule: they count covered rows twice for the
 moment between the roll-up's rename and the unlinks (milliseconds), or until the writer finishes
@@ -28,9 +17,7 @@ an interrupted roll-up after a crash.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import re
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -40,199 +27,25 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-LAKE_ENV = "MDPIPE_LAKE"
-CATALOG_NAME = "mdpipe.duckdb"
-TMP_PREFIX = ".tmp-"
-ROW_GROUP_ROWS = 131_072  # rows a streaming writer buffers per Parquet row group
-NS_PER_DAY = 86_400 * 1_000_000_000
-
-# Canonical tables. Timestamps are int64 ns since the epoch, UTC; prices and sizes float64.
-SCHEMAS: dict[str, dict[str, pl.DataType]] = {
-    "trades": {
-        "venue": pl.String(),
-        "symbol": pl.String(),
-        "exch_ts_ns": pl.Int64(),
-        "recv_ts_ns": pl.Int64(),
-        "trade_id": pl.Int64(),
-        "price": pl.Float64(),
-        "qty": pl.Float64(),
-        "side": pl.String(),  # taker side: 'buy' | 'sell'
-    },
-    "agg_trades": {
-        "venue": pl.String(),
-        "symbol": pl.String(),
-        "exch_ts_ns": pl.Int64(),
-        "recv_ts_ns": pl.Int64(),
-        "agg_trade_id": pl.Int64(),
-        "first_trade_id": pl.Int64(),
-        "last_trade_id": pl.Int64(),
-        "price": pl.Float64(),
-        "qty": pl.Float64(),
-        "side": pl.String(),
-    },
-    "book": {
-        "venue": pl.String(),
-        "symbol": pl.String(),
-        "exch_ts_ns": pl.Int64(),
-        "recv_ts_ns": pl.Int64(),
-        "update_id": pl.Int64(),
-        "side": pl.String(),  # 'bid' | 'ask'
-        "price": pl.Float64(),
-        "qty": pl.Float64(),  # absolute size; 0 removes the level
-        "is_snapshot": pl.Boolean(),
-    },
-    "bbo": {
-        "venue": pl.String(),
-        "symbol": pl.String(),
-        "exch_ts_ns": pl.Int64(),  # null for Binance spot bookTicker, which carries no time
-        "recv_ts_ns": pl.Int64(),
-        "update_id": pl.Int64(),
-        "bid": pl.Float64(),
-        "bid_qty": pl.Float64(),
-        "ask": pl.Float64(),
-        "ask_qty": pl.Float64(),
-    },
-    "gaps": {
-        "venue": pl.String(),
-        "symbol": pl.String(),
-        "ts_ns": pl.Int64(),
-        "kind": pl.String(),  # sequence_gap | resync | reconnect | stale | no_snapshot | backfill
-        "detail": pl.String(),
-        "prev_update_id": pl.Int64(),
-        "next_update_id": pl.Int64(),
-    },
-}
-
-# Columns identifying a row, used to keep imports idempotent across overlapping inputs.
-ROW_KEYS: dict[str, tuple[str, ...]] = {
-    "trades": ("trade_id",),
-    "agg_trades": ("agg_trade_id",),
-    "book": ("update_id", "is_snapshot", "side", "price"),
-    "bbo": ("update_id",),
-    "gaps": ("ts_ns", "kind", "prev_update_id", "next_update_id"),
-}
-
-GAP_KINDS = ("sequence_gap", "resync", "reconnect", "stale", "no_snapshot", "backfill")
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.=-]+$")
-# see "Roll-ups" above: a sequence-named file, and a roll-up of a run of them
-_SEQ_NAME = re.compile(r"^(?P<prefix>[A-Za-z0-9_.=-]+?)-(?P<ns>[0-9]{19})\.parquet$")
-_ROLLUP_NAME = re.compile(
-    r"^(?P<prefix>[A-Za-z0-9_.=-]+?)-(?P<first>[0-9]{19})-to-(?P<last>[0-9]{19})\.parquet$"
+from mdpipe.lake import paths
+from mdpipe.lake.atomic import TMP_PREFIX, atomic_target, commit, fsync_dir
+from mdpipe.lake.paths import (
+    CATALOG_NAME,
+    DEFAULT_LAKE,
+    LAKE_ENV,
+    SAFE_NAME,
+    covered_files,
+    local_root,
+    parse_rollup_name,
+    parse_sequence_name,
+    path_to_symbol,
+    rollup_name,
+    symbol_to_path,
 )
+from mdpipe.lake.tables import ROW_KEYS, SCHEMAS, conform
+
+ROW_GROUP_ROWS = 131_072  # rows a streaming writer buffers per Parquet row group
 COMPACT_READ_FILES = 64  # files read at once while merging (rows stream out in row groups)
-
-
-def symbol_to_path(symbol: str) -> str:
-    """``BTC/USDT`` -> ``BTC-USDT``; ``BTC/USDT:USDT`` -> ``BTC-USDT-USDT``."""
-    return symbol.replace("/", "-").replace(":", "-")
-
-
-def path_to_symbol(part: str, venue: str) -> str:
-    """Inverse of :func:`symbol_to_path` for spot and linear-perpetual symbols."""
-    bits = part.split("-")
-    if len(bits) == 2:
-        return f"{bits[0]}/{bits[1]}"
-    if len(bits) == 3:
-        return f"{bits[0]}/{bits[1]}:{bits[2]}"
-    raise ValueError(f"cannot read a symbol from path part {part!r} (venue {venue})")
-
-
-def market_key(venue: str, symbol: str) -> str:
-    """The Dagster partition key of a market: ``binance:BTC-USDT``."""
-    return f"{venue}:{symbol_to_path(symbol)}"
-
-
-def parse_market_key(key: str) -> tuple[str, str]:
-    venue, _, part = key.partition(":")
-    if not venue or not part:
-        raise ValueError(f"market key {key!r} is not of the form 'venue:BASE-QUOTE'")
-    return venue, path_to_symbol(part, venue)
-
-
-def date_of_ns(ts_ns: int) -> str:
-    return dt.datetime.fromtimestamp(ts_ns / 1e9, tz=dt.UTC).strftime("%Y-%m-%d")
-
-
-def day_start_ns(date: str) -> int:
-    d = dt.datetime.strptime(date, "%Y-%m-%d").replace(tzinfo=dt.UTC)
-    return int(d.timestamp()) * 1_000_000_000
-
-
-def empty_frame(table: str) -> pl.DataFrame:
-    return pl.DataFrame(schema=SCHEMAS[table])
-
-
-def conform(table: str, df: pl.DataFrame) -> pl.DataFrame:
-    """Cast to the table's schema, in its column order (extra columns kept after)."""
-    schema = SCHEMAS.get(table)
-    if schema is None:
-        return df
-    missing = [c for c in schema if c not in df.columns]
-    if missing:
-        raise ValueError(f"{table}: missing columns {missing}")
-    extra = [c for c in df.columns if c not in schema]
-    return df.select([*(pl.col(c).cast(t) for c, t in schema.items()), *extra])
-
-
-def parse_sequence_name(name: str) -> tuple[str, int] | None:
-    """``cap-20240808T14-1723126512345678901.parquet`` -> ``("cap-20240808T14", 1723...)``;
-    None for other names, roll-ups included."""
-    m = _SEQ_NAME.match(name)
-    if m is None or _ROLLUP_NAME.match(name):
-        return None
-    return m["prefix"], int(m["ns"])
-
-
-def parse_rollup_name(name: str) -> tuple[str, int, int] | None:
-    """``<prefix>-<first>-to-<last>.parquet`` -> ``(prefix, first, last)``."""
-    m = _ROLLUP_NAME.match(name)
-    return (m["prefix"], int(m["first"]), int(m["last"])) if m else None
-
-
-def rollup_name(prefix: str, first_ns: int, last_ns: int) -> str:
-    return f"{prefix}-{first_ns:019d}-to-{last_ns:019d}.parquet"
-
-
-def covered_files(paths: Iterable[Path]) -> set[Path]:
-    """The files among ``paths`` that a roll-up among ``paths`` (same directory) covers."""
-    paths = list(paths)
-    ranges: dict[tuple[Path, str], list[tuple[int, int]]] = {}
-    for p in paths:
-        if "-to-" in p.name:
-            r = parse_rollup_name(p.name)
-            if r is not None:
-                ranges.setdefault((p.parent, r[0]), []).append((r[1], r[2]))
-    if not ranges:
-        return set()
-    out: set[Path] = set()
-    for p in paths:
-        seq = parse_sequence_name(p.name)
-        if seq is None:
-            continue
-        for first, last in ranges.get((p.parent, seq[0]), ()):
-            if first <= seq[1] <= last:
-                out.add(p)
-                break
-    return out
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}.partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 @dataclass(frozen=True)
@@ -247,28 +60,23 @@ class Lake:
     """A lake rooted at a directory. Cheap to construct; holds no open files."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).absolute()
+        # a URL (s3://...) raises LakeLocationError here, never becomes a folder named "s3:"
+        self.root = local_root(root)
 
     @classmethod
     def resolve(cls, lake: str | os.PathLike[str] | None = None) -> Lake:
         """``--lake`` if given, else ``$MDPIPE_LAKE``, else ``./lake``."""
-        return cls(lake or os.environ.get(LAKE_ENV) or "lake")
+        return cls(lake or os.environ.get(LAKE_ENV) or DEFAULT_LAKE)
 
     def __repr__(self) -> str:
         return f"Lake({str(self.root)!r})"
 
     # ---- paths -------------------------------------------------------------------------
     def partition_dir(self, table: str, venue: str, symbol: str, date: str) -> Path:
-        return (
-            self.root
-            / table
-            / f"venue={venue}"
-            / f"symbol={symbol_to_path(symbol)}"
-            / f"date={date}"
-        )
+        return paths.partition_dir(self.root, table, venue, symbol, date)
 
     def raw_dir(self, venue: str, date: str) -> Path:
-        return self.root / "raw" / f"venue={venue}" / f"date={date}"
+        return paths.raw_dir(self.root, venue, date)
 
     @property
     def catalog_path(self) -> Path:
@@ -378,16 +186,11 @@ class Lake:
     ) -> Path:
         """Write ``df`` as one new Parquet file of the partition, atomically."""
         name = name or f"{uuid.uuid4().hex}.parquet"
-        if not _SAFE_NAME.match(name) or name.startswith(TMP_PREFIX):
+        if not SAFE_NAME.match(name) or name.startswith(TMP_PREFIX):
             raise ValueError(f"unsafe lake file name {name!r}")
         final = self.partition_dir(table, venue, symbol, date) / name
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{name}.partial")
-        conform(table, df).write_parquet(tmp, compression="zstd", statistics=True)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        with atomic_target(final) as tmp:
+            conform(table, df).write_parquet(tmp, compression="zstd", statistics=True)
         return final
 
     def replace_partition(
@@ -472,7 +275,7 @@ class Lake:
             raise
         for f in ordered:
             f.unlink(missing_ok=True)
-        _fsync_dir(d)
+        fsync_dir(d)
         return final
 
     def finish_compactions(self, part: Partition) -> int:
@@ -485,7 +288,7 @@ class Lake:
         for f in covered:
             f.unlink(missing_ok=True)
         if covered:
-            _fsync_dir(d)
+            fsync_dir(d)
         return len(covered)
 
     def remove_stale_tmp(self) -> int:
@@ -521,36 +324,34 @@ class Lake:
         """
         import duckdb
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f"{TMP_PREFIX}{uuid.uuid4().hex}.duckdb"
-        con = duckdb.connect(str(tmp))
-        try:
-            names = list(dict.fromkeys([*SCHEMAS, *self.tables(), *extra_tables]))
-            for table in names:
-                view = table.split("/")[-1] if table.startswith("derived/") else table
-                view = view.replace("/", "_")
-                files = self.files(table)
-                if files:
-                    glob = str(self.root / table / "*" / "*" / "*" / "*.parquet")
-                    con.execute(
-                        f'CREATE OR REPLACE VIEW "{view}" AS SELECT * EXCLUDE (filename), '
-                        "CAST(regexp_extract(filename, 'date=([0-9-]+)', 1) AS DATE) AS date "
-                        f"FROM read_parquet('{_sql_str(glob)}', hive_partitioning = false, "
-                        "union_by_name = true, filename = true)"
-                    )
-                elif table in SCHEMAS:
-                    cols = ", ".join(
-                        f'CAST(NULL AS {_duck_type(t)}) AS "{c}"' for c, t in SCHEMAS[table].items()
-                    )
-                    con.execute(
-                        f'CREATE OR REPLACE VIEW "{view}" AS SELECT {cols}, '
-                        "CAST(NULL AS DATE) AS date WHERE false"
-                    )
-        finally:
-            con.close()
-        os.replace(tmp, self.catalog_path)
-        wal = tmp.with_name(tmp.name + ".wal")
-        wal.unlink(missing_ok=True)
+        with atomic_target(self.catalog_path) as tmp:
+            con = duckdb.connect(str(tmp))
+            try:
+                names = list(dict.fromkeys([*SCHEMAS, *self.tables(), *extra_tables]))
+                for table in names:
+                    view = table.split("/")[-1] if table.startswith("derived/") else table
+                    view = view.replace("/", "_")
+                    files = self.files(table)
+                    if files:
+                        glob = str(self.root / table / "*" / "*" / "*" / "*.parquet")
+                        con.execute(
+                            f'CREATE OR REPLACE VIEW "{view}" AS SELECT * EXCLUDE (filename), '
+                            "CAST(regexp_extract(filename, 'date=([0-9-]+)', 1) AS DATE) AS date "
+                            f"FROM read_parquet('{_sql_str(glob)}', hive_partitioning = false, "
+                            "union_by_name = true, filename = true)"
+                        )
+                    elif table in SCHEMAS:
+                        cols = ", ".join(
+                            f'CAST(NULL AS {_duck_type(t)}) AS "{c}"'
+                            for c, t in SCHEMAS[table].items()
+                        )
+                        con.execute(
+                            f'CREATE OR REPLACE VIEW "{view}" AS SELECT {cols}, '
+                            "CAST(NULL AS DATE) AS date WHERE false"
+                        )
+            finally:
+                con.close()
+                tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
         return self.catalog_path
 
 
@@ -656,10 +457,7 @@ class PartitionWriter:
             rows = kept.height
         else:
             rows = self.rows
-        with open(self.tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(self.tmp, final)
-        _fsync_dir(self.dir)
+        commit(self.tmp, final)
         return final, rows
 
 

@@ -26,7 +26,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -39,6 +39,10 @@ from mdpipe.core.metrics import evaluate
 from mdpipe.lake import NS_PER_DAY, Lake, day_start_ns, market_key, parse_market_key
 from mdpipe.pipeline.read import compute_partition
 from mdpipe.pipeline.reports import write_report, write_summary_report
+
+if TYPE_CHECKING:
+    from mdpipe.core.detectors.ensemble import DetectorConfig
+    from mdpipe.core.features import FeatureConfig
 
 # Feature columns checked for finiteness after warm-up. `microprice` is excluded on purpose:
 # it is NaN by design unless a model fitted on an earlier partition is supplied.
@@ -309,7 +313,14 @@ class FeaturesOutput:
 
 
 def compute_features_signals(
-    lake: Lake, part: Part, prev: Part | None, warmup_seconds: float, stats: dict[str, Any]
+    lake: Lake,
+    part: Part,
+    prev: Part | None,
+    warmup_seconds: float,
+    stats: dict[str, Any],
+    *,
+    feature_config: FeatureConfig | None = None,
+    detector_config: DetectorConfig | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The one call into the core's batch driver (features and detectors share one pass).
 
@@ -319,7 +330,12 @@ def compute_features_signals(
     partition's files in name order, which is applied order only when a partition is one
     file (what `mdpipe import` produces in one go); several files are read whole and sorted
     into applied order instead (slower, more memory, always correct)."""
-    kw: dict[str, Any] = {"warmup_minutes": warmup_seconds / 60.0, "stats": stats}
+    kw: dict[str, Any] = {
+        "warmup_minutes": warmup_seconds / 60.0,
+        "stats": stats,
+        "feature_config": feature_config,
+        "detector_config": detector_config,
+    }
     single = all(len(lake.files("book", p.venue, p.symbol, p.date)) <= 1 for p in (part, prev) if p)
     if single:
         return compute_partition(
@@ -342,18 +358,26 @@ def compute_features_signals(
 
 
 def features_step(
-    lake: Lake, part: Part, *, warmup: bool = True, warmup_seconds: float = WARMUP_SECONDS
+    lake: Lake,
+    part: Part,
+    *,
+    warmup: bool = True,
+    warmup_seconds: float = WARMUP_SECONDS,
+    feature_config: FeatureConfig | None = None,
+    detector_config: DetectorConfig | None = None,
 ) -> FeaturesOutput:
     """`features` and `signals` of a partition, written under derived/; warmed up on the last
-    `warmup_seconds` of the previous day when the lake has it."""
+    `warmup_seconds` of the previous day when the lake has it. The configs default to the
+    core's defaults (`mdpipe.settings` gives the effective ones)."""
     t0 = time.perf_counter()
     prev = part.shifted(-1)
     warm = warmup and has_data(lake, "book", prev)
     stats: dict[str, Any] = {}
     if has_data(lake, "book", part):
         features, signals = compute_features_signals(
-            lake, part, prev if warm else None, warmup_seconds, stats
-        )
+            lake, part, prev if warm else None, warmup_seconds, stats,
+            feature_config=feature_config, detector_config=detector_config,
+        )  # fmt: skip
     else:
         features = empty_features(part.venue, part.symbol)
         signals = empty_signals()

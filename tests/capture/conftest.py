@@ -14,9 +14,8 @@ import polars as pl
 
 from mdpipe.capture.daemon import Capture, CaptureConfig
 from mdpipe.capture.exchange_sim import ExchangeSim
-from mdpipe.capture.journal import iter_journal_lines
 from mdpipe.crosscheck import CrossCheck, book_vs_bbo
-from mdpipe.lake import Lake
+from mdpipe.lake import Lake, iter_journal_lines
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "binance-spot-2024-08-08"
 BTC_FILES = [DATA / "btcusdt_20240808.gz", DATA / "btcusdt_20240809.gz"]

@@ -107,10 +107,18 @@ def test_settings_merge_file_env_and_flags(tmp_path: Path) -> None:
         _args(["--symbols", "BTC/USDT", "--compact-hourly"]), {"MDPIPE_CAPTURE_COMPACT_HOURLY": "0"}
     )
     assert c.compact_hourly is True  # flag beats env
-    cfg.write_text("symbols = ['BTC/USDT']\ncompact_hourly = false\n")
+    cfg.write_text("[capture]\nsymbols = ['BTC/USDT']\ncompact_hourly = false\n")
     assert build_config(_args(["--config", str(cfg)]), {}).compact_hourly is False
-    cfg.write_text("symbols = ['BTC/USDT']\nflush_interval = 2\n")
-    with pytest.raises(ValueError, match="unknown capture settings"):
+    cfg.write_text("[capture]\nsymbols = ['BTC/USDT']\nflush_interval = 2\n")
+    with pytest.raises(
+        ValueError, match=r"\[capture\]: unknown key 'flush_interval' \(did you mean"
+    ):
+        build_config(_args(["--config", str(cfg)]), {})
+    # capture settings live in their section of the one settings file
+    cfg.write_text("symbols = ['BTC/USDT']\n")
+    with pytest.raises(
+        ValueError, match=r"'symbols' is outside any section \(it belongs under \[capture\]\)"
+    ):
         build_config(_args(["--config", str(cfg)]), {})
     with pytest.raises(ValueError, match="at least one symbol"):
         build_config(_args([]), {})
@@ -144,7 +152,7 @@ def test_a_failed_flush_keeps_its_data_for_the_next_one(tmp_path: Path) -> None:
     """Disk full for a moment: nothing is lost or written twice, journal or lake."""
     import errno
 
-    from mdpipe.capture.journal import iter_journal_lines
+    from mdpipe.lake import iter_journal_lines
 
     def prepare(cap: Capture) -> None:
         publish, write_lines = cap.lake.publish, cap.journal.write_lines

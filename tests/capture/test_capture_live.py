@@ -11,7 +11,7 @@ import pytest
 
 from mdpipe.capture.daemon import Capture, CaptureConfig
 from mdpipe.capture.exchange_sim import ExchangeSim
-from mdpipe.capture.journal import iter_journal_lines
+from mdpipe.lake import iter_journal_lines
 from tests.capture.conftest import Run, run_capture, wait_pos
 
 BTC_TRADES = list(range(3735683259, 3735703162 + 1))

@@ -13,8 +13,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from mdpipe.capture.exchange_sim import ExchangeSim
-from mdpipe.capture.journal import iter_journal_lines
-from mdpipe.lake import Lake
+from mdpipe.lake import Lake, iter_journal_lines
 from tests.capture.conftest import ALL_FILES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +63,7 @@ def test_sigterm_sigkill_and_restart_keep_the_lake_consistent(tmp_path: Path) ->
         sim = ExchangeSim(ALL_FILES, speed=15.0, start_grace_s=1.0)
         await sim.start()
         cmd = [
-            sys.executable, "-m", "capture", "capture", "--symbols", "BTC/USDT,ETH/USDT",
+            sys.executable, "-m", "mdpipe.capture", "capture", "--symbols", "BTC/USDT,ETH/USDT",
             "--ws-url", sim.ws_url, "--rest-url", sim.rest_url, "--lake", str(lake),
             "--flush-interval", "0.3", "--reconnect-initial", "0.05", "--reconnect-max", "0.5",
             "--log-level", "WARNING",

@@ -15,7 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from mdpipe.capture.exchange_sim import ExchangeSim
-from mdpipe.capture.journal import iter_journal_lines
+from mdpipe.lake import iter_journal_lines
 from tests.capture.conftest import BTC_FILES, run_capture, wait_pos
 
 SYMBOL = "BTC/USDT:USDT"

@@ -22,8 +22,8 @@ import polars as pl
 
 from mdpipe.capture.daemon import Capture
 from mdpipe.capture.exchange_sim import ExchangeSim, load_recording_cached
-from mdpipe.capture.journal import iter_journal_lines
 from mdpipe.core.book import L2Book
+from mdpipe.lake import iter_journal_lines
 from tests.capture.conftest import BTC_FILES, Run, run_capture, wait_pos
 from tests.capture.test_capture_live import assert_trades_exactly_once
 

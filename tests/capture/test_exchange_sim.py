@@ -12,7 +12,7 @@ import ccxt.pro as ccxtpro
 import pytest
 
 from mdpipe.capture.exchange_sim import ExchangeSim, load_recording
-from mdpipe.capture.journal import iter_journal_lines
+from mdpipe.lake import iter_journal_lines
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "binance-spot-2024-08-08"
 BTC = [DATA / "btcusdt_20240808.gz", DATA / "btcusdt_20240809.gz"]

@@ -29,6 +29,7 @@ from mdpipe.defs.assets import LABEL_STAGE_KEYS
 from mdpipe.lake import Lake
 from mdpipe.pipeline import steps
 from mdpipe.run import RunOutcome, execute, register_markets, select_parts
+from mdpipe.settings import load_settings
 
 ASSETS = ("features", "signals", "labels", "cv_folds", "evaluation")
 PARTS = [f"{d}|binance:{s}-USDT" for d in ("2024-08-08", "2024-08-09") for s in ("BTC", "ETH")]
@@ -131,7 +132,8 @@ def test_run_config_reaches_labels_and_evaluation(piped: dict[str, Any], tmp_pat
     part = [p for p in select_parts(lake) if p.label == "2024-08-08|binance:BTC-USDT"]
     with dg.DagsterInstance.ephemeral() as instance:
         register_markets(instance, lake)
-        out = execute(lake, part, instance=instance, config={"fee_rate": 0.0, "slippage_bps": 0.0})
+        free_costs = load_settings(sets=["fee_rate=0", "backtest.slippage_bps=0"], environ={})
+        out = execute(lake, part, instance=instance, settings=free_costs)
         assert out.ok
         # `--set` is set once, on the `backtest` resource, and reaches all three assets
         for asset in ("labels", "cv_folds", "evaluation"):
@@ -150,8 +152,8 @@ def test_run_config_reaches_labels_and_evaluation(piped: dict[str, Any], tmp_pat
     # taker fee 0.1 % and 5 bps slippage on each leg: ~0.3 % of notional per round trip
     cost = both["ret"] - both["ret_costly"]
     assert cost.min() > 0.0025 and cost.max() < 0.0035
-    with pytest.raises(ValueError, match="fee_rate"):
-        execute(lake, part, instance=dg.DagsterInstance.ephemeral(), config={"fee_rate": 2.0})
+    with pytest.raises(ValueError, match=r"--set \[backtest\] fee_rate: .*fee_rate is a fraction"):
+        load_settings(sets=["fee_rate=2.0"], environ={})
 
 
 BTC8 = "2024-08-08|binance:BTC-USDT"

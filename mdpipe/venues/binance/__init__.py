@@ -3,8 +3,7 @@
 from mdpipe.venues.binance.normalizer import (
     BinanceNormalizer,
     BookSync,
-    date_partitions,
     unified_symbol,
 )
 
-__all__ = ["BinanceNormalizer", "BookSync", "date_partitions", "unified_symbol"]
+__all__ = ["BinanceNormalizer", "BookSync", "unified_symbol"]

@@ -34,7 +34,7 @@ from typing import Any
 
 import polars as pl
 
-from mdpipe.lake import NS_PER_DAY, SCHEMAS, date_of_ns, day_start_ns, empty_frame
+from mdpipe.lake import SCHEMAS, day_start_ns, empty_frame, split_by_date
 from mdpipe.venues import NORMALIZERS, Batch, LineError, RawLines
 
 MS = 1_000_000  # ns per ms
@@ -774,16 +774,8 @@ class BinanceNormalizer:
     def _with_checkpoints(self, sym: str, st: _SymbolState, seg: pl.DataFrame) -> pl.DataFrame:
         """Insert a snapshot of the synced book at each UTC day boundary the segment crosses, so
         every date partition of ``book`` can be replayed on its own."""
-        days = seg.select(_day_key(pl.col("exch_ts_ns")).alias("d"))["d"]
-        if days.min() == days.max():
-            groups = [(_day_str(days[0]), seg)]
-        else:
-            groups = [
-                (_day_str(d), g.drop("date"))
-                for (d,), g in seg.with_columns(date=days).group_by("date", maintain_order=True)
-            ]
         pieces = []
-        for date, part in groups:
+        for date, part in split_by_date(seg, "book").items():
             starts_with_snapshot = bool(part["is_snapshot"][0])
             if (
                 st.book is not None
@@ -912,31 +904,7 @@ def _gap_rows(
     )
 
 
-def _day_key(ts: pl.Expr) -> pl.Expr:
-    # Integer day number: a division per row instead of formatting a date string per row.
-    return ts.floordiv(NS_PER_DAY)
-
-
-def _day_str(day: int) -> str:
-    return date_of_ns(int(day) * NS_PER_DAY)
-
-
-def date_partitions(df: pl.DataFrame, ts_col: str) -> dict[str, pl.DataFrame]:
-    """Split rows by the UTC date of ``ts_col`` (nulls fall back to ``recv_ts_ns``)."""
-    if df.height == 0:
-        return {}
-    ts = pl.col(ts_col)
-    if "recv_ts_ns" in df.columns and ts_col != "recv_ts_ns":
-        ts = pl.coalesce(ts, pl.col("recv_ts_ns"))
-    days = df.select(_day_key(ts).alias("d"))["d"]
-    lo, hi = days.min(), days.max()
-    if lo == hi:  # the usual case: one date per slice
-        return {_day_str(lo): df}  # type: ignore[arg-type]
-    keyed = df.with_columns(_day=days)
-    return {_day_str(d): g.drop("_day") for (d,), g in keyed.group_by("_day", maintain_order=True)}
-
-
 NORMALIZERS["binance"] = lambda: BinanceNormalizer("binance")
 NORMALIZERS["binanceusdm"] = lambda: BinanceNormalizer("binanceusdm")
 
-__all__ = ["BinanceNormalizer", "BookSync", "date_of_ns", "date_partitions", "unified_symbol"]
+__all__ = ["BinanceNormalizer", "BookSync", "unified_symbol"]

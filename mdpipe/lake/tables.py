@@ -1,0 +1,169 @@
+"""The lake's tables: columns, row keys, the time column of each, and splitting rows by UTC day.
+
+Timestamps are int64 ns since the epoch, UTC; prices and sizes float64 (DESIGN.md, a contract).
+A row belongs to the date partition of its *time column* (:data:`TIME_COLUMNS`); where that is
+null (Binance spot ``bookTicker`` carries no exchange time) its receive time ``recv_ts_ns``
+decides. Import, capture and the online engine all split rows with :func:`split_by_date`, so a
+row lands in the same partition whichever way it arrived.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+
+NS_PER_DAY = 86_400 * 1_000_000_000
+
+# Canonical tables.
+SCHEMAS: dict[str, dict[str, pl.DataType]] = {
+    "trades": {
+        "venue": pl.String(),
+        "symbol": pl.String(),
+        "exch_ts_ns": pl.Int64(),
+        "recv_ts_ns": pl.Int64(),
+        "trade_id": pl.Int64(),
+        "price": pl.Float64(),
+        "qty": pl.Float64(),
+        "side": pl.String(),  # taker side: 'buy' | 'sell'
+    },
+    "agg_trades": {
+        "venue": pl.String(),
+        "symbol": pl.String(),
+        "exch_ts_ns": pl.Int64(),
+        "recv_ts_ns": pl.Int64(),
+        "agg_trade_id": pl.Int64(),
+        "first_trade_id": pl.Int64(),
+        "last_trade_id": pl.Int64(),
+        "price": pl.Float64(),
+        "qty": pl.Float64(),
+        "side": pl.String(),
+    },
+    "book": {
+        "venue": pl.String(),
+        "symbol": pl.String(),
+        "exch_ts_ns": pl.Int64(),
+        "recv_ts_ns": pl.Int64(),
+        "update_id": pl.Int64(),
+        "side": pl.String(),  # 'bid' | 'ask'
+        "price": pl.Float64(),
+        "qty": pl.Float64(),  # absolute size; 0 removes the level
+        "is_snapshot": pl.Boolean(),
+    },
+    "bbo": {
+        "venue": pl.String(),
+        "symbol": pl.String(),
+        "exch_ts_ns": pl.Int64(),  # null for Binance spot bookTicker, which carries no time
+        "recv_ts_ns": pl.Int64(),
+        "update_id": pl.Int64(),
+        "bid": pl.Float64(),
+        "bid_qty": pl.Float64(),
+        "ask": pl.Float64(),
+        "ask_qty": pl.Float64(),
+    },
+    "gaps": {
+        "venue": pl.String(),
+        "symbol": pl.String(),
+        "ts_ns": pl.Int64(),
+        "kind": pl.String(),  # sequence_gap | resync | reconnect | stale | no_snapshot | backfill
+        "detail": pl.String(),
+        "prev_update_id": pl.Int64(),
+        "next_update_id": pl.Int64(),
+    },
+}
+
+# Columns identifying a row, used to keep imports idempotent across overlapping inputs.
+ROW_KEYS: dict[str, tuple[str, ...]] = {
+    "trades": ("trade_id",),
+    "agg_trades": ("agg_trade_id",),
+    "book": ("update_id", "is_snapshot", "side", "price"),
+    "bbo": ("update_id",),
+    "gaps": ("ts_ns", "kind", "prev_update_id", "next_update_id"),
+}
+
+# The column whose UTC day chooses a row's date partition, for every table whose rows are split
+# by day when written (derived tables are written per partition and carry ``ts_ns``).
+TIME_COLUMNS: dict[str, str] = {
+    "trades": "exch_ts_ns",
+    "agg_trades": "exch_ts_ns",
+    "book": "exch_ts_ns",
+    "bbo": "exch_ts_ns",
+    "gaps": "ts_ns",
+    "live/signals": "ts_ns",
+}
+RECV_COLUMN = "recv_ts_ns"  # the fallback where a row's time column is null
+
+GAP_KINDS = ("sequence_gap", "resync", "reconnect", "stale", "no_snapshot", "backfill")
+
+
+def time_column(table: str) -> str:
+    """The column whose UTC day is a row's date partition; derived tables use ``ts_ns``."""
+    col = TIME_COLUMNS.get(table)
+    if col is not None:
+        return col
+    if table.startswith("derived/"):
+        return "ts_ns"
+    raise ValueError(f"no time column is known for table {table!r}; known: {sorted(TIME_COLUMNS)}")
+
+
+def date_of_ns(ts_ns: int) -> str:
+    """The UTC date ``YYYY-MM-DD`` of a time in ns (exact: integer day arithmetic)."""
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=int(ts_ns) // NS_PER_DAY)).isoformat()
+
+
+def day_start_ns(date: str) -> int:
+    """The first ns of a UTC date ``YYYY-MM-DD``."""
+    try:
+        d = dt.date.fromisoformat(date)
+    except ValueError:
+        raise ValueError(f"expected a date YYYY-MM-DD, got {date!r}") from None
+    return (d - dt.date(1970, 1, 1)).days * NS_PER_DAY
+
+
+def row_time(table: str, columns: list[str] | tuple[str, ...]) -> pl.Expr:
+    """The expression of a row's partition time: its time column, else its receive time."""
+    ts = pl.col(time_column(table))
+    if RECV_COLUMN in columns and time_column(table) != RECV_COLUMN:
+        ts = pl.coalesce(ts, pl.col(RECV_COLUMN))
+    return ts
+
+
+def split_by_date(df: pl.DataFrame, table: str) -> dict[str, pl.DataFrame]:
+    """Split ``table`` rows by the UTC date of their partition time (:func:`row_time`), rows
+    kept in order within each date; dates in order of first appearance.
+
+    A row with no time at all cannot be placed and raises ``ValueError`` (never a guessed date).
+    """
+    if df.height == 0:
+        return {}
+    # an integer day per row (one division), not a formatted date string per row
+    days = df.select(row_time(table, df.columns).floordiv(NS_PER_DAY).alias("d"))["d"]
+    if days.null_count():
+        raise ValueError(
+            f"{table}: {days.null_count()} row(s) have neither {time_column(table)} nor "
+            f"{RECV_COLUMN}, so no date partition can be chosen for them"
+        )
+    lo, hi = days.min(), days.max()
+    if lo == hi:  # the usual case: one date per slice
+        return {date_of_ns(int(lo) * NS_PER_DAY): df}  # type: ignore[arg-type]
+    keyed = df.with_columns(days.alias("_day"))
+    return {
+        date_of_ns(int(d) * NS_PER_DAY): g.drop("_day")
+        for (d,), g in keyed.group_by("_day", maintain_order=True)
+    }
+
+
+def empty_frame(table: str) -> pl.DataFrame:
+    return pl.DataFrame(schema=SCHEMAS[table])
+
+
+def conform(table: str, df: pl.DataFrame) -> pl.DataFrame:
+    """Cast to the table's schema, in its column order (extra columns kept after)."""
+    schema = SCHEMAS.get(table)
+    if schema is None:
+        return df
+    missing = [c for c in schema if c not in df.columns]
+    if missing:
+        raise ValueError(f"{table}: missing columns {missing}")
+    extra = [c for c in df.columns if c not in schema]
+    return df.select([*(pl.col(c).cast(t) for c, t in schema.items()), *extra])
