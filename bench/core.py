@@ -117,8 +117,8 @@ def write_day(lake_root: Path, copies: int) -> None:
 
 
 def batch_child(lake_root: Path) -> None:
-    from mdpipe.core.batch import compute_partition
     from mdpipe.lake import Lake
+    from mdpipe.pipeline.read import compute_partition
 
     lake = Lake(lake_root)
     book, trades = load_recording()

@@ -31,8 +31,8 @@ from mdpipe.core.config import BacktestConfig  # noqa: E402
 from mdpipe.core.cv import make_cv_folds  # noqa: E402
 from mdpipe.core.labels import PricePath, make_labels, triple_barrier  # noqa: E402
 from mdpipe.core.metrics import evaluate  # noqa: E402
-from mdpipe.core.report import write_report  # noqa: E402
-from tests.core.realdata_bookticker import bookticker_frame  # noqa: E402
+from mdpipe.pipeline.recordings import bookticker_frame  # noqa: E402
+from mdpipe.pipeline.reports import write_report  # noqa: E402
 
 DAY_NS = 86_400 * 1_000_000_000
 

@@ -13,45 +13,58 @@ the exchange's decimal string bit for bit. The grid spans `n_ticks` ticks centre
 snapshot's mid at every snapshot (2**21 ticks: +-10,000 USDT for BTC/USDT at 0.01). Level
 changes outside the grid are counted (`out_of_range`) and ignored; a resync snapshot re-centres.
 
-State: qty float64[2, n_ticks] (row 0 bids, row 1 asks), bits uint64[2, n_ticks // 64], and an
-int64 vector `bi` (layout below) plus `inv_tick` kept in bi as an integer power of ten.
+State: a `Book` bundle: qty float64[2, n_ticks] (row 0 bids, row 1 asks), bits
+uint64[2, n_ticks // 64] (the occupancy bitmap) and `info`, one record of `BOOK_INFO` (grid
+base, best levels, counters; `inv_tick` is kept as an integer power of ten).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
 from numba import njit
 
-# bi layout
-B_BASE = 0  # tick number of grid index 0
-B_BEST_BID = 1  # grid index of the best bid, -1 if the side is empty
-B_BEST_ASK = 2  # grid index of the best ask, n_ticks if empty
-B_NBID = 3
-B_NASK = 4
-B_OUT_OF_RANGE = 5
-B_OFF_GRID = 6
-B_SYNCED = 7  # a snapshot was applied
-B_INV_TICK = 8  # 10**decimals
-B_SNAPSHOTS = 9
-B_CROSSED = 10  # events after which best bid >= best ask
-B_SIZE = 12
+# One record per book (int64 fields), reached by name inside the kernels.
+BOOK_INFO = np.dtype(
+    [
+        ("base", np.int64),  # tick number of grid index 0
+        ("best_bid", np.int64),  # grid index of the best bid, -1 if the side is empty
+        ("best_ask", np.int64),  # grid index of the best ask, n_ticks if empty
+        ("n_bid", np.int64),
+        ("n_ask", np.int64),
+        ("out_of_range", np.int64),
+        ("off_grid", np.int64),
+        ("synced", np.int64),  # a snapshot was applied
+        ("inv_tick", np.int64),  # 10**decimals
+        ("snapshots", np.int64),
+        ("crossed", np.int64),  # events after which best bid >= best ask
+    ],
+    align=True,
+)
+
+
+class Book(NamedTuple):
+    """One L2 book on the dense grid (the arrays are the state; the tuple is never rebuilt)."""
+
+    qty: np.ndarray  # float64[2, n_ticks]: row 0 bids, row 1 asks
+    bits: np.ndarray  # uint64[2, n_ticks // 64]: occupied levels
+    info: np.ndarray  # BOOK_INFO[1]
+
 
 _ONE = np.uint64(1)
 _ZERO = np.uint64(0)
 
 
-def new_book_state(n_ticks: int = 1 << 21) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if n_ticks < 1024 or n_ticks % 64:
+def new_book(n_ticks: int = 1 << 21) -> Book:
+    if not (isinstance(n_ticks, int) and n_ticks >= 1024 and n_ticks % 64 == 0):
         raise ValueError(f"book n_ticks must be a multiple of 64 and >= 1024, got {n_ticks!r}")
-    qty = np.zeros((2, n_ticks))
-    bits = np.zeros((2, n_ticks // 64), dtype=np.uint64)
-    bi = np.zeros(B_SIZE, dtype=np.int64)
-    bi[B_BEST_BID] = -1
-    bi[B_BEST_ASK] = n_ticks
-    return qty, bits, bi
+    info = np.zeros(1, dtype=BOOK_INFO)
+    info["best_bid"] = -1
+    info["best_ask"] = n_ticks
+    return Book(np.zeros((2, n_ticks)), np.zeros((2, n_ticks // 64), dtype=np.uint64), info)
 
 
 @njit(cache=True, inline="always")
@@ -145,7 +158,8 @@ def infer_inv_tick(prices: np.ndarray) -> int:
 
 
 @njit(cache=True)
-def book_clear(qty: np.ndarray, bits: np.ndarray, bi: np.ndarray) -> None:
+def book_clear(book: Book) -> None:
+    qty, bits, info = book.qty, book.bits, book.info[0]
     n = qty.shape[1]
     for s in range(2):
         for word in range(bits.shape[1]):
@@ -155,26 +169,29 @@ def book_clear(qty: np.ndarray, bits: np.ndarray, bi: np.ndarray) -> None:
                 qty[s, (word << 6) + b] = 0.0
                 w &= w - _ONE
             bits[s, word] = _ZERO
-    bi[B_BEST_BID] = -1
-    bi[B_BEST_ASK] = n
-    bi[B_NBID] = 0
-    bi[B_NASK] = 0
+    info.best_bid = -1
+    info.best_ask = n
+    info.n_bid = 0
+    info.n_ask = 0
 
 
 @njit(cache=True, inline="always")
 def book_set_level(
-    qty: np.ndarray, bits: np.ndarray, bi: np.ndarray, is_bid: bool, price: float, q: float
+    qty: np.ndarray, bits: np.ndarray, info: Any, is_bid: bool, price: float, q: float
 ) -> None:
-    """Absolute size `q` at `price` (0 removes; removing an unknown level is normal)."""
+    """Absolute size `q` at `price` (0 removes; removing an unknown level is normal).
+
+    Takes the book's parts, not the `Book`: it runs per level change, and taking an array out
+    of a tuple costs a reference count increment and decrement each time."""
     n = qty.shape[1]
-    inv = float(bi[B_INV_TICK])
+    inv = float(info.inv_tick)
     v = price * inv
     t = round(v)
     if abs(v - t) > 1e-6:
-        bi[B_OFF_GRID] += 1
-    i = np.int64(t) - bi[B_BASE]
+        info.off_grid += 1
+    i = np.int64(t) - info.base
     if i < 0 or i >= n:
-        bi[B_OUT_OF_RANGE] += 1
+        info.out_of_range += 1
         return
     s = 0 if is_bid else 1
     old = qty[s, i]
@@ -185,30 +202,28 @@ def book_set_level(
         if old == 0.0:
             bits[s, word] |= mask
             if is_bid:
-                bi[B_NBID] += 1
-                if i > bi[B_BEST_BID]:
-                    bi[B_BEST_BID] = i
+                info.n_bid += 1
+                if i > info.best_bid:
+                    info.best_bid = i
             else:
-                bi[B_NASK] += 1
-                if i < bi[B_BEST_ASK]:
-                    bi[B_BEST_ASK] = i
+                info.n_ask += 1
+                if i < info.best_ask:
+                    info.best_ask = i
     elif old != 0.0:
         bits[s, word] &= ~mask
         if is_bid:
-            bi[B_NBID] -= 1
-            if i == bi[B_BEST_BID]:
-                bi[B_BEST_BID] = next_below(bits[0], i)
+            info.n_bid -= 1
+            if i == info.best_bid:
+                info.best_bid = next_below(bits[0], i)
         else:
-            bi[B_NASK] -= 1
-            if i == bi[B_BEST_ASK]:
-                bi[B_BEST_ASK] = next_above(bits[1], i, n)
+            info.n_ask -= 1
+            if i == info.best_ask:
+                info.best_ask = next_above(bits[1], i, n)
 
 
 @njit(cache=True)
 def book_apply_event(
-    qty: np.ndarray,
-    bits: np.ndarray,
-    bi: np.ndarray,
+    book: Book,
     is_bid: np.ndarray,
     price: np.ndarray,
     size: np.ndarray,
@@ -217,11 +232,12 @@ def book_apply_event(
     is_snapshot: bool,
 ) -> None:
     """Apply rows [start, stop) of one book event; a snapshot replaces the whole book."""
+    info = book.info[0]
     if is_snapshot:
-        book_clear(qty, bits, bi)
-        if bi[B_INV_TICK] == 0:
-            bi[B_INV_TICK] = infer_inv_tick(price[start:stop])
-        inv = float(bi[B_INV_TICK])
+        book_clear(book)
+        if info.inv_tick == 0:
+            info.inv_tick = infer_inv_tick(price[start:stop])
+        inv = float(info.inv_tick)
         hi_bid = -math.inf
         lo_ask = math.inf
         for r in range(start, stop):
@@ -238,23 +254,22 @@ def book_apply_event(
             centre = lo_ask
         else:
             centre = 0.0
-        bi[B_BASE] = np.int64(round(centre * inv)) - qty.shape[1] // 2
-        bi[B_SYNCED] = 1
-        bi[B_SNAPSHOTS] += 1
-    elif bi[B_SYNCED] == 0:
+        info.base = np.int64(round(centre * inv)) - book.qty.shape[1] // 2
+        info.synced = 1
+        info.snapshots += 1
+    elif info.synced == 0:
         # Diffs before the first snapshot cannot be applied (the normalizer never writes any).
         return
+    qty, bits = book.qty, book.bits
     for r in range(start, stop):
-        book_set_level(qty, bits, bi, is_bid[r], price[r], size[r])
-    if bi[B_BEST_BID] >= 0 and bi[B_BEST_ASK] < qty.shape[1] and bi[B_BEST_BID] >= bi[B_BEST_ASK]:
-        bi[B_CROSSED] += 1
+        book_set_level(qty, bits, info, is_bid[r], price[r], size[r])
+    if info.best_bid >= 0 and info.best_ask < book.qty.shape[1] and info.best_bid >= info.best_ask:
+        info.crossed += 1
 
 
 @njit(cache=True)
 def book_first_crossed(
-    qty: np.ndarray,
-    bits: np.ndarray,
-    bi: np.ndarray,
+    book: Book,
     is_bid: np.ndarray,
     price: np.ndarray,
     size: np.ndarray,
@@ -265,43 +280,44 @@ def book_first_crossed(
     """Apply events k = 0, 1, ... (rows [starts[k], starts[k + 1])) in order; return the first
     k >= report_from after which the book is crossed (`book_apply_event`'s test), leaving the
     book right after it, or -1 once every event is applied."""
+    info = book.info[0]
     for k in range(starts.shape[0] - 1):
-        before = bi[B_CROSSED]
-        book_apply_event(
-            qty, bits, bi, is_bid, price, size, starts[k], starts[k + 1], is_snapshot[k]
-        )
-        if k >= report_from and bi[B_CROSSED] > before:
+        before = info.crossed
+        book_apply_event(book, is_bid, price, size, starts[k], starts[k + 1], is_snapshot[k])
+        if k >= report_from and info.crossed > before:
             return k
     return -1
 
 
 @njit(cache=True, inline="always")
-def level_price(bi: np.ndarray, i: int) -> float:
-    return float(bi[B_BASE] + i) / float(bi[B_INV_TICK])
+def level_price(info: Any, i: int) -> float:
+    return float(info.base + i) / float(info.inv_tick)
 
 
 @njit(cache=True)
-def book_top(qty: np.ndarray, bits: np.ndarray, bi: np.ndarray, k: int, out: np.ndarray) -> int:
+def book_top(book: Book, k: int, out: np.ndarray) -> int:
     """Top k levels into out[4, k]: bid px, bid qty, ask px, ask qty (NaN-padded).
 
     Returns min(levels on bid side, levels on ask side, k).
     """
+    qty, info = book.qty, book.info[0]
+    bid_bits, ask_bits = book.bits[0], book.bits[1]
     n = qty.shape[1]
     out[:, :] = np.nan
-    i = bi[B_BEST_BID]
+    i = info.best_bid
     nb = 0
     while i >= 0 and nb < k:
-        out[0, nb] = level_price(bi, i)
+        out[0, nb] = level_price(info, i)
         out[1, nb] = qty[0, i]
         nb += 1
-        i = next_below(bits[0], i)
-    j = bi[B_BEST_ASK]
+        i = next_below(bid_bits, i)
+    j = info.best_ask
     na = 0
     while j < n and na < k:
-        out[2, na] = level_price(bi, j)
+        out[2, na] = level_price(info, j)
         out[3, na] = qty[1, j]
         na += 1
-        j = next_above(bits[1], j, n)
+        j = next_above(ask_bits, j, n)
     return min(nb, na)
 
 
@@ -310,7 +326,7 @@ class L2Book:
     crossed-book check)."""
 
     def __init__(self, n_ticks: int = 1 << 21) -> None:
-        self.qty, self.bits, self.bi = new_book_state(n_ticks)
+        self.book = new_book(n_ticks)
         self._top = np.empty((4, 10))
 
     def apply(
@@ -324,13 +340,11 @@ class L2Book:
         is_bid = np.array([r[0] for r in rows], dtype=np.bool_)
         price = np.array([r[1] for r in rows], dtype=np.float64)
         size = np.array([r[2] for r in rows], dtype=np.float64)
-        book_apply_event(
-            self.qty, self.bits, self.bi, is_bid, price, size, 0, len(rows), is_snapshot
-        )
+        book_apply_event(self.book, is_bid, price, size, 0, len(rows), is_snapshot)
 
     def top(self, k: int = 10) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
         out = np.empty((4, k))
-        book_top(self.qty, self.bits, self.bi, k, out)
+        book_top(self.book, k, out)
         bids = [(float(out[0, i]), float(out[1, i])) for i in range(k) if out[0, i] == out[0, i]]
         asks = [(float(out[2, i]), float(out[3, i])) for i in range(k) if out[2, i] == out[2, i]]
         return bids, asks
@@ -338,7 +352,7 @@ class L2Book:
     def best(self) -> tuple[float, float]:
         """Best bid and best ask prices (NaN for an empty side)."""
         out = np.empty((4, 1))
-        book_top(self.qty, self.bits, self.bi, 1, out)
+        book_top(self.book, 1, out)
         return float(out[0, 0]), float(out[2, 0])
 
     def first_crossed(
@@ -375,11 +389,10 @@ class L2Book:
         ev_starts[int(seeded) : -1] = starts + n_seed
         ev_starts[-1] = len(price)
         ev_snap[int(seeded) :] = snap[starts]
-        self.bi[B_SYNCED] = 0  # unknown until the seed (or a snapshot row) is applied
-        self.bi[B_INV_TICK] = infer_inv_tick(price) if len(price) else 1
-        k = book_first_crossed(
-            self.qty, self.bits, self.bi, is_bid, price, size, ev_starts, ev_snap, int(seeded)
-        )
+        info = self.book.info
+        info["synced"] = 0  # unknown until the seed (or a snapshot row) is applied
+        info["inv_tick"] = infer_inv_tick(price) if len(price) else 1
+        k = book_first_crossed(self.book, is_bid, price, size, ev_starts, ev_snap, int(seeded))
         if k < 0:
             return None
         row = int(starts[k - int(seeded)])
@@ -388,11 +401,20 @@ class L2Book:
 
     @property
     def stats(self) -> dict[str, int]:
+        info = self.book.info[0]
         return {
-            "bid_levels": int(self.bi[B_NBID]),
-            "ask_levels": int(self.bi[B_NASK]),
-            "out_of_range": int(self.bi[B_OUT_OF_RANGE]),
-            "off_grid": int(self.bi[B_OFF_GRID]),
-            "snapshots": int(self.bi[B_SNAPSHOTS]),
-            "crossed": int(self.bi[B_CROSSED]),
+            "bid_levels": int(info["n_bid"]),
+            "ask_levels": int(info["n_ask"]),
+            **book_counters(self.book),
         }
+
+
+def book_counters(book: Book) -> dict[str, int]:
+    """What the book saw: snapshots, levels off the grid or beyond it, crossed events."""
+    info = book.info[0]
+    return {
+        "out_of_range": int(info["out_of_range"]),
+        "off_grid": int(info["off_grid"]),
+        "snapshots": int(info["snapshots"]),
+        "crossed": int(info["crossed"]),
+    }

@@ -1,6 +1,8 @@
 """Microstructure features: one row per applied book event, trades as of its time.
 
-Everything sequential is a numba kernel operating on explicit, bounded state arrays:
+Everything sequential is a numba kernel operating on explicit, bounded state: `BookState` and
+`TradeState`, NamedTuples of arrays whose scalars sit in one-record structured arrays (`vars`,
+`params`) read by field name:
 
   book_event_step    applies one book event and computes the book-side features (book shape,
                      OFI, wmid drift, spread compression, BOCPD on mid returns, time of day,
@@ -25,18 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
 from numba import njit
 
-from mdpipe.core.book import (
-    B_BEST_ASK,
-    B_BEST_BID,
-    B_SYNCED,
-    book_apply_event,
-    book_top,
-)
+from mdpipe.core.book import Book, book_apply_event, book_top, new_book
 from mdpipe.core.detectors.bocpd import (
     BOCPD_ROWS,
     bocpd_reset,
@@ -44,7 +41,7 @@ from mdpipe.core.detectors.bocpd import (
     lgamma_table,
     validate_bocpd,
 )
-from mdpipe.core.detectors.cusum import halflife_to_alpha, standardize_update
+from mdpipe.core.detectors.cusum import STANDARDIZER, halflife_to_alpha, standardize_update
 from mdpipe.core.detectors.ensemble import DET_INPUTS
 
 FEATURE_NAMES: tuple[str, ...] = (
@@ -116,10 +113,18 @@ _IDX = {n: i for i, n in enumerate(FEATURE_NAMES)}
 assert N_FEATURE_NAMES == F_LAST + 1
 DET_INDEX = np.array([_IDX[n] for n in DET_INPUTS], dtype=np.int64)
 
-# Meta columns of a feature row (int64): event id, exchange time, as-of time, receive time,
-# snapshot flag, warm-up flag.
-M_UID, M_TS, M_ASOF, M_RECV, M_SNAP, M_WARM = range(6)
-N_META = 6
+# What identifies a feature row besides its values, one record per row.
+FEATURE_META = np.dtype(
+    [
+        ("update_id", np.int64),
+        ("ts", np.int64),  # exchange time of the event
+        ("asof", np.int64),  # running maximum of the event times: the as-of join time
+        ("recv", np.int64),  # receive time
+        ("is_snapshot", np.int64),
+        ("is_warmup", np.int64),
+    ],
+    align=True,
+)
 
 W1_NS = 1_000_000_000
 W5_NS = 5_000_000_000
@@ -127,41 +132,140 @@ W30_NS = 30_000_000_000
 _TRADE_WINDOWS = (W1_NS, W5_NS, W30_NS)
 DAY_NS = 86_400_000_000_000
 
-# ---- book-side state layout ---------------------------------------------------------------
-# bkf (float64)
-K_PBID, K_PBIDQ, K_PASK, K_PASKQ, K_PWMID, K_PMID = range(6)
-K_OFI1, K_OFI5, K_SPSUM, K_SPCNT, K_LOOK1W, K_LOOK5W = range(6, 12)
-K_STD = 12  # 3: standardiser of 1 s mid returns feeding BOCPD
-K_BAR_REF, K_RL, K_CP = 15, 16, 17  # mid at the last 1 s bar close; last BOCPD outputs
-BKF_SIZE = 18
-# bki (int64)
-J_HEAD, J_T1, J_T5, J_T30, J_L1, J_L5, J_FIRST, J_HAS_FIRST, J_EVENTS, J_BOCPD_M = range(10)
-J_LAST_ASOF, J_RING_OVERFLOW, J_BAR = 10, 11, 12
-BKI_SIZE = 13
-# ring_f columns
-R_OFI, R_WMID, R_SPREAD = range(3)
-# book params (float64)
-PB_WARMUP, PB_HAZARD, PB_MU0, PB_KAPPA0, PB_ALPHA0, PB_BETA0, PB_CPLAG = range(7)
-PB_STD_ALPHA, PB_STD_MIN = 7, 8
-N_PB = 9
+# ---- book-side state ----------------------------------------------------------------------
+# One book event in the 30 s ring.
+BOOK_RING = np.dtype(
+    [("ts", np.int64), ("ofi", np.float64), ("wmid", np.float64), ("spread", np.float64)],
+    align=True,
+)
+BOOK_VARS = np.dtype(
+    [
+        # the previous two-sided top of book
+        ("prev_bid", np.float64),
+        ("prev_bid_qty", np.float64),
+        ("prev_ask", np.float64),
+        ("prev_ask_qty", np.float64),
+        ("prev_wmid", np.float64),
+        ("prev_mid", np.float64),
+        # running window sums over the ring
+        ("ofi_1s", np.float64),
+        ("ofi_5s", np.float64),
+        ("spread_sum_30s", np.float64),
+        ("spread_count_30s", np.float64),
+        # wmid of the latest event at or before now - 1 s / 5 s (cached: its slot may recycle)
+        ("lookback_wmid_1s", np.float64),
+        ("lookback_wmid_5s", np.float64),
+        ("bar_ref_mid", np.float64),  # mid at the last 1 s bar close
+        ("bocpd_run_length", np.float64),  # last BOCPD outputs, held between bars
+        ("bocpd_cp_prob", np.float64),
+        # ring positions (monotone counters; slot = counter % capacity)
+        ("head", np.int64),
+        ("tail_1s", np.int64),
+        ("tail_5s", np.int64),
+        ("tail_30s", np.int64),
+        ("lookback_1s", np.int64),  # -1 until an event is old enough
+        ("lookback_5s", np.int64),
+        ("first_asof", np.int64),
+        ("has_first", np.int64),
+        ("events", np.int64),
+        ("bocpd_m", np.int64),  # BOCPD hypotheses in use
+        ("last_asof", np.int64),
+        ("ring_overflow", np.int64),
+        ("bar", np.int64),  # second of the open 1 s bar, -1 before the first
+    ],
+    align=True,
+)
+BOOK_PARAMS = np.dtype(
+    [
+        ("warmup_ns", np.int64),
+        ("hazard", np.float64),
+        ("mu0", np.float64),
+        ("kappa0", np.float64),
+        ("alpha0", np.float64),
+        ("beta0", np.float64),
+        ("cp_lag", np.int64),
+        ("std_alpha", np.float64),
+        ("std_min_count", np.float64),
+    ],
+    align=True,
+)
 
-# ---- trade-side state layout --------------------------------------------------------------
-# trade ring columns
-T_SIGNED, T_QTY, T_NOTIONAL, T_R2 = range(4)
-# tf (float64): window sums [w*4 + col] for w in 0..2, then:
-Q_LAST = 12
-Q_STD_V = 13  # 3 standardisers x 3 (volume_1s, volume_5s, volume_30s)
-Q_STD_RV = 22  # 3
-Q_EWMA_QTY, Q_CUR_BUY, Q_CUR_SELL, Q_TARGET, Q_SUM_IMB, Q_SUM_VOL, Q_VPIN = range(25, 32)
-TF_SIZE = 32
-# ti (int64)
-U_HEAD = 0
-U_TAIL = 1  # 3 tails
-U_TRADES, U_VP_HEAD, U_VP_N, U_OVERFLOW, U_QTY_N = 4, 5, 6, 7, 8
-TI_SIZE = 9
-# trade params
-PT_STD_ALPHA, PT_STD_MIN, PT_TPB, PT_QTY_ALPHA = range(4)
-N_PT = 4
+# ---- trade-side state ---------------------------------------------------------------------
+# One trade in the 30 s ring, and the running sums of the same quantities per window.
+TRADE_RING = np.dtype(
+    [
+        ("ts", np.int64),
+        ("signed", np.float64),  # taker-signed quantity
+        ("qty", np.float64),
+        ("notional", np.float64),
+        ("r2", np.float64),  # squared trade-to-trade log return (bps^2)
+    ],
+    align=True,
+)
+TRADE_WINDOW = np.dtype(
+    [
+        ("tail", np.int64),  # oldest trade still in the window (counter)
+        ("signed", np.float64),
+        ("qty", np.float64),
+        ("notional", np.float64),
+        ("r2", np.float64),
+    ],
+    align=True,
+)
+TRADE_VARS = np.dtype(
+    [
+        ("last_price", np.float64),
+        ("ewma_qty", np.float64),
+        ("cur_buy", np.float64),  # the open VPIN bucket
+        ("cur_sell", np.float64),
+        ("target", np.float64),  # its volume
+        ("sum_imb", np.float64),  # sums over the closed buckets kept
+        ("sum_vol", np.float64),
+        ("vpin", np.float64),
+        ("head", np.int64),
+        ("trades", np.int64),
+        ("vp_head", np.int64),
+        ("vp_n", np.int64),
+        ("overflow", np.int64),
+        ("qty_n", np.int64),
+    ],
+    align=True,
+)
+VPIN_BUCKET = np.dtype([("imbalance", np.float64), ("volume", np.float64)], align=True)
+TRADE_PARAMS = np.dtype(
+    [
+        ("std_alpha", np.float64),
+        ("std_min_count", np.float64),
+        ("trades_per_bucket", np.float64),
+        ("qty_alpha", np.float64),
+    ],
+    align=True,
+)
+
+
+class BookState(NamedTuple):
+    """Bounded state of the book side of one market, and its parameters."""
+
+    book: Book
+    ring: np.ndarray  # BOOK_RING[book_ring_capacity]
+    vars: np.ndarray  # BOOK_VARS[1]
+    ret_std: np.ndarray  # STANDARDIZER[1] of the 1 s mid returns feeding BOCPD
+    bocpd: np.ndarray  # float64[BOCPD_ROWS, bocpd_max_run_length]
+    lgamma: np.ndarray  # `lgamma_table` of the BOCPD prior
+    micro: np.ndarray  # `MicropriceModel.table` (empty: no model)
+    params: np.ndarray  # BOOK_PARAMS[1]
+
+
+class TradeState(NamedTuple):
+    """Bounded state of the trade side of one market, and its parameters."""
+
+    ring: np.ndarray  # TRADE_RING[trade_ring_capacity]
+    windows: np.ndarray  # TRADE_WINDOW[3]: 1 s, 5 s, 30 s
+    vars: np.ndarray  # TRADE_VARS[1]
+    volume_std: np.ndarray  # STANDARDIZER[3]: volume per window
+    rv_std: np.ndarray  # STANDARDIZER[1]: realized_vol_5s
+    vpin: np.ndarray  # VPIN_BUCKET[vpin_buckets]
+    params: np.ndarray  # TRADE_PARAMS[1]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,60 +325,59 @@ class FeatureConfig:
             )
 
     def book_params(self) -> np.ndarray:
-        p = np.zeros(N_PB)
-        p[PB_WARMUP] = round(self.warmup_seconds * 1e9)
-        p[PB_HAZARD] = self.bocpd_hazard
-        p[PB_MU0], p[PB_KAPPA0], p[PB_ALPHA0], p[PB_BETA0] = 0.0, 1.0, 1.0, 1.0
-        p[PB_CPLAG] = self.bocpd_cp_lag
-        p[PB_STD_ALPHA] = halflife_to_alpha(self.zscore_halflife)
-        p[PB_STD_MIN] = self.zscore_min_count
+        p = np.zeros(1, dtype=BOOK_PARAMS)
+        p["warmup_ns"] = float(round(self.warmup_seconds * 1e9))
+        p["hazard"] = self.bocpd_hazard
+        p["mu0"], p["kappa0"], p["alpha0"], p["beta0"] = 0.0, 1.0, 1.0, 1.0
+        p["cp_lag"] = self.bocpd_cp_lag
+        p["std_alpha"] = halflife_to_alpha(self.zscore_halflife)
+        p["std_min_count"] = self.zscore_min_count
         return p
 
     def trade_params(self) -> np.ndarray:
-        p = np.zeros(N_PT)
-        p[PT_STD_ALPHA] = halflife_to_alpha(self.zscore_halflife)
-        p[PT_STD_MIN] = self.zscore_min_count
-        p[PT_TPB] = self.vpin_trades_per_bucket
-        p[PT_QTY_ALPHA] = halflife_to_alpha(1000.0)
+        p = np.zeros(1, dtype=TRADE_PARAMS)
+        p["std_alpha"] = halflife_to_alpha(self.zscore_halflife)
+        p["std_min_count"] = self.zscore_min_count
+        p["trades_per_bucket"] = self.vpin_trades_per_bucket
+        p["qty_alpha"] = halflife_to_alpha(1000.0)
         return p
 
 
-class BookState:
-    """Bounded state of the book side of one market (arrays handed to the kernels)."""
-
-    def __init__(self, config: FeatureConfig, microprice: MicropriceModel | None = None) -> None:
-        from mdpipe.core.book import new_book_state
-
-        self.qty, self.bits, self.bi = new_book_state(config.book_ticks)
-        cap = config.book_ring_capacity
-        self.ring_ts = np.zeros(cap, dtype=np.int64)
-        self.ring_f = np.zeros((cap, 3))
-        self.bkf = np.zeros(BKF_SIZE)
-        self.bki = np.zeros(BKI_SIZE, dtype=np.int64)
-        self.bki[J_L1] = -1
-        self.bki[J_L5] = -1
-        self.bki[J_BAR] = -1
-        self.bst = np.zeros((BOCPD_ROWS, config.bocpd_max_run_length))
-        self.lgt = lgamma_table(1.0)
-        self.params = config.book_params()
-        self.bki[J_BOCPD_M] = bocpd_reset(self.bst, 0.0, 1.0, 1.0, 1.0)
-        for k in (K_PBID, K_PBIDQ, K_PASK, K_PASKQ, K_PWMID, K_PMID, K_BAR_REF):
-            self.bkf[k] = math.nan
-        self.mp = (microprice or MicropriceModel.empty()).table
+def new_book_state(config: FeatureConfig, microprice: MicropriceModel | None = None) -> BookState:
+    """A market's book side before its first event."""
+    v = np.zeros(1, dtype=BOOK_VARS)
+    for name in ("lookback_1s", "lookback_5s", "bar"):
+        v[name] = -1
+    for name in ("prev_bid", "prev_bid_qty", "prev_ask", "prev_ask_qty", "prev_wmid",
+                 "prev_mid", "bar_ref_mid"):  # fmt: skip
+        v[name] = math.nan
+    bocpd = np.zeros((BOCPD_ROWS, config.bocpd_max_run_length))
+    v["bocpd_m"] = bocpd_reset(bocpd, 0.0, 1.0, 1.0, 1.0)
+    return BookState(
+        book=new_book(config.book_ticks),
+        ring=np.zeros(config.book_ring_capacity, dtype=BOOK_RING),
+        vars=v,
+        ret_std=np.zeros(1, dtype=STANDARDIZER),
+        bocpd=bocpd,
+        lgamma=lgamma_table(1.0),
+        micro=(microprice or MicropriceModel.empty()).table,
+        params=config.book_params(),
+    )
 
 
-class TradeState:
-    """Bounded state of the trade side of one market."""
-
-    def __init__(self, config: FeatureConfig) -> None:
-        cap = config.trade_ring_capacity
-        self.ring_ts = np.zeros(cap, dtype=np.int64)
-        self.ring_f = np.zeros((cap, 4))
-        self.tf = np.zeros(TF_SIZE)
-        self.tf[Q_LAST] = math.nan
-        self.ti = np.zeros(TI_SIZE, dtype=np.int64)
-        self.vp = np.zeros((2, config.vpin_buckets))
-        self.params = config.trade_params()
+def new_trade_state(config: FeatureConfig) -> TradeState:
+    """A market's trade side before its first trade."""
+    v = np.zeros(1, dtype=TRADE_VARS)
+    v["last_price"] = math.nan
+    return TradeState(
+        ring=np.zeros(config.trade_ring_capacity, dtype=TRADE_RING),
+        windows=np.zeros(3, dtype=TRADE_WINDOW),
+        vars=v,
+        volume_std=np.zeros(3, dtype=STANDARDIZER),
+        rv_std=np.zeros(1, dtype=STANDARDIZER),
+        vpin=np.zeros(config.vpin_buckets, dtype=VPIN_BUCKET),
+        params=config.trade_params(),
+    )
 
 
 # =============================================================================================
@@ -283,104 +386,84 @@ class TradeState:
 
 
 @njit(cache=True)
-def _book_ring_expire(
-    ring_ts: np.ndarray, ring_f: np.ndarray, bkf: np.ndarray, bki: np.ndarray, now: np.int64
-) -> None:
-    head = bki[J_HEAD]
-    cap = ring_ts.shape[0]
-    t = bki[J_T1]
-    while t < head and ring_ts[t % cap] <= now - W1_NS:
-        bkf[K_OFI1] -= ring_f[t % cap, R_OFI]
+def _book_ring_expire(ring: np.ndarray, v: Any, now: np.int64) -> None:
+    head = v.head
+    cap = ring.shape[0]
+    t = v.tail_1s
+    while t < head and ring[t % cap].ts <= now - W1_NS:
+        v.ofi_1s -= ring[t % cap].ofi
         t += 1
-    bki[J_T1] = t
+    v.tail_1s = t
     if t == head:
-        bkf[K_OFI1] = 0.0
-    t = bki[J_T5]
-    while t < head and ring_ts[t % cap] <= now - W5_NS:
-        bkf[K_OFI5] -= ring_f[t % cap, R_OFI]
+        v.ofi_1s = 0.0
+    t = v.tail_5s
+    while t < head and ring[t % cap].ts <= now - W5_NS:
+        v.ofi_5s -= ring[t % cap].ofi
         t += 1
-    bki[J_T5] = t
+    v.tail_5s = t
     if t == head:
-        bkf[K_OFI5] = 0.0
-    t = bki[J_T30]
-    while t < head and ring_ts[t % cap] <= now - W30_NS:
-        s = ring_f[t % cap, R_SPREAD]
-        if math.isfinite(s):
-            bkf[K_SPSUM] -= s
-            bkf[K_SPCNT] -= 1.0
+        v.ofi_5s = 0.0
+    t = v.tail_30s
+    while t < head and ring[t % cap].ts <= now - W30_NS:
+        sp = ring[t % cap].spread
+        if math.isfinite(sp):
+            v.spread_sum_30s -= sp
+            v.spread_count_30s -= 1.0
         t += 1
-    bki[J_T30] = t
-    if t == head or bkf[K_SPCNT] == 0.0:
-        bkf[K_SPSUM] = 0.0
-        bkf[K_SPCNT] = 0.0
-    # Look-back pointers: the latest event at or before now - W (its wmid is cached in bkf so
+    v.tail_30s = t
+    if t == head or v.spread_count_30s == 0.0:
+        v.spread_sum_30s = 0.0
+        v.spread_count_30s = 0.0
+    # Look-back pointers: the latest event at or before now - W (its wmid is cached in vars so
     # the ring slot may be recycled afterwards).
-    lk = bki[J_L1]
-    while lk + 1 < head and ring_ts[(lk + 1) % cap] <= now - W1_NS:
+    lk = v.lookback_1s
+    while lk + 1 < head and ring[(lk + 1) % cap].ts <= now - W1_NS:
         lk += 1
-        bkf[K_LOOK1W] = ring_f[lk % cap, R_WMID]
-    bki[J_L1] = lk
-    lk = bki[J_L5]
-    while lk + 1 < head and ring_ts[(lk + 1) % cap] <= now - W5_NS:
+        v.lookback_wmid_1s = ring[lk % cap].wmid
+    v.lookback_1s = lk
+    lk = v.lookback_5s
+    while lk + 1 < head and ring[(lk + 1) % cap].ts <= now - W5_NS:
         lk += 1
-        bkf[K_LOOK5W] = ring_f[lk % cap, R_WMID]
-    bki[J_L5] = lk
+        v.lookback_wmid_5s = ring[lk % cap].wmid
+    v.lookback_5s = lk
 
 
 @njit(cache=True)
-def _book_ring_push(
-    ring_ts: np.ndarray,
-    ring_f: np.ndarray,
-    bkf: np.ndarray,
-    bki: np.ndarray,
-    now: np.int64,
-    ofi: float,
-    wmid: float,
-    spread: float,
-) -> None:
-    cap = ring_ts.shape[0]
-    head = bki[J_HEAD]
-    if head - bki[J_T30] == cap:
+def _book_ring_push(ring: np.ndarray, v: Any, now: np.int64, ofi: float, wmid: float,
+                    spread: float) -> None:  # fmt: skip
+    cap = ring.shape[0]
+    head = v.head
+    if head - v.tail_30s == cap:
         # Full ring (more than `cap` events within 30 s): the oldest leaves every window early.
-        old = bki[J_T30]
-        if bki[J_T1] == old:
-            bkf[K_OFI1] -= ring_f[old % cap, R_OFI]
-            bki[J_T1] += 1
-        if bki[J_T5] == old:
-            bkf[K_OFI5] -= ring_f[old % cap, R_OFI]
-            bki[J_T5] += 1
-        s = ring_f[old % cap, R_SPREAD]
-        if math.isfinite(s):
-            bkf[K_SPSUM] -= s
-            bkf[K_SPCNT] -= 1.0
-        bki[J_T30] += 1
-        bki[J_RING_OVERFLOW] += 1
-    slot = head % cap
-    ring_ts[slot] = now
-    ring_f[slot, R_OFI] = ofi
-    ring_f[slot, R_WMID] = wmid
-    ring_f[slot, R_SPREAD] = spread
-    bki[J_HEAD] = head + 1
-    bkf[K_OFI1] += ofi
-    bkf[K_OFI5] += ofi
+        old = v.tail_30s
+        if v.tail_1s == old:
+            v.ofi_1s -= ring[old % cap].ofi
+            v.tail_1s += 1
+        if v.tail_5s == old:
+            v.ofi_5s -= ring[old % cap].ofi
+            v.tail_5s += 1
+        sp = ring[old % cap].spread
+        if math.isfinite(sp):
+            v.spread_sum_30s -= sp
+            v.spread_count_30s -= 1.0
+        v.tail_30s += 1
+        v.ring_overflow += 1
+    e = ring[head % cap]
+    e.ts = now
+    e.ofi = ofi
+    e.wmid = wmid
+    e.spread = spread
+    v.head = head + 1
+    v.ofi_1s += ofi
+    v.ofi_5s += ofi
     if math.isfinite(spread):
-        bkf[K_SPSUM] += spread
-        bkf[K_SPCNT] += 1.0
+        v.spread_sum_30s += spread
+        v.spread_count_30s += 1.0
 
 
 @njit(cache=True)
 def book_event_step(
-    qty: np.ndarray,
-    bits: np.ndarray,
-    bi: np.ndarray,
-    ring_ts: np.ndarray,
-    ring_f: np.ndarray,
-    bkf: np.ndarray,
-    bki: np.ndarray,
-    bst: np.ndarray,
-    lgt: np.ndarray,
-    params: np.ndarray,
-    mp: np.ndarray,
+    s: BookState,
     is_bid: np.ndarray,
     price: np.ndarray,
     size: np.ndarray,
@@ -391,23 +474,29 @@ def book_event_step(
     row: np.ndarray,
     top: np.ndarray,
 ) -> tuple[np.int64, bool]:
-    """Apply one book event and write the book-side features into `row`.
+    """Apply one book event (level rows [start, stop)) and write the book-side features into
+    `row`.
 
     Returns (as-of time, warm-up flag). `top` is scratch of shape (4, 10).
     """
-    book_apply_event(qty, bits, bi, is_bid, price, size, start, stop, is_snapshot)
+    # Tuple fields are taken out once: each access costs a reference count round trip.
+    book = s.book
+    v = s.vars[0]
+    p = s.params[0]
+    book_apply_event(book, is_bid, price, size, start, stop, is_snapshot)
     asof = ts_ns
-    if bki[J_HAS_FIRST] == 1 and bki[J_LAST_ASOF] > asof:
-        asof = bki[J_LAST_ASOF]
-    bki[J_LAST_ASOF] = asof
-    if bki[J_HAS_FIRST] == 0:
-        bki[J_HAS_FIRST] = 1
-        bki[J_FIRST] = asof
-    bki[J_EVENTS] += 1
+    if v.has_first == 1 and v.last_asof > asof:
+        asof = v.last_asof
+    v.last_asof = asof
+    if v.has_first == 0:
+        v.has_first = 1
+        v.first_asof = asof
+    v.events += 1
 
-    book_top(qty, bits, bi, 10, top)
-    n = qty.shape[1]
-    two_sided = bi[B_SYNCED] == 1 and bi[B_BEST_BID] >= 0 and bi[B_BEST_ASK] < n
+    book_top(book, 10, top)
+    info = book.info[0]
+    n = book.qty.shape[1]
+    two_sided = info.synced == 1 and info.best_bid >= 0 and info.best_ask < n
     bid = top[0, 0]
     bidq = top[1, 0]
     ask = top[2, 0]
@@ -453,10 +542,10 @@ def book_event_step(
 
     # Order flow imbalance of this event (Cont, Kukanov and Stoikov 2014), from the change of
     # the best quotes. A snapshot (resync) is not order flow: 0.
-    pbid = bkf[K_PBID]
-    pbidq = bkf[K_PBIDQ]
-    pask = bkf[K_PASK]
-    paskq = bkf[K_PASKQ]
+    pbid = v.prev_bid
+    pbidq = v.prev_bid_qty
+    pask = v.prev_ask
+    paskq = v.prev_ask_qty
     ofi = 0.0
     if two_sided and not is_snapshot and pbid == pbid and pask == pask:
         if bid >= pbid:
@@ -468,8 +557,8 @@ def book_event_step(
         if ask >= pask:
             ofi += paskq
     row[F_OFI] = ofi
-    pwmid = bkf[K_PWMID]
-    pmid = bkf[K_PMID]
+    pwmid = v.prev_wmid
+    pmid = v.prev_mid
     row[F_WCHG] = (wmid / pwmid - 1.0) * 1e4 if (two_sided and pwmid == pwmid) else math.nan
     mret = math.nan
     if two_sided and pmid == pmid:
@@ -477,22 +566,23 @@ def book_event_step(
         mret = math.log(mid / pmid) * 1e4
     row[F_MRET] = mret
     if two_sided:
-        bkf[K_PBID] = bid
-        bkf[K_PBIDQ] = bidq
-        bkf[K_PASK] = ask
-        bkf[K_PASKQ] = askq
-        bkf[K_PWMID] = wmid
-        bkf[K_PMID] = mid
+        v.prev_bid = bid
+        v.prev_bid_qty = bidq
+        v.prev_ask = ask
+        v.prev_ask_qty = askq
+        v.prev_wmid = wmid
+        v.prev_mid = mid
 
-    _book_ring_push(ring_ts, ring_f, bkf, bki, asof, ofi, wmid, spread)
-    _book_ring_expire(ring_ts, ring_f, bkf, bki, asof)
-    row[F_OFI1] = bkf[K_OFI1]
-    row[F_OFI5] = bkf[K_OFI5]
-    lw1 = bkf[K_LOOK1W] if bki[J_L1] >= 0 else math.nan
-    lw5 = bkf[K_LOOK5W] if bki[J_L5] >= 0 else math.nan
+    ring = s.ring
+    _book_ring_push(ring, v, asof, ofi, wmid, spread)
+    _book_ring_expire(ring, v, asof)
+    row[F_OFI1] = v.ofi_1s
+    row[F_OFI5] = v.ofi_5s
+    lw1 = v.lookback_wmid_1s if v.lookback_1s >= 0 else math.nan
+    lw5 = v.lookback_wmid_5s if v.lookback_5s >= 0 else math.nan
     row[F_WD1] = (wmid / lw1 - 1.0) * 1e4 if (two_sided and lw1 == lw1) else math.nan
     row[F_WD5] = (wmid / lw5 - 1.0) * 1e4 if (two_sided and lw5 == lw5) else math.nan
-    spmean = bkf[K_SPSUM] / bkf[K_SPCNT] if bkf[K_SPCNT] > 0.0 else math.nan
+    spmean = v.spread_sum_30s / v.spread_count_30s if v.spread_count_30s > 0.0 else math.nan
     row[F_SPMEAN] = spmean
     row[F_SPCOMP] = spread / spmean if (two_sided and spmean > 0.0) else math.nan
 
@@ -502,25 +592,24 @@ def book_event_step(
     # assumption. A bar closes on the first event of a later second; the outputs hold between.
     if two_sided:
         bar = asof // W1_NS
-        if bki[J_BAR] < 0:
-            bki[J_BAR] = bar
-            bkf[K_BAR_REF] = mid
-        elif bar > bki[J_BAR] and pmid == pmid:
-            ret = math.log(pmid / bkf[K_BAR_REF]) * 1e4
-            bkf[K_BAR_REF] = pmid
-            bki[J_BAR] = bar
-            x = standardize_update(bkf, K_STD, ret, params[PB_STD_ALPHA], params[PB_STD_MIN])
+        if v.bar < 0:
+            v.bar = bar
+            v.bar_ref_mid = mid
+        elif bar > v.bar and pmid == pmid:
+            ret = math.log(pmid / v.bar_ref_mid) * 1e4
+            v.bar_ref_mid = pmid
+            v.bar = bar
+            x = standardize_update(s.ret_std[0], ret, p.std_alpha, p.std_min_count)
             if x == x:
                 m, rl, cp = bocpd_update(
-                    bst, lgt, bki[J_BOCPD_M], x, params[PB_HAZARD], params[PB_MU0],
-                    params[PB_KAPPA0], params[PB_ALPHA0], params[PB_BETA0],
-                    int(params[PB_CPLAG]),
+                    s.bocpd, s.lgamma, v.bocpd_m, x, p.hazard, p.mu0, p.kappa0, p.alpha0,
+                    p.beta0, p.cp_lag,
                 )  # fmt: skip
-                bki[J_BOCPD_M] = m
-                bkf[K_RL] = rl
-                bkf[K_CP] = cp
-    row[F_RL] = bkf[K_RL]
-    row[F_CP] = bkf[K_CP]
+                v.bocpd_m = m
+                v.bocpd_run_length = rl
+                v.bocpd_cp_prob = cp
+    row[F_RL] = v.bocpd_run_length
+    row[F_CP] = v.bocpd_cp_prob
 
     tod_ns = ts_ns % DAY_NS
     row[F_HOUR] = float(tod_ns // 3_600_000_000_000)
@@ -529,9 +618,9 @@ def book_event_step(
     row[F_TSIN] = math.sin(ang)
     row[F_TCOS] = math.cos(ang)
 
-    row[F_MICRO] = microprice_lookup(mp, bid, ask, bidq, askq)
+    row[F_MICRO] = microprice_lookup(s.micro, bid, ask, bidq, askq)
 
-    warm = (asof - bki[J_FIRST] < np.int64(params[PB_WARMUP])) or not two_sided
+    warm = (asof - v.first_asof < p.warmup_ns) or not two_sided
     return asof, warm
 
 
@@ -541,139 +630,143 @@ def book_event_step(
 
 
 @njit(cache=True)
-def _trade_evict_oldest(ring_f: np.ndarray, tf: np.ndarray, ti: np.ndarray) -> None:
-    cap = ring_f.shape[0]
-    old = ti[U_TAIL + 2]
+def _trade_evict_oldest(s: TradeState) -> None:
+    ring = s.ring
+    windows = s.windows
+    v = s.vars[0]
+    cap = ring.shape[0]
+    old = windows[2].tail
+    e = ring[old % cap]
     for w in range(3):
-        if ti[U_TAIL + w] == old:
-            for c in range(4):
-                tf[w * 4 + c] -= ring_f[old % cap, c]
-            ti[U_TAIL + w] += 1
-    ti[U_OVERFLOW] += 1
+        win = windows[w]
+        if win.tail == old:
+            win.signed -= e.signed
+            win.qty -= e.qty
+            win.notional -= e.notional
+            win.r2 -= e.r2
+            win.tail += 1
+    v.overflow += 1
 
 
 @njit(cache=True)
-def trade_add(
-    ring_ts: np.ndarray,
-    ring_f: np.ndarray,
-    tf: np.ndarray,
-    ti: np.ndarray,
-    vp: np.ndarray,
-    params: np.ndarray,
-    ts_ns: np.int64,
-    price: float,
-    qty: float,
-    is_buy: bool,
-) -> None:
+def trade_add(s: TradeState, ts_ns: np.int64, price: float, qty: float, is_buy: bool) -> None:
     """Fold one trade (taker side `is_buy`) into the windows and the VPIN buckets."""
     if not (qty > 0.0 and price > 0.0):
         return
-    cap = ring_ts.shape[0]
-    head = ti[U_HEAD]
-    if head - ti[U_TAIL + 2] == cap:
-        _trade_evict_oldest(ring_f, tf, ti)
-    last = tf[Q_LAST]
+    ring = s.ring
+    windows = s.windows
+    v = s.vars[0]
+    p = s.params[0]
+    cap = ring.shape[0]
+    head = v.head
+    if head - windows[2].tail == cap:
+        _trade_evict_oldest(s)
+    last = v.last_price
     r = math.log(price / last) * 1e4 if last == last else 0.0
-    tf[Q_LAST] = price
+    v.last_price = price
     signed = qty if is_buy else -qty
-    slot = head % cap
-    ring_ts[slot] = ts_ns
-    ring_f[slot, T_SIGNED] = signed
-    ring_f[slot, T_QTY] = qty
-    ring_f[slot, T_NOTIONAL] = qty * price
-    ring_f[slot, T_R2] = r * r
-    ti[U_HEAD] = head + 1
-    ti[U_TRADES] += 1
+    e = ring[head % cap]
+    e.ts = ts_ns
+    e.signed = signed
+    e.qty = qty
+    e.notional = qty * price
+    e.r2 = r * r
+    v.head = head + 1
+    v.trades += 1
     for w in range(3):
-        for c in range(4):
-            tf[w * 4 + c] += ring_f[slot, c]
+        win = windows[w]
+        win.signed += e.signed
+        win.qty += e.qty
+        win.notional += e.notional
+        win.r2 += e.r2
 
     # VPIN (Easley, Lopez de Prado and O'Hara 2012) with the taker side known exactly (no bulk
     # classification needed). Bucket volume = vpin_trades_per_bucket x EWMA trade size, fixed
     # when a bucket opens; a trade larger than the space left spills into the next buckets.
-    n = ti[U_QTY_N]
-    a = max(1.0 / (n + 1.0), params[PT_QTY_ALPHA])
-    tf[Q_EWMA_QTY] += a * (qty - tf[Q_EWMA_QTY])
-    ti[U_QTY_N] = n + 1
-    if tf[Q_TARGET] <= 0.0:
-        tf[Q_TARGET] = tf[Q_EWMA_QTY] * params[PT_TPB]
+    n = v.qty_n
+    a = max(1.0 / (n + 1.0), p.qty_alpha)
+    v.ewma_qty += a * (qty - v.ewma_qty)
+    v.qty_n = n + 1
+    if v.target <= 0.0:
+        v.target = v.ewma_qty * p.trades_per_bucket
     rem = qty
-    nb = vp.shape[1]
+    buckets = s.vpin
+    nb = buckets.shape[0]
     spills = 0
     while rem > 0.0:
-        space = tf[Q_TARGET] - tf[Q_CUR_BUY] - tf[Q_CUR_SELL]
+        space = v.target - v.cur_buy - v.cur_sell
         take = rem if (rem < space or spills > nb) else space
         if is_buy:
-            tf[Q_CUR_BUY] += take
+            v.cur_buy += take
         else:
-            tf[Q_CUR_SELL] += take
+            v.cur_sell += take
         rem -= take
-        if tf[Q_CUR_BUY] + tf[Q_CUR_SELL] >= tf[Q_TARGET] * (1.0 - 1e-12):
-            h = ti[U_VP_HEAD]
-            vp[0, h] = abs(tf[Q_CUR_BUY] - tf[Q_CUR_SELL])
-            vp[1, h] = tf[Q_CUR_BUY] + tf[Q_CUR_SELL]
-            ti[U_VP_HEAD] = (h + 1) % nb
-            if ti[U_VP_N] < nb:
-                ti[U_VP_N] += 1
+        if v.cur_buy + v.cur_sell >= v.target * (1.0 - 1e-12):
+            h = v.vp_head
+            buckets[h].imbalance = abs(v.cur_buy - v.cur_sell)
+            buckets[h].volume = v.cur_buy + v.cur_sell
+            v.vp_head = (h + 1) % nb
+            if v.vp_n < nb:
+                v.vp_n += 1
             s_imb = 0.0
             s_vol = 0.0
-            for b in range(ti[U_VP_N]):
-                s_imb += vp[0, b]
-                s_vol += vp[1, b]
-            tf[Q_SUM_IMB] = s_imb
-            tf[Q_SUM_VOL] = s_vol
-            tf[Q_CUR_BUY] = 0.0
-            tf[Q_CUR_SELL] = 0.0
-            tf[Q_TARGET] = tf[Q_EWMA_QTY] * params[PT_TPB]
+            for b in range(v.vp_n):
+                s_imb += buckets[b].imbalance
+                s_vol += buckets[b].volume
+            v.sum_imb = s_imb
+            v.sum_vol = s_vol
+            v.cur_buy = 0.0
+            v.cur_sell = 0.0
+            v.target = v.ewma_qty * p.trades_per_bucket
             spills += 1
-    vol = tf[Q_SUM_VOL] + tf[Q_CUR_BUY] + tf[Q_CUR_SELL]
-    imb = tf[Q_SUM_IMB] + abs(tf[Q_CUR_BUY] - tf[Q_CUR_SELL])
-    tf[Q_VPIN] = imb / vol if vol > 0.0 else math.nan
+    vol = v.sum_vol + v.cur_buy + v.cur_sell
+    imb = v.sum_imb + abs(v.cur_buy - v.cur_sell)
+    v.vpin = imb / vol if vol > 0.0 else math.nan
 
 
 @njit(cache=True)
-def trade_features(
-    ring_ts: np.ndarray,
-    ring_f: np.ndarray,
-    tf: np.ndarray,
-    ti: np.ndarray,
-    params: np.ndarray,
-    asof: np.int64,
-    mid: float,
-    row: np.ndarray,
-) -> None:
+def trade_features(s: TradeState, asof: np.int64, mid: float, row: np.ndarray) -> None:
     """Trade-side features as of `asof` (the trades folded in so far, all <= asof)."""
-    cap = ring_ts.shape[0]
-    head = ti[U_HEAD]
+    ring = s.ring
+    windows = s.windows
+    volume_std = s.volume_std
+    v = s.vars[0]
+    p = s.params[0]
+    cap = ring.shape[0]
+    head = v.head
     for w in range(3):
-        win = _TRADE_WINDOWS[w]
-        t = ti[U_TAIL + w]
-        while t < head and ring_ts[t % cap] <= asof - win:
-            for c in range(4):
-                tf[w * 4 + c] -= ring_f[t % cap, c]
+        span = _TRADE_WINDOWS[w]
+        win = windows[w]
+        t = win.tail
+        while t < head and ring[t % cap].ts <= asof - span:
+            e = ring[t % cap]
+            win.signed -= e.signed
+            win.qty -= e.qty
+            win.notional -= e.notional
+            win.r2 -= e.r2
             t += 1
-        ti[U_TAIL + w] = t
+        win.tail = t
         if t == head:
-            for c in range(4):
-                tf[w * 4 + c] = 0.0
-        row[F_TI1 + w] = tf[w * 4 + T_SIGNED]
-        vol = tf[w * 4 + T_QTY]
+            win.signed = 0.0
+            win.qty = 0.0
+            win.notional = 0.0
+            win.r2 = 0.0
+        row[F_TI1 + w] = win.signed
+        vol = win.qty
         row[F_V1 + w] = vol
         row[F_N1 + w] = float(head - t)
-        row[F_VZ1 + w] = standardize_update(
-            tf, Q_STD_V + 3 * w, vol, params[PT_STD_ALPHA], params[PT_STD_MIN]
-        )
-    rv5 = math.sqrt(max(tf[4 + T_R2], 0.0))
-    rv30 = math.sqrt(max(tf[8 + T_R2], 0.0))
+        row[F_VZ1 + w] = standardize_update(volume_std[w], vol, p.std_alpha, p.std_min_count)
+    rv5 = math.sqrt(max(windows[1].r2, 0.0))
+    rv30 = math.sqrt(max(windows[2].r2, 0.0))
     row[F_RV5] = rv5
     row[F_RV30] = rv30
-    row[F_RVZ] = standardize_update(tf, Q_STD_RV, rv5, params[PT_STD_ALPHA], params[PT_STD_MIN])
-    last = tf[Q_LAST]
-    vol30 = tf[8 + T_QTY]
-    vwap = tf[8 + T_NOTIONAL] / vol30 if vol30 > 0.0 else last
+    row[F_RVZ] = standardize_update(s.rv_std[0], rv5, p.std_alpha, p.std_min_count)
+    last = v.last_price
+    vol30 = windows[2].qty
+    vwap = windows[2].notional / vol30 if vol30 > 0.0 else last
     row[F_VWAP] = vwap
     row[F_VWAPD] = (mid / vwap - 1.0) * 1e4
-    row[F_VPIN] = tf[Q_VPIN] if ti[U_TRADES] > 0 else math.nan
+    row[F_VPIN] = v.vpin if v.trades > 0 else math.nan
     row[F_LAST] = last
 
 

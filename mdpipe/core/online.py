@@ -5,7 +5,7 @@ Parts (public, also usable on their own):
   TradeFeatureExtractor       trades -> trade-side features as of a time (`trade_add`,
                               `trade_features`)
   MicrostructureDetector      feature rows -> signals (`detector_step`)
-  OnlineEngine                the three, fed the lake's canonical rows in arrival order.
+  OnlineEngine                the three, fed canonical `book` and `trades` rows in arrival order.
 
 Why the engine holds book events back for a moment: the `features` contract joins each book
 event with the trades at or before its exchange time, and on the wire a trade can arrive after
@@ -24,351 +24,272 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import polars as pl
 from numba import njit
 
-from mdpipe.core.batch import (
-    SIG_F_COLS,
-    _np,
-    event_starts,
-    features_frame,
-    finish_event,
-    signals_frame,
-    write_signals,
-)
+from mdpipe.core.batch import event_starts
 from mdpipe.core.config import settings_id
-from mdpipe.core.detectors.ensemble import (
-    OUT_COLS,
-    DetectorConfig,
-    MicrostructureDetector,
-    Signal,
-    signals_from_out,
-)
+from mdpipe.core.detectors.ensemble import DetectorConfig, MicrostructureDetector, Signal
 from mdpipe.core.features import (
-    DET_INDEX,
     F_LAST,
-    F_MID,
     F_TI1,
+    FEATURE_META,
     FEATURE_NAMES,
-    M_ASOF,
-    M_RECV,
-    M_SNAP,
-    M_TS,
-    M_UID,
-    M_WARM,
     N_FEATURES,
-    N_META,
-    BookState,
     FeatureConfig,
     MicropriceModel,
-    TradeState,
     book_event_step,
+    new_book_state,
+    new_trade_state,
     trade_add,
     trade_features,
 )
+from mdpipe.core.kernel import (
+    SIGNAL_ROW,
+    BookRows,
+    MarketState,
+    Outputs,
+    Scratch,
+    TradeRows,
+    book_rows,
+    copy_meta,
+    empty_book_rows,
+    empty_trade_rows,
+    event_array,
+    features_frame,
+    finish_event,
+    new_outputs,
+    new_scratch,
+    signal_objects,
+    signals_frame,
+    specialize,
+    trade_rows,
+    write_meta,
+    write_signals,
+)
 
-# pi (int64) layout: pending book ring and pending trades
-P_HEAD, P_COUNT, PT_HEAD, PT_COUNT, P_MAX_TRADE_TS, P_HAS_TRADE = range(6)
-P_LATE_TRADES, P_LAST_RELEASED, P_HAS_RELEASED, P_FORCED, P_TIMEOUTS = range(6, 11)
-PI_SIZE = 11
+# A trade waiting for the book events it precedes.
+PENDING_TRADE = np.dtype(
+    [("ts", np.int64), ("price", np.float64), ("qty", np.float64), ("is_buy", np.int64)],
+    align=True,
+)
+QUEUE_VARS = np.dtype(
+    [
+        ("head", np.int64),  # pending book events: ring head and count
+        ("count", np.int64),
+        ("t_head", np.int64),  # pending trades: ring head and count
+        ("t_count", np.int64),
+        ("max_trade_ts", np.int64),  # latest trade time seen (valid once has_trade)
+        ("has_trade", np.int64),
+        ("late_trades", np.int64),  # trades stamped at or before an event already released
+        ("last_released", np.int64),  # as-of time of the last released event
+        ("has_released", np.int64),
+        ("forced", np.int64),  # releases forced by a full queue
+        ("timeouts", np.int64),  # releases after max_wait of receive time
+        ("max_wait_ns", np.int64),
+    ],
+    align=True,
+)
+
+
+class Pending(NamedTuple):
+    """The online engine's release queue: book events computed but not yet joined with
+    trades (their book-side feature rows and meta), and trades not yet folded in."""
+
+    features: np.ndarray  # float64[pending_events, N_FEATURES]
+    meta: np.ndarray  # FEATURE_META[pending_events]
+    trades: np.ndarray  # PENDING_TRADE[pending_trades]
+    vars: np.ndarray  # QUEUE_VARS[1]
+
+
+def new_pending(pending_events: int, pending_trades: int, max_wait_ns: int) -> Pending:
+    q = np.zeros(1, dtype=QUEUE_VARS)
+    q["max_wait_ns"] = max_wait_ns
+    return Pending(
+        np.zeros((pending_events, N_FEATURES)),
+        np.zeros(pending_events, dtype=FEATURE_META),
+        np.zeros(pending_trades, dtype=PENDING_TRADE),
+        q,
+    )
 
 
 @njit(cache=True)
 def _release(
-    tr_ts: np.ndarray,
-    tr_f: np.ndarray,
-    tf: np.ndarray,
-    ti: np.ndarray,
-    vp: np.ndarray,
-    tparams: np.ndarray,
-    dfs: np.ndarray,
-    dis: np.ndarray,
-    dq: np.ndarray,
-    dparams: np.ndarray,
-    pq_f: np.ndarray,
-    pq_m: np.ndarray,
-    pt_ts: np.ndarray,
-    pt_f: np.ndarray,
-    pi: np.ndarray,
-    max_wait: np.int64,
+    state: MarketState,
+    pend: Pending,
     recv_now: np.int64,
     force: bool,
     limit: int,
-    out_f: np.ndarray,
-    out_m: np.ndarray,
-    sig_f: np.ndarray,
-    sig_i: np.ndarray,
+    out: Outputs,
     nr: int,
     ns: int,
-    xdet: np.ndarray,
-    dout: np.ndarray,
+    scratch: Scratch,
 ) -> tuple[int, int]:
     """Release pending book events whose trades are all known (or that waited long enough)."""
-    cap = pq_f.shape[0]
-    tcap = pt_ts.shape[0]
+    q = pend.vars[0]
+    cap = pend.features.shape[0]
+    tcap = pend.trades.shape[0]
     released = 0
-    while pi[P_COUNT] > 0 and nr < out_f.shape[0]:
-        slot = pi[P_HEAD]
-        asof = pq_m[slot, M_ASOF]
+    while q.count > 0 and nr < out.features.shape[0]:
+        slot = q.head
+        m = pend.meta[slot]
+        asof = m.asof
         ready = force or released < limit
         if not ready:
-            ready = pi[P_HAS_TRADE] == 1 and pi[P_MAX_TRADE_TS] > asof
-            if not ready and recv_now - pq_m[slot, M_RECV] >= max_wait:
+            ready = q.has_trade == 1 and q.max_trade_ts > asof
+            if not ready and recv_now - m.recv >= q.max_wait_ns:
                 ready = True
-                pi[P_TIMEOUTS] += 1
+                q.timeouts += 1
         if not ready:
             break
-        while pi[PT_COUNT] > 0:
-            h = pi[PT_HEAD]
-            if pt_ts[h] > asof:
+        while q.t_count > 0:
+            h = q.t_head
+            t = pend.trades[h]
+            if t.ts > asof:
                 break
-            trade_add(tr_ts, tr_f, tf, ti, vp, tparams, pt_ts[h], pt_f[h, 0], pt_f[h, 1],
-                      pt_f[h, 2] != 0.0)  # fmt: skip
-            pi[PT_HEAD] = (h + 1) % tcap
-            pi[PT_COUNT] -= 1
-        row = out_f[nr]
-        row[:] = pq_f[slot]
-        for c in range(pq_m.shape[1]):
-            out_m[nr, c] = pq_m[slot, c]
+            trade_add(state.trades, t.ts, t.price, t.qty, t.is_buy != 0)
+            q.t_head = (h + 1) % tcap
+            q.t_count -= 1
+        row = out.features[nr]
+        row[:] = pend.features[slot]
+        copy_meta(out.meta, nr, pend.meta, slot)
         finish_event(
-            tr_ts, tr_f, tf, ti, tparams, dfs, dis, dq, dparams, asof,
-            pq_m[slot, M_SNAP] != 0, pq_m[slot, M_WARM] != 0, row, xdet, dout,
+            state.trades, state.detector, asof, m.is_snapshot != 0, m.is_warmup != 0, row,
+            scratch.x, scratch.detection,
         )  # fmt: skip
-        ns = write_signals(dout, nr, sig_f, sig_i, ns)
+        ns = write_signals(scratch.detection, nr, out.signals, ns)
         nr += 1
         released += 1
-        pi[P_HEAD] = (slot + 1) % cap
-        pi[P_COUNT] -= 1
-        pi[P_LAST_RELEASED] = asof
-        pi[P_HAS_RELEASED] = 1
+        q.head = (slot + 1) % cap
+        q.count -= 1
+        q.last_released = asof
+        q.has_released = 1
     return nr, ns
 
 
 @njit(cache=True)
 def _arrive_book(
+    state: MarketState,
+    pend: Pending,
+    is_bid: np.ndarray,
+    price: np.ndarray,
     qty: np.ndarray,
-    bits: np.ndarray,
-    bi: np.ndarray,
-    rts: np.ndarray,
-    rf: np.ndarray,
-    bkf: np.ndarray,
-    bki: np.ndarray,
-    bst: np.ndarray,
-    lgt: np.ndarray,
-    bparams: np.ndarray,
-    mp: np.ndarray,
-    tr_ts: np.ndarray,
-    tr_f: np.ndarray,
-    tf: np.ndarray,
-    ti: np.ndarray,
-    vp: np.ndarray,
-    tparams: np.ndarray,
-    dfs: np.ndarray,
-    dis: np.ndarray,
-    dq: np.ndarray,
-    dparams: np.ndarray,
-    pq_f: np.ndarray,
-    pq_m: np.ndarray,
-    pt_ts: np.ndarray,
-    pt_f: np.ndarray,
-    pi: np.ndarray,
-    max_wait: np.int64,
-    b_isbid: np.ndarray,
-    b_px: np.ndarray,
-    b_qty: np.ndarray,
     start: int,
     stop: int,
     snap: bool,
     ts: np.int64,
     uid: np.int64,
     recv: np.int64,
-    out_f: np.ndarray,
-    out_m: np.ndarray,
-    sig_f: np.ndarray,
-    sig_i: np.ndarray,
+    out: Outputs,
     nr: int,
     ns: int,
-    top: np.ndarray,
-    xdet: np.ndarray,
-    dout: np.ndarray,
+    scratch: Scratch,
 ) -> tuple[int, int]:
-    cap = pq_f.shape[0]
-    if pi[P_COUNT] == cap:
+    """One book event (level rows [start, stop)) arrives: its book side is computed now,
+    then it waits in the queue for the trades at or before its as-of time."""
+    q = pend.vars[0]
+    cap = pend.features.shape[0]
+    if q.count == cap:
         # Bounded queue: the oldest pending event is released without waiting further.
-        pi[P_FORCED] += 1
-        nr, ns = _release(
-            tr_ts, tr_f, tf, ti, vp, tparams, dfs, dis, dq, dparams, pq_f, pq_m, pt_ts, pt_f,
-            pi, max_wait, recv, False, 1, out_f, out_m, sig_f, sig_i, nr, ns, xdet, dout,
-        )  # fmt: skip
-    slot = (pi[P_HEAD] + pi[P_COUNT]) % cap
+        q.forced += 1
+        nr, ns = _release(state, pend, recv, False, 1, out, nr, ns, scratch)
+    slot = (q.head + q.count) % cap
     asof, warm = book_event_step(
-        qty, bits, bi, rts, rf, bkf, bki, bst, lgt, bparams, mp,
-        b_isbid, b_px, b_qty, start, stop, snap, ts, pq_f[slot], top,
-    )  # fmt: skip
-    pq_m[slot, M_UID] = uid
-    pq_m[slot, M_TS] = ts
-    pq_m[slot, M_ASOF] = asof
-    pq_m[slot, M_RECV] = recv
-    pq_m[slot, M_SNAP] = 1 if snap else 0
-    pq_m[slot, M_WARM] = 1 if warm else 0
-    pi[P_COUNT] += 1
-    return _release(
-        tr_ts, tr_f, tf, ti, vp, tparams, dfs, dis, dq, dparams, pq_f, pq_m, pt_ts, pt_f,
-        pi, max_wait, recv, False, 0, out_f, out_m, sig_f, sig_i, nr, ns, xdet, dout,
-    )  # fmt: skip
+        state.book, is_bid, price, qty, start, stop, snap, ts, pend.features[slot], scratch.top
+    )
+    write_meta(pend.meta, slot, uid, ts, asof, recv, snap, warm)
+    q.count += 1
+    return _release(state, pend, recv, False, 0, out, nr, ns, scratch)
 
 
 @njit(cache=True)
 def _arrive_trade(
-    tr_ts: np.ndarray,
-    tr_f: np.ndarray,
-    tf: np.ndarray,
-    ti: np.ndarray,
-    vp: np.ndarray,
-    tparams: np.ndarray,
-    dfs: np.ndarray,
-    dis: np.ndarray,
-    dq: np.ndarray,
-    dparams: np.ndarray,
-    pq_f: np.ndarray,
-    pq_m: np.ndarray,
-    pt_ts: np.ndarray,
-    pt_f: np.ndarray,
-    pi: np.ndarray,
-    max_wait: np.int64,
+    state: MarketState,
+    pend: Pending,
     ts: np.int64,
     px: float,
-    q: float,
+    qty: float,
     buy: bool,
     recv: np.int64,
-    out_f: np.ndarray,
-    out_m: np.ndarray,
-    sig_f: np.ndarray,
-    sig_i: np.ndarray,
+    out: Outputs,
     nr: int,
     ns: int,
-    xdet: np.ndarray,
-    dout: np.ndarray,
+    scratch: Scratch,
 ) -> tuple[int, int]:
-    tcap = pt_ts.shape[0]
-    if pi[PT_COUNT] == tcap:
+    q = pend.vars[0]
+    ring = pend.trades
+    tcap = ring.shape[0]
+    if q.t_count == tcap:
         # A full trade backlog with no book event to join it to: fold the oldest in now.
-        h = pi[PT_HEAD]
-        trade_add(tr_ts, tr_f, tf, ti, vp, tparams, pt_ts[h], pt_f[h, 0], pt_f[h, 1],
-                  pt_f[h, 2] != 0.0)  # fmt: skip
-        pi[PT_HEAD] = (h + 1) % tcap
-        pi[PT_COUNT] -= 1
-        pi[P_FORCED] += 1
-    if pi[P_HAS_RELEASED] == 1 and ts <= pi[P_LAST_RELEASED]:
-        pi[P_LATE_TRADES] += 1
+        h = q.t_head
+        t = ring[h]
+        trade_add(state.trades, t.ts, t.price, t.qty, t.is_buy != 0)
+        q.t_head = (h + 1) % tcap
+        q.t_count -= 1
+        q.forced += 1
+    if q.has_released == 1 and ts <= q.last_released:
+        q.late_trades += 1
     # Insert keeping (ts, arrival) order; trades almost always arrive in order, so this is
     # an append.
-    n = pi[PT_COUNT]
+    n = q.t_count
     pos = n
-    while pos > 0 and pt_ts[(pi[PT_HEAD] + pos - 1) % tcap] > ts:
-        src = (pi[PT_HEAD] + pos - 1) % tcap
-        dst = (pi[PT_HEAD] + pos) % tcap
-        pt_ts[dst] = pt_ts[src]
-        pt_f[dst, 0] = pt_f[src, 0]
-        pt_f[dst, 1] = pt_f[src, 1]
-        pt_f[dst, 2] = pt_f[src, 2]
+    while pos > 0 and ring[(q.t_head + pos - 1) % tcap].ts > ts:
+        src = ring[(q.t_head + pos - 1) % tcap]
+        dst = ring[(q.t_head + pos) % tcap]
+        dst.ts = src.ts
+        dst.price = src.price
+        dst.qty = src.qty
+        dst.is_buy = src.is_buy
         pos -= 1
-    slot = (pi[PT_HEAD] + pos) % tcap
-    pt_ts[slot] = ts
-    pt_f[slot, 0] = px
-    pt_f[slot, 1] = q
-    pt_f[slot, 2] = 1.0 if buy else 0.0
-    pi[PT_COUNT] = n + 1
-    if pi[P_HAS_TRADE] == 0 or ts > pi[P_MAX_TRADE_TS]:
-        pi[P_MAX_TRADE_TS] = ts
-        pi[P_HAS_TRADE] = 1
-    return _release(
-        tr_ts, tr_f, tf, ti, vp, tparams, dfs, dis, dq, dparams, pq_f, pq_m, pt_ts, pt_f,
-        pi, max_wait, recv, False, 0, out_f, out_m, sig_f, sig_i, nr, ns, xdet, dout,
-    )  # fmt: skip
+    t = ring[(q.t_head + pos) % tcap]
+    t.ts = ts
+    t.price = px
+    t.qty = qty
+    t.is_buy = 1 if buy else 0
+    q.t_count = n + 1
+    if q.has_trade == 0 or ts > q.max_trade_ts:
+        q.max_trade_ts = ts
+        q.has_trade = 1
+    return _release(state, pend, recv, False, 0, out, nr, ns, scratch)
 
 
 @njit(cache=True)
 def _feed_chunk(
-    qty: np.ndarray,
-    bits: np.ndarray,
-    bi: np.ndarray,
-    rts: np.ndarray,
-    rf: np.ndarray,
-    bkf: np.ndarray,
-    bki: np.ndarray,
-    bst: np.ndarray,
-    lgt: np.ndarray,
-    bparams: np.ndarray,
-    mp: np.ndarray,
-    tr_ts: np.ndarray,
-    tr_f: np.ndarray,
-    tf: np.ndarray,
-    ti: np.ndarray,
-    vp: np.ndarray,
-    tparams: np.ndarray,
-    dfs: np.ndarray,
-    dis: np.ndarray,
-    dq: np.ndarray,
-    dparams: np.ndarray,
-    pq_f: np.ndarray,
-    pq_m: np.ndarray,
-    pt_ts: np.ndarray,
-    pt_f: np.ndarray,
-    pi: np.ndarray,
-    max_wait: np.int64,
+    state: MarketState,
+    pend: Pending,
     kind: np.ndarray,
     index: np.ndarray,
     a0: int,
     ev_start: np.ndarray,
-    b_uid: np.ndarray,
-    b_ts: np.ndarray,
-    b_recv: np.ndarray,
-    b_isbid: np.ndarray,
-    b_px: np.ndarray,
-    b_qty: np.ndarray,
-    b_snap: np.ndarray,
-    t_ts: np.ndarray,
-    t_recv: np.ndarray,
-    t_px: np.ndarray,
-    t_qty: np.ndarray,
-    t_buy: np.ndarray,
-    out_f: np.ndarray,
-    out_m: np.ndarray,
-    sig_f: np.ndarray,
-    sig_i: np.ndarray,
+    rows: BookRows,
+    trades: TradeRows,
+    out: Outputs,
+    scratch: Scratch,
 ) -> tuple[int, int, int]:
     """Arrivals from a0 on (kind 1 = book event `index`, 0 = trade `index`), one at a time,
     exactly as single-event calls would; stops early when the output might not fit."""
-    top = np.empty((4, 10))
-    xdet = np.empty(DET_INDEX.shape[0])
-    dout = np.zeros((3, OUT_COLS))
     nr = 0
     ns = 0
     a = a0
-    room = pq_f.shape[0] + 1
+    room = pend.features.shape[0] + 1
     while a < kind.shape[0]:
-        if nr + room > out_f.shape[0] or ns + 3 * room > sig_f.shape[0]:
+        if nr + room > out.features.shape[0] or ns + 3 * room > out.signals.shape[0]:
             break
         k = index[a]
         if kind[a] == 1:
             s = ev_start[k]
             nr, ns = _arrive_book(
-                qty, bits, bi, rts, rf, bkf, bki, bst, lgt, bparams, mp,
-                tr_ts, tr_f, tf, ti, vp, tparams, dfs, dis, dq, dparams,
-                pq_f, pq_m, pt_ts, pt_f, pi, max_wait,
-                b_isbid, b_px, b_qty, s, ev_start[k + 1], b_snap[s], b_ts[s], b_uid[s], b_recv[s],
-                out_f, out_m, sig_f, sig_i, nr, ns, top, xdet, dout,
+                state, pend, rows.is_bid, rows.price, rows.qty, s, ev_start[k + 1],
+                rows.is_snapshot[s], rows.exch_ts[s], rows.update_id[s], rows.recv_ts[s],
+                out, nr, ns, scratch,
             )  # fmt: skip
         else:
             nr, ns = _arrive_trade(
-                tr_ts, tr_f, tf, ti, vp, tparams, dfs, dis, dq, dparams,
-                pq_f, pq_m, pt_ts, pt_f, pi, max_wait,
-                t_ts[k], t_px[k], t_qty[k], t_buy[k], t_recv[k],
-                out_f, out_m, sig_f, sig_i, nr, ns, xdet, dout,
+                state, pend, trades.exch_ts[k], trades.price[k], trades.qty[k],
+                trades.is_buy[k], trades.recv_ts[k], out, nr, ns, scratch,
             )  # fmt: skip
         a += 1
     return a, nr, ns
@@ -379,6 +300,8 @@ def _dict(row: np.ndarray, names: Sequence[str], idx: Iterable[int]) -> dict[str
 
 
 _BOOK_NAMES = FEATURE_NAMES[:F_TI1]
+# The types of a book event's level arrays (`event_array` makes every caller's match).
+_EVENT_ARRAYS = (np.zeros(0, np.bool_), np.zeros(0), np.zeros(0))
 _TRADE_NAMES = FEATURE_NAMES[F_TI1 : F_LAST + 1]
 
 
@@ -397,9 +320,13 @@ class OrderBookFeatureExtractor:
         microprice: MicropriceModel | None = None,
     ) -> None:
         self.config = config or FeatureConfig()
-        self.state = BookState(self.config, microprice)
+        self.state = new_book_state(self.config, microprice)
         self._row = np.full(N_FEATURES, math.nan)
         self._top = np.empty((4, 10))
+        self._step = specialize(
+            book_event_step, self.state, *_EVENT_ARRAYS, 0, 0, False, np.int64(0), self._row,
+            self._top,
+        )  # fmt: skip
         self.last_asof_ns = 0
         self.last_is_warmup = True
         self._view: tuple[set[float], set[float]] | None = None
@@ -427,11 +354,11 @@ class OrderBookFeatureExtractor:
         ts_ns: int,
         is_snapshot: bool = False,
     ) -> dict[str, float]:
-        s = self.state
-        asof, warm = book_event_step(
-            s.qty, s.bits, s.bi, s.ring_ts, s.ring_f, s.bkf, s.bki, s.bst, s.lgt, s.params,
-            s.mp, is_bid, price, qty, 0, is_bid.shape[0], bool(is_snapshot), np.int64(ts_ns),
-            self._row, self._top,
+        is_bid = event_array(is_bid, np.bool_, "is_bid")
+        asof, warm = self._step(
+            self.state, is_bid, event_array(price, np.float64, "price"),
+            event_array(qty, np.float64, "qty"), 0, is_bid.shape[0], bool(is_snapshot),
+            np.int64(ts_ns), self._row, self._top,
         )  # fmt: skip
         self.last_asof_ns = int(asof)
         self.last_is_warmup = bool(warm)
@@ -458,11 +385,6 @@ class OrderBookFeatureExtractor:
         self._view = (nb, na)
         return self.update(rb, ra, ts_ns=ts_ns)
 
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        s = self.state
-        return (s.qty, s.bits, s.bi, s.ring_ts, s.ring_f, s.bkf, s.bki, s.bst, s.lgt, s.params,
-                s.mp)  # fmt: skip
-
 
 class TradeFeatureExtractor:
     """Trades -> trade-side features as of a time (same kernels as the batch path).
@@ -473,26 +395,20 @@ class TradeFeatureExtractor:
 
     def __init__(self, *, config: FeatureConfig | None = None) -> None:
         self.config = config or FeatureConfig()
-        self.state = TradeState(self.config)
+        self.state = new_trade_state(self.config)
         self._row = np.full(N_FEATURES, math.nan)
+        self._add = specialize(trade_add, self.state, np.int64(0), 0.0, 0.0, False)
+        self._features = specialize(trade_features, self.state, np.int64(0), 0.0, self._row)
 
     def add_trade(self, ts_ns: int, price: float, qty: float, side: str | bool) -> None:
         buy = side if isinstance(side, bool) else side == "buy"
         if not isinstance(side, bool) and side not in ("buy", "sell"):
             raise ValueError(f"trade side is the taker side, 'buy' or 'sell', got {side!r}")
-        s = self.state
-        trade_add(s.ring_ts, s.ring_f, s.tf, s.ti, s.vp, s.params, np.int64(ts_ns),
-                  float(price), float(qty), bool(buy))  # fmt: skip
+        self._add(self.state, np.int64(ts_ns), float(price), float(qty), bool(buy))
 
     def features_at(self, ts_ns: int, mid: float = math.nan) -> dict[str, float]:
-        s = self.state
-        trade_features(s.ring_ts, s.ring_f, s.tf, s.ti, s.params, np.int64(ts_ns), float(mid),
-                       self._row)  # fmt: skip
+        self._features(self.state, np.int64(ts_ns), float(mid), self._row)
         return _dict(self._row, _TRADE_NAMES, range(F_TI1, F_LAST + 1))
-
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        s = self.state
-        return (s.ring_ts, s.ring_f, s.tf, s.ti, s.vp, s.params)
 
 
 @dataclass
@@ -506,7 +422,7 @@ class OnlineEngine:
 
     Per-event API (`on_book_event`, `on_trade`) returns the signals released by that arrival;
     feature rows accumulate until `drain_features()`. Frame API (`feed(book=..., trades=...)`)
-    takes normalized batches (lake schemas), interleaves them by `recv_ts_ns`, and returns the
+    takes normalized batches (canonical schemas), interleaves them by `recv_ts_ns`, and returns the
     released features and signals as frames. `flush()` releases everything pending (end of a
     replay); `poll(now_recv_ns)` releases what waited longer than `max_wait_ms`.
     """
@@ -539,25 +455,19 @@ class OnlineEngine:
         self.trades = TradeFeatureExtractor(config=self.feature_config)
         self.detector = MicrostructureDetector.from_config(dcfg, venue=venue, symbol=symbol)
         self.max_wait_ns = np.int64(round(max_wait_ms * 1e6))
-        self.pq_f = np.zeros((pending_events, N_FEATURES))
-        self.pq_m = np.zeros((pending_events, N_META), dtype=np.int64)
-        self.pt_ts = np.zeros(pending_trades, dtype=np.int64)
-        self.pt_f = np.zeros((pending_trades, 3))
-        self.pi = np.zeros(PI_SIZE, dtype=np.int64)
-        cap = pending_events + 1
-        self._out_f = np.empty((cap, N_FEATURES))
-        self._out_m = np.empty((cap, N_META), dtype=np.int64)
-        self._sig_f = np.empty((3 * cap, SIG_F_COLS))
-        self._sig_i = np.empty(3 * cap, dtype=np.int64)
-        self._top = np.empty((4, 10))
-        self._xdet = np.empty(DET_INDEX.shape[0])
-        self._dout = np.zeros((3, OUT_COLS))
+        self.state = MarketState(self.book.state, self.trades.state, self.detector.state)
+        self.pending = new_pending(pending_events, pending_trades, int(self.max_wait_ns))
+        self._out = new_outputs(pending_events + 1)
+        self._scratch = new_scratch()
+        i64, st, pend, out, scr = np.int64(0), self.state, self.pending, self._out, self._scratch
+        self._arrive_book = specialize(
+            _arrive_book, st, pend, *_EVENT_ARRAYS, 0, 0, False, i64, i64, i64, out, 0, 0, scr
+        )
+        self._arrive_trade = specialize(
+            _arrive_trade, st, pend, i64, 0.0, 0.0, False, i64, out, 0, 0, scr
+        )
         self._feat_f: list[np.ndarray] = []
         self._feat_m: list[np.ndarray] = []
-        d = self.detector
-        self._tail: tuple[Any, ...] = (*self.trades.arrays(), d.dfs, d.dis, d.dq, d.params,
-                      self.pq_f, self.pq_m, self.pt_ts, self.pt_f, self.pi, self.max_wait_ns)  # fmt: skip
-        self._all: tuple[Any, ...] = (*self.book.arrays(), *self._tail)
 
     # ---- per event ----------------------------------------------------------------------
     def on_book_event(
@@ -572,11 +482,12 @@ class OnlineEngine:
         is_snapshot: bool = False,
     ) -> list[Signal]:
         """One book event (all its level changes; absolute sizes, 0 removes)."""
-        nr, ns = _arrive_book(  # type: ignore[call-arg]  # state tuple is variadic to mypy
-            *self._all, is_bid, price, qty, 0, is_bid.shape[0], bool(is_snapshot),
-            np.int64(exch_ts_ns), np.int64(update_id), np.int64(recv_ts_ns),
-            self._out_f, self._out_m, self._sig_f, self._sig_i, 0, 0,
-            self._top, self._xdet, self._dout,
+        is_bid = event_array(is_bid, np.bool_, "is_bid")
+        nr, ns = self._arrive_book(
+            self.state, self.pending, is_bid, event_array(price, np.float64, "price"),
+            event_array(qty, np.float64, "qty"), 0, is_bid.shape[0], bool(is_snapshot),
+            np.int64(exch_ts_ns), np.int64(update_id), np.int64(recv_ts_ns), self._out, 0, 0,
+            self._scratch,
         )  # fmt: skip
         return self._collect(nr, ns)
 
@@ -584,81 +495,67 @@ class OnlineEngine:
         self, exch_ts_ns: int, recv_ts_ns: int, price: float, qty: float, side: str | bool
     ) -> list[Signal]:
         buy = side if isinstance(side, bool) else side == "buy"
-        nr, ns = _arrive_trade(  # type: ignore[call-arg]  # state tuple is variadic to mypy
-            *self._tail, np.int64(exch_ts_ns), float(price), float(qty), bool(buy),
-            np.int64(recv_ts_ns), self._out_f, self._out_m, self._sig_f, self._sig_i, 0, 0,
-            self._xdet, self._dout,
+        nr, ns = self._arrive_trade(
+            self.state, self.pending, np.int64(exch_ts_ns), float(price), float(qty), bool(buy),
+            np.int64(recv_ts_ns), self._out, 0, 0, self._scratch,
         )  # fmt: skip
         return self._collect(nr, ns)
 
     def poll(self, now_recv_ns: int) -> list[Signal]:
         """Release events that waited `max_wait_ms` of receive time (call on a timer)."""
-        f, m, sf, si = self._release_arrays(np.int64(now_recv_ns), force=False)
+        f, m, sigs = self._release_arrays(np.int64(now_recv_ns), force=False)
         self._feat_f.append(f)
         self._feat_m.append(m)
-        return self._signals(sf, si, m)
+        return signal_objects(self.venue, self.symbol, sigs, m)
 
     def flush(self) -> list[Signal]:
         """Release every pending event (end of a replay, or shutdown)."""
-        f, m, sf, si = self._release_arrays(np.int64(0), force=True)
+        f, m, sigs = self._release_arrays(np.int64(0), force=True)
         self._feat_f.append(f)
         self._feat_m.append(m)
-        return self._signals(sf, si, m)
+        return signal_objects(self.venue, self.symbol, sigs, m)
 
     def flush_frames(self) -> EngineOutput:
         """`flush()` for the frame API: the released rows as frames."""
-        f, m, sf, si = self._release_arrays(np.int64(0), force=True)
+        f, m, sigs = self._release_arrays(np.int64(0), force=True)
         return EngineOutput(
             features_frame(self.venue, self.symbol, f, m),
-            signals_frame(self.venue, self.symbol, sf, si, f, m, settings_id=self.settings_id),
+            signals_frame(self.venue, self.symbol, sigs, f, m, settings_id=self.settings_id),
         )
 
     def _release_arrays(
         self, now: np.int64, *, force: bool
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        fs, ms, sfs, sis = [], [], [], []
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = self._out
+        fs, ms, ss = [], [], []
         base = 0
         while True:
-            nr, ns = _release(  # type: ignore[call-arg]  # state tuple is variadic to mypy
-                *self._tail, now, force, 0, self._out_f, self._out_m, self._sig_f,
-                self._sig_i, 0, 0, self._xdet, self._dout,
-            )  # fmt: skip
-            fs.append(self._out_f[:nr].copy())
-            ms.append(self._out_m[:nr].copy())
-            sfs.append(self._sig_f[:ns].copy())
-            sis.append(self._sig_i[:ns] + base)
+            nr, ns = _release(self.state, self.pending, now, force, 0, out, 0, 0, self._scratch)
+            fs.append(out.features[:nr].copy())
+            ms.append(out.meta[:nr].copy())
+            sigs = out.signals[:ns].copy()
+            sigs["row"] += base
+            ss.append(sigs)
             base += nr
-            if nr == 0 or self.pi[P_COUNT] == 0:
+            if nr == 0 or self.pending.vars[0]["count"] == 0:
                 break
-        return np.concatenate(fs), np.concatenate(ms), np.concatenate(sfs), np.concatenate(sis)
-
-    def _signals(self, sf: np.ndarray, si: np.ndarray, m: np.ndarray) -> list[Signal]:
-        sigs: list[Signal] = []
-        for j in range(sf.shape[0]):
-            i = int(si[j])
-            out = np.zeros((3, OUT_COLS))
-            d = int(sf[j, 0])
-            out[d, 0] = 1.0
-            out[d, 1:] = sf[j, 1:]
-            sigs.extend(
-                signals_from_out(out, self.venue, self.symbol, int(m[i, M_TS]), int(m[i, M_UID]))
-            )
-        return sigs
+        return np.concatenate(fs), np.concatenate(ms), np.concatenate(ss)
 
     def _collect(self, nr: int, ns: int) -> list[Signal]:
         if nr == 0:
             return []
-        m = self._out_m[:nr].copy()
-        self._feat_f.append(self._out_f[:nr].copy())
+        out = self._out
+        m = out.meta[:nr].copy()
+        self._feat_f.append(out.features[:nr].copy())
         self._feat_m.append(m)
         if ns == 0:
             return []
-        return self._signals(self._sig_f[:ns], self._sig_i[:ns], m)
+        return signal_objects(self.venue, self.symbol, out.signals[:ns], m)
 
     def drain_features(self) -> pl.DataFrame:
         """Feature rows released since the last drain."""
         f = np.concatenate(self._feat_f) if self._feat_f else np.empty((0, N_FEATURES))
-        m = np.concatenate(self._feat_m) if self._feat_m else np.empty((0, N_META), np.int64)
+        m = np.concatenate(self._feat_m) if self._feat_m else np.zeros(0, FEATURE_META)
         self._feat_f.clear()
         self._feat_m.clear()
         return features_frame(self.venue, self.symbol, f, m)
@@ -678,69 +575,44 @@ class OnlineEngine:
             )
         if book.height and "seq" in book.columns:
             book = book.sort("seq", maintain_order=True)
-        if book.height:
-            uid = _np(book["update_id"].cast(pl.Int64))
-            snap = _np(book["is_snapshot"])
-            starts = event_starts(uid, snap)
-            b_ts = _np(book["exch_ts_ns"].cast(pl.Int64))
-            b_recv = _np(book["recv_ts_ns"].cast(pl.Int64))
-            b_isbid = _np(book["side"] == "bid")
-            b_px = _np(book["price"].cast(pl.Float64))
-            b_qty = _np(book["qty"].cast(pl.Float64))
-        else:
-            starts = np.zeros(1, dtype=np.int64)
-            uid = b_ts = b_recv = np.zeros(0, dtype=np.int64)
-            snap = b_isbid = np.zeros(0, dtype=np.bool_)
-            b_px = b_qty = np.zeros(0)
+        rows = book_rows(book) if book.height else empty_book_rows()
+        trs = trade_rows(trades) if trades.height else empty_trade_rows()
+        starts = event_starts(rows.update_id, rows.is_snapshot)
         n_ev = starts.shape[0] - 1
-        if trades.height:
-            t_ts = _np(trades["exch_ts_ns"].cast(pl.Int64))
-            t_recv = _np(trades["recv_ts_ns"].cast(pl.Int64))
-            t_px = _np(trades["price"].cast(pl.Float64))
-            t_qty = _np(trades["qty"].cast(pl.Float64))
-            t_buy = _np(trades["side"] == "buy")
-        else:
-            t_ts = t_recv = np.zeros(0, dtype=np.int64)
-            t_px = t_qty = np.zeros(0)
-            t_buy = np.zeros(0, dtype=np.bool_)
-        kind, index = arrival_order(b_recv[starts[:-1]] if n_ev else b_recv, t_recv)
-        cap = max(n_ev, 1) + self.pq_f.shape[0] + 1
-        out_f = np.empty((cap, N_FEATURES))
-        out_m = np.empty((cap, N_META), dtype=np.int64)
-        sig_f = np.empty((3 * cap, SIG_F_COLS))
-        sig_i = np.empty(3 * cap, dtype=np.int64)
+        kind, index = arrival_order(rows.recv_ts[starts[:-1]] if n_ev else rows.recv_ts,
+                                    trs.recv_ts)  # fmt: skip
+        out = new_outputs(max(n_ev, 1) + self.pending.features.shape[0] + 1)
         fs: list[np.ndarray] = []
         ms: list[np.ndarray] = []
-        sfs: list[np.ndarray] = []
-        sis: list[np.ndarray] = []
+        ss: list[np.ndarray] = []
         base = 0
         a = 0
         while a < kind.shape[0]:
-            a, nr, ns = _feed_chunk(  # type: ignore[call-arg]  # state tuple is variadic to mypy
-                *self._all, kind, index, a, starts, uid, b_ts, b_recv, b_isbid, b_px, b_qty,
-                snap, t_ts, t_recv, t_px, t_qty, t_buy, out_f, out_m, sig_f, sig_i,
-            )  # fmt: skip
-            fs.append(out_f[:nr].copy())
-            ms.append(out_m[:nr].copy())
-            sfs.append(sig_f[:ns].copy())
-            sis.append(sig_i[:ns] + base)
+            a, nr, ns = _feed_chunk(
+                self.state, self.pending, kind, index, a, starts, rows, trs, out, self._scratch
+            )
+            fs.append(out.features[:nr].copy())
+            ms.append(out.meta[:nr].copy())
+            sigs = out.signals[:ns].copy()
+            sigs["row"] += base
+            ss.append(sigs)
             base += nr
         f = np.concatenate(fs) if fs else np.empty((0, N_FEATURES))
-        m = np.concatenate(ms) if ms else np.empty((0, N_META), np.int64)
-        sf = np.concatenate(sfs) if sfs else np.empty((0, SIG_F_COLS))
-        si = np.concatenate(sis) if sis else np.empty(0, np.int64)
+        m = np.concatenate(ms) if ms else np.zeros(0, FEATURE_META)
+        sg = np.concatenate(ss) if ss else np.zeros(0, SIGNAL_ROW)
         return EngineOutput(
             features_frame(self.venue, self.symbol, f, m),
-            signals_frame(self.venue, self.symbol, sf, si, f, m, settings_id=self.settings_id),
+            signals_frame(self.venue, self.symbol, sg, f, m, settings_id=self.settings_id),
         )
 
     def get_stats(self) -> dict[str, Any]:
         out = self.detector.get_stats()
-        out["pending_events"] = int(self.pi[P_COUNT])
-        out["pending_trades"] = int(self.pi[PT_COUNT])
-        out["late_trades"] = int(self.pi[P_LATE_TRADES])
-        out["timeouts"] = int(self.pi[P_TIMEOUTS])
-        out["forced_releases"] = int(self.pi[P_FORCED])
+        q = self.pending.vars[0]
+        out["pending_events"] = int(q["count"])
+        out["pending_trades"] = int(q["t_count"])
+        out["late_trades"] = int(q["late_trades"])
+        out["timeouts"] = int(q["timeouts"])
+        out["forced_releases"] = int(q["forced"])
         return out
 
 
@@ -763,9 +635,6 @@ def arrival_order(book_recv: np.ndarray, trade_recv: np.ndarray) -> tuple[np.nda
 
 
 __all__ = [
-    "F_MID",
-    "M_ASOF",
-    "M_RECV",
     "EngineOutput",
     "OnlineEngine",
     "OrderBookFeatureExtractor",

@@ -2,8 +2,12 @@
 
 Plots are drawn with matplotlib's object API (`Figure` + the Agg canvas, never pyplot) so that
 rendering does not touch global backend state and works in worker processes and threads. Each
-plot is written as a PNG next to the report and embedded in the HTML as a base64 data URI; the
-HTML has no scripts and no external references.
+plot is a PNG, embedded in the HTML as a base64 data URI; the HTML has no scripts and no
+external references.
+
+Rendering is pure: `render_report` and `render_summary_report` return the files' contents by
+name (the HTML and one PNG per plot). Publishing them (atomically, next to the partition's
+metrics) is the pipeline's job: `mdpipe.pipeline.reports`.
 """
 
 from __future__ import annotations
@@ -11,9 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,6 @@ from matplotlib.figure import Figure
 
 from mdpipe.core.labels import PricePath
 from mdpipe.core.metrics import Evaluation
-from mdpipe.lake import atomic_write_bytes
 
 PLOT_NAMES = (
     "price_signals",
@@ -458,23 +459,21 @@ def _img(name: str, png: bytes, caption: str) -> str:
     )
 
 
-def write_report(
+def render_report(
     evaluation: Evaluation,
     path: PricePath,
-    out_dir: str | os.PathLike[str],
     *,
     title: str = "mdpipe evaluation",
     gaps: pl.DataFrame | None = None,
     clock_offsets: pl.DataFrame | None = None,
     file_name: str = "report.html",
-) -> Path:
-    """Write `<out_dir>/<file_name>` (self-contained HTML) and `<out_dir>/<plot>.png` for every
-    name in `PLOT_NAMES`; returns the HTML path. Files are replaced atomically.
+) -> dict[str, bytes]:
+    """The report's files by name: `<file_name>` (self-contained HTML) and `<plot>.png` for
+    every name in `PLOT_NAMES`. The HTML is the last entry.
 
     `gaps`: optional frame with `ts_ns` (and `kind`); `clock_offsets`: optional frame with
     `ts_ns, offset_ms` (exchange minus receive time)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, bytes] = {}
     metrics = evaluation.metrics
     curves = evaluation.curves
     sig = evaluation.signals
@@ -496,7 +495,7 @@ def write_report(
     parts: dict[str, str] = {}
     for name, (fig, caption) in figs.items():
         png = _png(fig)
-        atomic_write_bytes(out / f"{name}.png", png)
+        files[f"{name}.png"] = png
         parts[name] = _img(name, png, caption)
 
     head = evaluation.headline
@@ -551,24 +550,21 @@ use a regular grid in both directions. Censored labels (horizon past the data) a
 <h2>Configuration</h2>{html_table(pl.DataFrame({"parameter": list(cfg), "value": [str(v) for v in cfg.values()]}))}
 </body></html>
 """
-    target = out / file_name
-    atomic_write_bytes(target, doc.encode("utf-8"))
-    return target
+    files[file_name] = doc.encode("utf-8")
+    return files
 
 
-def write_summary_report(
+def render_summary_report(
     metrics: pl.DataFrame,
-    out_dir: str | os.PathLike[str],
     *,
     title: str = "mdpipe evaluation summary",
     report_links: Mapping[str, str] | None = None,
     file_name: str = "summary.html",
-) -> Path:
+) -> dict[str, bytes]:
     """Cross-partition summary from the concatenated `evaluation` tables of many partitions:
     a headline table per partition (detector vs random vs always-in, out-of-sample), plots of
-    precision and net PnL per partition, and links to each partition's report."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    precision and net PnL per partition, and links to each partition's report. Returns the
+    files by name: `summary.png`, then `<file_name>`."""
     full = metrics.filter((pl.col("fold") == -1) & (pl.col("signal_type") == "all"))
     wide = _summary_wide(full)
     partitions: Sequence[str] = wide["partition"].to_list() if wide.height else []
@@ -612,7 +608,6 @@ def write_summary_report(
         _no_data(ax1, "partitions")
         _no_data(ax2, "partitions")
     png = _png(fig)
-    atomic_write_bytes(out / "summary.png", png)
     links = ""
     if report_links:
         items = "".join(
@@ -632,9 +627,7 @@ profit barrier first; OOS: thresholds fitted on training folds, scored on test f
 {html_table(wide)}{links}
 </body></html>
 """
-    target = out / file_name
-    atomic_write_bytes(target, doc.encode("utf-8"))
-    return target
+    return {"summary.png": png, file_name: doc.encode("utf-8")}
 
 
 def _summary_wide(full: pl.DataFrame) -> pl.DataFrame:

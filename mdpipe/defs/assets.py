@@ -74,7 +74,7 @@ def md_table(df: pl.DataFrame, max_rows: int = steps.PREVIEW_ROWS, max_cols: int
 
 
 def frame_metadata(df: pl.DataFrame, ts_col: str = "ts_ns") -> dict[str, Any]:
-    span = steps._span(df[ts_col]) if ts_col in df.columns else steps._span(pl.Series([]))
+    span = steps.time_span(df[ts_col]) if ts_col in df.columns else steps.time_span(pl.Series([]))
     return {
         "dagster/row_count": df.height,
         "first_ts": span["first"],

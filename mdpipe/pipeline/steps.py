@@ -8,8 +8,8 @@ and a concurrent reader sees the old file or the new one, never a mix.
 
 Partition boundaries (DESIGN.md, "Partition boundaries are honest"):
 
-- `features` / `signals` of day D warm up on day D-1 when the lake has it: the core's
-  `compute_partition` replays D-1's book (book only: cheap) and runs its last
+- `features` / `signals` of day D warm up on day D-1 when the lake has it:
+  `mdpipe.pipeline.read.compute_partition` replays D-1's book (book only: cheap) and runs its last
   `WARMUP_SECONDS` (30 min) through the full state machine without output, hence rolling
   windows, standardisers, BOCPD and the detectors start warm at D's first event and D's rows
   carry `is_warmup = false`.
@@ -31,12 +31,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from mdpipe.core.batch import compute_features_and_signals, empty_features, empty_signals
 from mdpipe.core.config import BacktestConfig
 from mdpipe.core.cv import check_no_leakage, make_cv_folds
 from mdpipe.core.labels import PricePath, TradePath, make_labels
 from mdpipe.core.metrics import evaluate
-from mdpipe.core.report import write_report, write_summary_report
 from mdpipe.lake import NS_PER_DAY, Lake, day_start_ns, market_key, parse_market_key
+from mdpipe.pipeline.read import compute_partition
+from mdpipe.pipeline.reports import write_report, write_summary_report
 
 if TYPE_CHECKING:
     from mdpipe.core.detectors.ensemble import DetectorConfig
@@ -116,12 +118,13 @@ def read_book(lake: Lake, part: Part) -> pl.DataFrame:
         .with_columns(pl.col("side").cast(SIDE_ENUM))
         .collect()
     )
-    if _ordered(book["update_id"].to_numpy(), book["is_snapshot"].to_numpy()):
+    if in_applied_order(book["update_id"].to_numpy(), book["is_snapshot"].to_numpy()):
         return book
     return book.sort(["update_id", "is_snapshot"], descending=[False, True], maintain_order=True)
 
 
-def _ordered(uid: np.ndarray, snap: np.ndarray) -> bool:
+def in_applied_order(uid: np.ndarray, snap: np.ndarray) -> bool:
+    """Whether rows are already in applied order: (update_id asc, is_snapshot desc)."""
     # numpy on zero-copy views: the same test as polars expressions, without full-length
     # temporaries
     if uid.shape[0] < 2:
@@ -136,7 +139,8 @@ def read_trades(lake: Lake, part: Part) -> pl.DataFrame:
     return trades.sort(["exch_ts_ns", "trade_id"], maintain_order=True)
 
 
-def _span(ts: pl.Series) -> dict[str, Any]:
+def time_span(ts: pl.Series) -> dict[str, Any]:
+    """First and last timestamp (ISO, UTC) of an ns column and the seconds between them."""
     if ts.len() == 0 or ts.null_count() == ts.len():
         return {"first": None, "last": None, "seconds": 0.0}
     lo, hi = int(ts.min()), int(ts.max())  # type: ignore[arg-type]
@@ -221,7 +225,7 @@ def tick_quality(lake: Lake, part: Part, features: pl.DataFrame) -> TickQuality:
         clock_offset_median_s=float(np.median(offs)) if offs.size else math.nan,
         clock_offset_max_abs_s=float(np.max(np.abs(offs))) if offs.size else math.nan,
         last_recv_ns=summary["last_recv_ns"],
-        span=_span(features["ts_ns"]) if features.height else _span(pl.Series([])),
+        span=time_span(features["ts_ns"]) if features.height else time_span(pl.Series([])),
     )
 
 
@@ -320,14 +324,12 @@ def compute_features_signals(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The one call into the core's batch driver (features and detectors share one pass).
 
-    `compute_partition` streams the book from the lake in record batches (a full BTC/USDT
+    `read.compute_partition` streams the book from the lake in record batches (a full BTC/USDT
     day is ~40 M level changes; holding it in memory would not fit the 4 GiB budget) and
     replays the previous day book-only except its last `warmup_seconds`. It reads each
     partition's files in name order, which is applied order only when a partition is one
     file (what `mdpipe import` produces in one go); several files are read whole and sorted
     into applied order instead (slower, more memory, always correct)."""
-    from mdpipe.core.batch import compute_features_and_signals, compute_partition
-
     kw: dict[str, Any] = {
         "warmup_minutes": warmup_seconds / 60.0,
         "stats": stats,
@@ -377,12 +379,7 @@ def features_step(
             feature_config=feature_config, detector_config=detector_config,
         )  # fmt: skip
     else:
-        from mdpipe.core.batch import empty_signals, features_frame
-        from mdpipe.core.features import N_FEATURES, N_META
-
-        features = features_frame(
-            part.venue, part.symbol, np.empty((0, N_FEATURES)), np.empty((0, N_META), np.int64)
-        )
+        features = empty_features(part.venue, part.symbol)
         signals = empty_signals()
     quality = tick_quality(lake, part, features)
     paths = {

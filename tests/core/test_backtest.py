@@ -18,7 +18,8 @@ from mdpipe.core.backtest import (
 )
 from mdpipe.core.config import BacktestConfig
 from mdpipe.core.labels import PricePath, TradePath, label_signals
-from tests.core.realdata_bookticker import bookticker_frame, random_signals, trade_prices
+from mdpipe.pipeline.recordings import bookticker_frame, trade_prices
+from tests.core.random_signals import random_signals
 
 S = 1_000_000_000
 HALF = 0.05

@@ -268,7 +268,7 @@ def test_microprice_is_fitted_on_one_day_and_applied_to_the_next(partitions: dic
 def test_streaming_from_the_lake_equals_the_frame_api(
     lake_with_recordings: Lake, partitions: dict
 ) -> None:
-    from mdpipe.core.batch import compute_partition
+    from mdpipe.pipeline.read import compute_partition
 
     _, _, feats, sigs = partitions[("ETH/USDT", "2024-08-09")]
     # Batches far smaller than an event's rows: every event straddles batch boundaries.
@@ -280,7 +280,7 @@ def test_streaming_from_the_lake_equals_the_frame_api(
 
 
 def test_previous_day_warmup_can_rebuild_the_book_only(lake_with_recordings: Lake) -> None:
-    from mdpipe.core.batch import compute_partition
+    from mdpipe.pipeline.read import compute_partition
 
     f_all, _ = compute_partition(
         lake_with_recordings, "binance", "BTC/USDT", "2024-08-09",

@@ -27,8 +27,10 @@ from mdpipe.core.metrics import (
     signal_set_metrics,
     spearman,
 )
-from mdpipe.core.report import PLOT_NAMES, write_report
-from tests.core.realdata_bookticker import bookticker_frame, random_signals
+from mdpipe.core.report import PLOT_NAMES
+from mdpipe.pipeline.recordings import bookticker_frame
+from mdpipe.pipeline.reports import write_report
+from tests.core.random_signals import random_signals
 
 S = 1_000_000_000
 

@@ -13,7 +13,9 @@ from mdpipe.core.config import BacktestConfig
 from mdpipe.core.cv import make_cv_folds
 from mdpipe.core.labels import PricePath, make_labels
 from mdpipe.core.metrics import evaluate
-from mdpipe.core.report import PLOT_NAMES, side_by_side, write_report, write_summary_report
+from mdpipe.core.report import PLOT_NAMES, render_report, side_by_side
+from mdpipe.lake import TMP_PREFIX
+from mdpipe.pipeline.reports import write_report, write_summary_report
 
 S = 1_000_000_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -79,6 +81,17 @@ def test_report_embeds_every_plot_and_writes_pngs(tmp_path: Path) -> None:
         assert heading in text
     assert "sequence_gap" in text and "1270.0" in text
     assert "cusum" in text and "bocpd" in text
+
+
+def test_rendering_is_pure_and_publishing_leaves_no_temporary_files(tmp_path: Path) -> None:
+    ev, path = small_evaluation()
+    files = render_report(ev, path, file_name="r.html")
+    assert list(files) == [f"{n}.png" for n in PLOT_NAMES] + ["r.html"]
+    pngs = embedded_pngs(files["r.html"].decode("utf-8"))
+    assert all(files[f"{n}.png"] == pngs[n] for n in PLOT_NAMES)
+    out = write_report(ev, path, tmp_path / "r", file_name="r.html")
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(files)
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(TMP_PREFIX)]
 
 
 def test_report_without_optional_inputs_still_has_every_plot(tmp_path: Path) -> None:

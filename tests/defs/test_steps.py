@@ -62,7 +62,9 @@ def test_read_book_restores_applied_order_across_files(
     lake = Lake(tmp_path / "lake")
     shutil.copytree(lake_with_recordings.root, lake.root)
     ordered = steps.read_book(lake, BTC8)
-    assert steps._ordered(ordered["update_id"].to_numpy(), ordered["is_snapshot"].to_numpy())
+    assert steps.in_applied_order(
+        ordered["update_id"].to_numpy(), ordered["is_snapshot"].to_numpy()
+    )
     # split the partition into two files whose names sort in the wrong order
     [f] = lake.files("book", BTC8.venue, BTC8.symbol, BTC8.date)
     raw = pl.read_parquet(f)
@@ -73,7 +75,9 @@ def test_read_book_restores_applied_order_across_files(
     lake.publish("book", BTC8.venue, BTC8.symbol, BTC8.date, raw.slice(0, half), name="b.parquet")
     f.unlink()
     mixed = lake.read("book", BTC8.venue, BTC8.symbol, BTC8.date)
-    assert not steps._ordered(mixed["update_id"].to_numpy(), mixed["is_snapshot"].to_numpy())
+    assert not steps.in_applied_order(
+        mixed["update_id"].to_numpy(), mixed["is_snapshot"].to_numpy()
+    )
     assert steps.read_book(lake, BTC8).equals(ordered)
 
 

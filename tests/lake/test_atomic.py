@@ -48,7 +48,7 @@ def test_a_report_writer_killed_before_its_rename_leaves_a_tmp_that_the_lake_rem
     script = textwrap.dedent(f"""
         import os
         from tests.core.test_report import small_evaluation
-        from mdpipe.core.report import write_report
+        from mdpipe.pipeline.reports import write_report
 
         ev, path = small_evaluation()
         os.replace = lambda *a, **k: os._exit(17)  # killed between the fsync and the rename

@@ -4,21 +4,32 @@ The numerical step functions here are the only implementation: the batch driver 
 numba loop, the online engine calls them once per event, and `Cusum` exposes them one input at a
 time (`update`) or over an array (`run`).
 
-State layout (float64, contiguous from `off`):
-  standardiser:  [count, mean, var]   (see `standardize_update`)
-  cusum:         [s_pos, s_neg]
+State: a record with named fields, `STANDARDIZER` (count `n`, `mean`, `var`; see
+`standardize_update`) or `CUSUM` (the same plus the two cumulative sums `s_pos`, `s_neg`). The
+kernels take one record (a row of a structured array, passed by reference) and read its fields
+by name, so any record with those fields works.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numba import njit
 
-STD_SIZE = 3
-CUSUM_SIZE = 2
+STANDARDIZER = np.dtype([("n", np.float64), ("mean", np.float64), ("var", np.float64)], align=True)
+CUSUM = np.dtype(
+    [
+        ("n", np.float64),
+        ("mean", np.float64),
+        ("var", np.float64),
+        ("s_pos", np.float64),
+        ("s_neg", np.float64),
+    ],
+    align=True,
+)
 # Inputs are clipped after standardisation: microstructure series are heavy tailed, and one
 # 50-sigma print would otherwise dominate the cumulative sum for hundreds of events.
 Z_CLIP = 8.0
@@ -30,7 +41,7 @@ def halflife_to_alpha(halflife: float) -> float:
 
 
 @njit(cache=True, inline="always")
-def standardize_update(st: np.ndarray, off: int, x: float, alpha: float, min_count: float) -> float:
+def standardize_update(st: Any, x: float, alpha: float, min_count: float) -> float:
     """Standardise `x` with the statistics of the observations BEFORE it, then fold it in.
 
     Returns NaN while fewer than `min_count` observations were seen (or the variance is zero),
@@ -38,9 +49,9 @@ def standardize_update(st: np.ndarray, off: int, x: float, alpha: float, min_cou
     to `alpha`: the first observations form an ordinary running mean/variance instead of an
     EWMA biased towards its zero initial value.
     """
-    n = st[off]
-    mean = st[off + 1]
-    var = st[off + 2]
+    n = st.n
+    mean = st.mean
+    var = st.var
     z = math.nan
     if n >= min_count and var > 1e-300:
         z = (x - mean) / math.sqrt(var)
@@ -52,14 +63,14 @@ def standardize_update(st: np.ndarray, off: int, x: float, alpha: float, min_cou
     if a < alpha:
         a = alpha
     d = x - mean
-    st[off] = n + 1.0
-    st[off + 1] = mean + a * d
-    st[off + 2] = (1.0 - a) * (var + a * d * d)
+    st.n = n + 1.0
+    st.mean = mean + a * d
+    st.var = (1.0 - a) * (var + a * d * d)
     return z
 
 
 @njit(cache=True, inline="always")
-def cusum_step(st: np.ndarray, off: int, z: float, allowance: float, threshold: float) -> int:
+def cusum_step(st: Any, z: float, allowance: float, threshold: float) -> int:
     """One step of the two-sided CUSUM on a standardised input.
 
     s_pos = max(0, s_pos + z - k), s_neg = max(0, s_neg - z - k); an alarm (+1 up, -1 down) when
@@ -68,8 +79,8 @@ def cusum_step(st: np.ndarray, off: int, z: float, allowance: float, threshold: 
     """
     if not math.isfinite(z):
         return 0
-    sp = st[off] + z - allowance
-    sn = st[off + 1] - z - allowance
+    sp = st.s_pos + z - allowance
+    sn = st.s_neg - z - allowance
     if sp < 0.0:
         sp = 0.0
     if sn < 0.0:
@@ -77,17 +88,17 @@ def cusum_step(st: np.ndarray, off: int, z: float, allowance: float, threshold: 
     alarm = 0
     if sp >= threshold or sn >= threshold:
         alarm = 1 if sp >= sn else -1
-        st[off] = 0.0
-        st[off + 1] = 0.0
+        st.s_pos = 0.0
+        st.s_neg = 0.0
     else:
-        st[off] = sp
-        st[off + 1] = sn
+        st.s_pos = sp
+        st.s_neg = sn
     return alarm
 
 
 @njit(cache=True)
 def _cusum_run(
-    st: np.ndarray,
+    state: np.ndarray,
     xs: np.ndarray,
     allowance: float,
     threshold: float,
@@ -96,25 +107,27 @@ def _cusum_run(
     alarms: np.ndarray,
     stat: np.ndarray,
 ) -> None:
+    st = state[0]
     for i in range(xs.shape[0]):
-        z = standardize_update(st, 0, xs[i], alpha, min_count)
-        sp_before = st[STD_SIZE]
-        sn_before = st[STD_SIZE + 1]
-        a = cusum_step(st, STD_SIZE, z, allowance, threshold)
+        z = standardize_update(st, xs[i], alpha, min_count)
+        sp_before = st.s_pos
+        sn_before = st.s_neg
+        a = cusum_step(st, z, allowance, threshold)
         alarms[i] = a
         if a != 0 and math.isfinite(z):
             # The statistic that crossed, not the reset value.
             stat[i] = max(sp_before + z - allowance, sn_before - z - allowance)
         else:
-            stat[i] = max(st[STD_SIZE], st[STD_SIZE + 1])
+            stat[i] = max(st.s_pos, st.s_neg)
 
 
 @njit(cache=True)
 def _cusum_one(
-    st: np.ndarray, x: float, allowance: float, threshold: float, alpha: float, min_count: float
+    state: np.ndarray, x: float, allowance: float, threshold: float, alpha: float, min_count: float
 ) -> tuple[float, int]:
-    z = standardize_update(st, 0, x, alpha, min_count)
-    return z, cusum_step(st, STD_SIZE, z, allowance, threshold)
+    st = state[0]
+    z = standardize_update(st, x, alpha, min_count)
+    return z, cusum_step(st, z, allowance, threshold)
 
 
 @dataclass(frozen=True)
@@ -158,7 +171,7 @@ class Cusum:
         self.halflife = float(halflife)
         self.min_count = min_count
         self._alpha = halflife_to_alpha(self.halflife)
-        self._state = np.zeros(STD_SIZE + CUSUM_SIZE)
+        self._state = np.zeros(1, dtype=CUSUM)
 
     def update(self, x: float) -> CusumState:
         """Fold in one observation; `alarm` is +1/-1 when the CUSUM fired on it."""
@@ -166,14 +179,13 @@ class Cusum:
             self._state, float(x), self.allowance, self.threshold, self._alpha,
             float(self.min_count),
         )  # fmt: skip
-        st = self._state
-        return CusumState(
-            z=z, s_pos=float(st[STD_SIZE]), s_neg=float(st[STD_SIZE + 1]), alarm=int(alarm)
-        )
+        st = self._state[0]
+        return CusumState(z=z, s_pos=float(st["s_pos"]), s_neg=float(st["s_neg"]), alarm=int(alarm))
 
     def restart(self) -> None:
         """Zero both cumulative sums, keeping the standardiser (a detection restart)."""
-        self._state[STD_SIZE:] = 0.0
+        self._state["s_pos"] = 0.0
+        self._state["s_neg"] = 0.0
 
     def run(self, xs: np.ndarray) -> np.ndarray:
         """Alarms (+1, -1, 0) for every element of `xs`, continuing from the current state."""

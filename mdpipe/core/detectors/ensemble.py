@@ -21,18 +21,12 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
 
-from mdpipe.core.detectors.cusum import (
-    CUSUM_SIZE,
-    STD_SIZE,
-    cusum_step,
-    halflife_to_alpha,
-    standardize_update,
-)
+from mdpipe.core.detectors.cusum import CUSUM, cusum_step, halflife_to_alpha, standardize_update
 from mdpipe.core.detectors.quantile import rq_push, rq_quantile
 
 SIGNAL_TYPES: tuple[str, ...] = ("drift", "burst", "regime")
@@ -52,24 +46,65 @@ DET_INPUTS: tuple[str, ...] = (
     "trade_imbalance_30s",
 )
 N_DET_INPUTS = len(DET_INPUTS)
-N_CUSUM = 4
-# dis (int64 state) layout
-I_LAST = 0  # 3: ts of the last signal per type
-I_HAS = 3  # 3: whether a signal of that type was emitted yet
-I_SIGNALS = 6  # 3: signals emitted per type
-I_ALARMS = 9  # 3: raw detector alarms per type (before score/cooldown gating)
-I_RQ_N = 12
-I_RQ_HEAD = 13
-I_EVENTS = 14
-I_SUPPRESSED_COOLDOWN = 15
-DIS_SIZE = 16
-DFS_SIZE = N_CUSUM * (STD_SIZE + CUSUM_SIZE)
-# params layout
-P_DRIFT, P_ALLOW, P_BURST, P_REGIME, P_COOLDOWN, P_Q, P_ALPHA, P_MINCOUNT = range(8)
-N_PARAMS = 8
-# out columns, one row per signal type
-O_FIRED, O_DIR, O_SCORE, O_TRIGGER, O_VALUE, O_THRESHOLD = range(6)
-OUT_COLS = 6
+N_CUSUM = 4  # the drift CUSUMs run on DET_INPUTS[:N_CUSUM]
+N_TYPES = len(SIGNAL_TYPES)
+
+# Per signal type (one record each, indexed like SIGNAL_TYPES).
+TYPE_STATE = np.dtype(
+    [
+        ("last_ts", np.int64),  # ts of the last signal of this type
+        ("has_last", np.int64),  # whether one was emitted yet
+        ("signals", np.int64),  # signals emitted
+        ("alarms", np.int64),  # raw detector alarms (before score/cooldown gating)
+    ],
+    align=True,
+)
+DETECTOR_VARS = np.dtype(
+    [
+        ("rq_n", np.int64),  # scores in the dynamic-threshold window
+        ("rq_head", np.int64),
+        ("events", np.int64),
+        ("suppressed_cooldown", np.int64),
+    ],
+    align=True,
+)
+DETECTOR_PARAMS = np.dtype(
+    [
+        ("drift_threshold", np.float64),
+        ("drift_allowance", np.float64),
+        ("burst_threshold", np.float64),
+        ("regime_threshold", np.float64),
+        ("cooldown_ns", np.int64),
+        ("quantile", np.float64),
+        ("std_alpha", np.float64),
+        ("std_min_count", np.float64),
+    ],
+    align=True,
+)
+# What the detector says about one event, one record per signal type.
+DETECTION = np.dtype(
+    [
+        ("fired", np.int64),
+        ("direction", np.float64),
+        ("score", np.float64),
+        ("trigger", np.int64),  # index into DET_INPUTS
+        ("value", np.float64),
+        ("threshold", np.float64),
+    ],
+    align=True,
+)
+
+
+class DetectorState(NamedTuple):
+    """The detector ensemble's complete, bounded state for one market, and its parameters."""
+
+    cusum: np.ndarray  # CUSUM[N_CUSUM]: standardiser + two-sided sums per drift input
+    types: np.ndarray  # TYPE_STATE[3]
+    vars: np.ndarray  # DETECTOR_VARS[1]
+    scores: np.ndarray  # float64[2, W]: rolling-quantile window (`quantile.rq_push`)
+    params: np.ndarray  # DETECTOR_PARAMS[1]
+
+
 SCORE_CAP = 3.0
 
 
@@ -80,23 +115,25 @@ def _sign(x: float) -> float:
 
 @njit(cache=True)
 def detector_step(
-    dfs: np.ndarray,
-    dis: np.ndarray,
-    dq: np.ndarray,
-    params: np.ndarray,
+    det: DetectorState,
     ts_ns: np.int64,
     x: np.ndarray,
     is_warmup: bool,
     is_snapshot: bool,
     out: np.ndarray,
 ) -> int:
-    """Advance every detector by one event; fill `out` (3 x 6) and return the signals emitted."""
-    out[:, :] = 0.0
-    h = params[P_DRIFT]
-    k = params[P_ALLOW]
-    alpha = params[P_ALPHA]
-    min_count = params[P_MINCOUNT]
-    dis[I_EVENTS] += 1
+    """Advance every detector by one event; fill `out` (DETECTION[3]) and return the signals
+    emitted."""
+    p = det.params[0]
+    v = det.vars[0]
+    cusums = det.cusum
+    types = det.types
+    scores = det.scores
+    h = p.drift_threshold
+    k = p.drift_allowance
+    alpha = p.std_alpha
+    min_count = p.std_min_count
+    v.events += 1
     # Drift: four CUSUMs. A snapshot (resync) is not market information: skip the inputs.
     s_drift = 0.0
     drift_alarm = 0
@@ -105,16 +142,16 @@ def detector_step(
     drift_val = 0.0
     if not is_snapshot:
         for j in range(N_CUSUM):
-            off = j * (STD_SIZE + CUSUM_SIZE)
             xj = x[j]
             if not math.isfinite(xj):
                 continue
-            z = standardize_update(dfs, off, xj, alpha, min_count)
+            c = cusums[j]
+            z = standardize_update(c, xj, alpha, min_count)
             if not math.isfinite(z):
                 continue
-            sp = max(dfs[off + STD_SIZE] + z - k, 0.0)
-            sn = max(dfs[off + STD_SIZE + 1] - z - k, 0.0)
-            a = cusum_step(dfs, off + STD_SIZE, z, k, h)
+            sp = max(c.s_pos + z - k, 0.0)
+            sn = max(c.s_neg - z - k, 0.0)
+            a = cusum_step(c, z, k, h)
             stat = max(sp, sn)
             if stat / h > s_drift:
                 s_drift = stat / h
@@ -130,11 +167,11 @@ def detector_step(
     burst_trig = 4
     burst_val = 0.0
     for j in range(4, 8):
-        v = x[j]
-        if math.isfinite(v) and v > burst_val:
-            burst_val = v
+        xv = x[j]
+        if math.isfinite(xv) and xv > burst_val:
+            burst_val = xv
             burst_trig = j
-    s_burst = burst_val / params[P_BURST]
+    s_burst = burst_val / p.burst_threshold
     burst_alarm = 1 if s_burst >= 1.0 else 0
     if burst_trig == 4:
         burst_dir = _sign(x[10]) if math.isfinite(x[10]) else 1.0
@@ -146,46 +183,49 @@ def detector_step(
         burst_dir = _sign(x[9]) if math.isfinite(x[9]) else 1.0
     # Regime: BOCPD changepoint probability.
     cp = x[8] if math.isfinite(x[8]) else 0.0
-    s_regime = cp / params[P_REGIME]
+    s_regime = cp / p.regime_threshold
     regime_alarm = 1 if s_regime >= 1.0 else 0
     regime_dir = _sign(x[9]) if math.isfinite(x[9]) else 1.0
     score = (min(s_drift, SCORE_CAP) + min(s_burst, SCORE_CAP) + min(s_regime, SCORE_CAP)) / 3.0
 
-    w = dq.shape[1]
-    n = dis[I_RQ_N]
-    thr = rq_quantile(dq, n, params[P_Q])
+    w = scores.shape[1]
+    n = v.rq_n
+    thr = rq_quantile(scores, n, p.quantile)
     ready = (n == w) and (not is_warmup) and (not is_snapshot)
-    cooldown = np.int64(params[P_COOLDOWN])
+    cooldown = p.cooldown_ns
     emitted = 0
-    for d in range(3):
+    for d in range(N_TYPES):
         if d == 0:
             alarm, direction, trig, val = drift_alarm, drift_dir, drift_trig, drift_val
         elif d == 1:
             alarm, direction, trig, val = burst_alarm, burst_dir, burst_trig, burst_val
         else:
             alarm, direction, trig, val = regime_alarm, regime_dir, 8, cp
-        out[d, O_DIR] = direction
-        out[d, O_SCORE] = score
-        out[d, O_TRIGGER] = trig
-        out[d, O_VALUE] = val
-        out[d, O_THRESHOLD] = thr
+        o = out[d]
+        o.fired = 0
+        o.direction = direction
+        o.score = score
+        o.trigger = trig
+        o.value = val
+        o.threshold = thr
         if alarm == 0 or is_snapshot:
             continue
-        dis[I_ALARMS + d] += 1
+        t = types[d]
+        t.alarms += 1
         if not ready or score < thr:
             continue
-        if dis[I_HAS + d] == 1 and ts_ns - dis[I_LAST + d] < cooldown:
-            dis[I_SUPPRESSED_COOLDOWN] += 1
+        if t.has_last == 1 and ts_ns - t.last_ts < cooldown:
+            v.suppressed_cooldown += 1
             continue
-        dis[I_HAS + d] = 1
-        dis[I_LAST + d] = ts_ns
-        dis[I_SIGNALS + d] += 1
-        out[d, O_FIRED] = 1.0
+        t.has_last = 1
+        t.last_ts = ts_ns
+        t.signals += 1
+        o.fired = 1
         emitted += 1
     if not is_snapshot:
-        n, head = rq_push(dq, n, dis[I_RQ_HEAD], score)
-        dis[I_RQ_N] = n
-        dis[I_RQ_HEAD] = head
+        n, head = rq_push(scores, n, v.rq_head, score)
+        v.rq_n = n
+        v.rq_head = head
     return emitted
 
 
@@ -243,24 +283,27 @@ class DetectorConfig:
         if not (isinstance(mc, int) and mc >= 2):
             raise ValueError(f"standardize_min_count must be an int >= 2, got {mc!r}")
 
-    def params(self) -> np.ndarray:
-        p = np.zeros(N_PARAMS)
-        p[P_DRIFT] = self.drift_threshold
-        p[P_ALLOW] = self.drift_allowance
-        p[P_BURST] = self.burst_threshold
-        p[P_REGIME] = self.regime_threshold
-        p[P_COOLDOWN] = round(self.cooldown_seconds * 1e9)
-        p[P_Q] = self.dynamic_quantile
-        p[P_ALPHA] = halflife_to_alpha(self.standardize_halflife)
-        p[P_MINCOUNT] = self.standardize_min_count
+    def kernel_params(self) -> np.ndarray:
+        """The parameters as the kernels read them (one DETECTOR_PARAMS record)."""
+        p = np.zeros(1, dtype=DETECTOR_PARAMS)
+        p["drift_threshold"] = self.drift_threshold
+        p["drift_allowance"] = self.drift_allowance
+        p["burst_threshold"] = self.burst_threshold
+        p["regime_threshold"] = self.regime_threshold
+        p["cooldown_ns"] = round(self.cooldown_seconds * 1e9)
+        p["quantile"] = self.dynamic_quantile
+        p["std_alpha"] = halflife_to_alpha(self.standardize_halflife)
+        p["std_min_count"] = self.standardize_min_count
         return p
 
-    def new_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(dfs, dis, dq): the detector's complete, bounded state."""
-        return (
-            np.zeros(DFS_SIZE),
-            np.zeros(DIS_SIZE, dtype=np.int64),
-            np.zeros((2, self.dynamic_threshold_window)),
+    def new_state(self) -> DetectorState:
+        """The detector's complete, bounded state, with these parameters."""
+        return DetectorState(
+            cusum=np.zeros(N_CUSUM, dtype=CUSUM),
+            types=np.zeros(N_TYPES, dtype=TYPE_STATE),
+            vars=np.zeros(1, dtype=DETECTOR_VARS),
+            scores=np.zeros((2, self.dynamic_threshold_window)),
+            params=self.kernel_params(),
         )
 
 
@@ -291,9 +334,11 @@ class Signal:
 def signals_from_out(
     out: np.ndarray, venue: str, symbol: str, ts_ns: int, update_id: int
 ) -> list[Signal]:
+    """`Signal`s of the types that fired in `out` (DETECTION[3])."""
     sigs = []
-    for d in range(3):
-        if out[d, O_FIRED] != 0.0:
+    for d in range(N_TYPES):
+        o = out[d]
+        if o["fired"] != 0:
             t = SIGNAL_TYPES[d]
             sigs.append(
                 Signal(
@@ -303,11 +348,11 @@ def signals_from_out(
                     update_id=int(update_id),
                     signal_id=signal_id(venue, symbol, t, update_id),
                     signal_type=t,
-                    direction=int(out[d, O_DIR]),
-                    score=float(out[d, O_SCORE]),
-                    trigger=DET_INPUTS[int(out[d, O_TRIGGER])],
-                    trigger_value=float(out[d, O_VALUE]),
-                    threshold=float(out[d, O_THRESHOLD]),
+                    direction=int(o["direction"]),
+                    score=float(o["score"]),
+                    trigger=DET_INPUTS[int(o["trigger"])],
+                    trigger_value=float(o["value"]),
+                    threshold=float(o["threshold"]),
                 )
             )
     return sigs
@@ -350,10 +395,10 @@ class MicrostructureDetector:
         )
         self.venue = venue
         self.symbol = symbol
-        self.params = self.config.params()
-        self.dfs, self.dis, self.dq = self.config.new_state()
+        self.state = self.config.new_state()
         self._x = np.empty(N_DET_INPUTS)
-        self._out = np.zeros((3, OUT_COLS))
+        self._out = np.zeros(N_TYPES, dtype=DETECTION)
+        self._step: Any = None
 
     @classmethod
     def from_config(
@@ -368,10 +413,15 @@ class MicrostructureDetector:
             x[i] = math.nan if v is None else float(v)
         ts = int(features["ts_ns"])
         uid = int(features.get("update_id", ts))
-        detector_step(
-            self.dfs, self.dis, self.dq, self.params, np.int64(ts), x,
-            bool(features.get("is_warmup", False)), bool(features.get("is_snapshot", False)),
-            self._out,
+        if self._step is None:
+            from mdpipe.core.kernel import specialize  # kernel imports this module
+
+            self._step = specialize(
+                detector_step, self.state, np.int64(0), x, False, False, self._out
+            )
+        self._step(
+            self.state, np.int64(ts), x, bool(features.get("is_warmup", False)),
+            bool(features.get("is_snapshot", False)), self._out,
         )  # fmt: skip
         return signals_from_out(self._out, self.venue, self.symbol, ts, uid)
 
@@ -388,16 +438,16 @@ class MicrostructureDetector:
         )
 
     def get_stats(self) -> dict[str, Any]:
-        return stats_from_state(self.dis, self.dq)
+        return stats_from_state(self.state)
 
 
-def stats_from_state(dis: np.ndarray, dq: np.ndarray) -> dict[str, Any]:
-    n = int(dis[I_RQ_N])
+def stats_from_state(det: DetectorState) -> dict[str, Any]:
+    v = det.vars[0]
     return {
-        "events": int(dis[I_EVENTS]),
-        "detections": {t: int(dis[I_SIGNALS + d]) for d, t in enumerate(SIGNAL_TYPES)},
-        "alarms": {t: int(dis[I_ALARMS + d]) for d, t in enumerate(SIGNAL_TYPES)},
-        "suppressed_by_cooldown": int(dis[I_SUPPRESSED_COOLDOWN]),
-        "dynamic_threshold_fill": n,
-        "dynamic_threshold_window": int(dq.shape[1]),
+        "events": int(v["events"]),
+        "detections": {t: int(det.types[d]["signals"]) for d, t in enumerate(SIGNAL_TYPES)},
+        "alarms": {t: int(det.types[d]["alarms"]) for d, t in enumerate(SIGNAL_TYPES)},
+        "suppressed_by_cooldown": int(v["suppressed_cooldown"]),
+        "dynamic_threshold_fill": int(v["rq_n"]),
+        "dynamic_threshold_window": int(det.scores.shape[1]),
     }

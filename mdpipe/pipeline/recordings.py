@@ -1,4 +1,6 @@
-"""Top-of-book price paths from the bundled Binance recordings' bookTicker messages.
+"""Price paths read straight from the bundled Binance recordings (`data/`), independently of
+the import and the lake: top of book from the bookTicker messages and trade prices from the
+trade messages. Tests use them as a second source of truth and benchmarks as input.
 
 bookTicker frames carry no exchange time, so the recorder's local receive time (the line's
 first field) is the event time here; that is fine for evaluating labels and metrics.
@@ -37,23 +39,6 @@ def bookticker_frame(*names: str) -> pl.DataFrame:
             "spread": a - b,
         }
     ).sort("ts_ns", maintain_order=True)
-
-
-def random_signals(ts_ns: np.ndarray, n: int, seed: int) -> pl.DataFrame:
-    """`n` signals at random times inside the path's span, random sides and scores."""
-    rng = np.random.default_rng(seed)
-    t = np.sort(rng.integers(int(ts_ns[0]), int(ts_ns[-1]), size=n))
-    return pl.DataFrame(
-        {
-            "venue": ["binance"] * n,
-            "symbol": ["BTC/USDT"] * n,
-            "ts_ns": t.astype(np.int64),
-            "signal_id": [f"rnd-{i:05d}" for i in range(n)],
-            "signal_type": np.where(rng.random(n) < 0.5, "drift", "burst").tolist(),
-            "direction": np.where(rng.random(n) < 0.5, 1, -1).astype(np.int8),
-            "score": rng.random(n),
-        }
-    )
 
 
 def trade_prices(*names: str) -> tuple[np.ndarray, np.ndarray]:
