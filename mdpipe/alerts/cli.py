@@ -44,7 +44,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     clients, skipped = clients_from_env(os.environ, timeout_s=timeout)
     redact = Redactor()
     for c in clients:
-        redact.add(*c.redact._secrets)
+        redact.include(c.redact)
     table = Table(title="mdpipe alerts test")
     for col in ("channel", "destination", "result", "detail"):
         table.add_column(col)

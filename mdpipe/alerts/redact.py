@@ -56,6 +56,10 @@ class Redactor:
         # longest first, so a URL is masked whole before its path is
         self._secrets.sort(key=len, reverse=True)
 
+    def include(self, other: Redactor) -> None:
+        """Also mask every secret `other` masks."""
+        self.add(*other._secrets)
+
     def __call__(self, text: object) -> str:
         s = str(text)
         for secret in self._secrets:
@@ -93,7 +97,7 @@ def install_filter(logger_names: Iterable[str], redactor: Redactor) -> None:
         lg = logging.getLogger(name)
         for f in list(lg.filters):
             if isinstance(f, RedactingFilter):
-                f.redactor.add(*redactor._secrets)
+                f.redactor.include(redactor)
                 break
         else:
             lg.addFilter(RedactingFilter(redactor))

@@ -21,7 +21,7 @@ from mdpipe.ingest import import_paths
 from mdpipe.lake import Lake
 from mdpipe.venues.base import BookSync
 from mdpipe.venues.binance.common import SPOT_RULES, USDM_RULES
-from mdpipe.venues.binance.normalizer import _fold_book
+from mdpipe.venues.binance.normalizer import fold_book
 from tests.conftest import BTC_FILES, ETH_FILES
 
 
@@ -119,7 +119,7 @@ def test_deleted_diff_is_a_gap_and_book_resumes_only_after_a_snapshot(tmp_path: 
     book = intact.read("book", "binance", "BTC/USDT")
     resume_line = depth_idx[1500]
     resume_u = json.loads(lines[resume_line].split(" ", 1)[1])["data"]["u"]
-    state = _fold_book(None, book.filter(pl.col("update_id") <= resume_u))
+    state = fold_book(None, book.filter(pl.col("update_id") <= resume_u))
     snap = {
         "lastUpdateId": resume_u,
         "bids": [

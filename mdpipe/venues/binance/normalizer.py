@@ -672,7 +672,7 @@ class BinanceNormalizer:
                 )
                 pieces.append(ck)
             pieces.append(part.drop("ev", "pos", strict=False))
-            st.book = _fold_book(st.book, part)
+            st.book = fold_book(st.book, part)
             st.book_date = date
             st.last_update_id = int(part["update_id"][-1])
             st.last_recv_ns = int(part["recv_ts_ns"][-1])
@@ -700,7 +700,7 @@ def _split_levels(depth: pl.DataFrame) -> pl.DataFrame:
     return depth.with_columns(**cols).drop("b", "a")
 
 
-def _fold_book(book: pl.DataFrame | None, rows: pl.DataFrame) -> pl.DataFrame:
+def fold_book(book: pl.DataFrame | None, rows: pl.DataFrame) -> pl.DataFrame:
     """The book after applying ``rows`` (applied order) to ``book``: vectorised, last write per
     (side, price) wins, a snapshot run replaces everything before it, zero sizes are removals."""
     snap = rows["is_snapshot"]
