@@ -66,8 +66,8 @@ def _spans(book: pl.DataFrame, trades: pl.DataFrame) -> tuple[int, int, int]:
     t0 = min(book["exch_ts_ns"].min(), trades["exch_ts_ns"].min())  # type: ignore[type-var]
     t1 = max(book["exch_ts_ns"].max(), trades["exch_ts_ns"].max())  # type: ignore[type-var]
     span = int(t1) - int(t0) + 100_000_000  # type: ignore[call-overload]
-    uid_span = int(book["update_id"].max()) - int(book["update_id"].min()) + 1  # type: ignore[arg-type]
-    tid_span = int(trades["trade_id"].max()) - int(trades["trade_id"].min()) + 1  # type: ignore[arg-type]
+    uid_span = int(book["update_id"].max()) - int(book["update_id"].min()) + 1
+    tid_span = int(trades["trade_id"].max()) - int(trades["trade_id"].min()) + 1
     return span, uid_span, tid_span
 
 
@@ -159,35 +159,24 @@ def batch_child(lake_root: Path) -> None:
 
 
 def bench_online(book: pl.DataFrame, trades: pl.DataFrame) -> dict[str, float]:
-    from mdpipe.core.batch import event_starts
-    from mdpipe.core.online import OnlineEngine, arrival_order
+    from mdpipe.core.online import OnlineEngine, arrivals
 
-    uid = book["update_id"].to_numpy()
-    snap = book["is_snapshot"].to_numpy()
-    starts = event_starts(uid, snap)
-    ts = book["exch_ts_ns"].to_numpy()
-    recv = book["recv_ts_ns"].to_numpy()
-    is_bid = (book["side"] == "bid").to_numpy()
-    px = book["price"].to_numpy()
-    qty = book["qty"].to_numpy()
-    trows = trades.select("exch_ts_ns", "recv_ts_ns", "price", "qty", "side").rows()
-    kind, index = arrival_order(recv[starts[:-1]], trades["recv_ts_ns"].to_numpy())
+    feed = list(arrivals(book, trades))
 
     def run(n: int | None) -> tuple[list[int], list[int]]:
         eng = OnlineEngine(venue="binance", symbol="BTC/USDT")
         lb: list[int] = []
         lt: list[int] = []
         clock = time.perf_counter_ns
-        for k, i in zip(kind[:n].tolist(), index[:n].tolist(), strict=True):
-            if k == 1:
-                a, b = starts[i], starts[i + 1]
+        for kind, args in feed[:n]:
+            if kind == "book":
+                uid, ts, recv, is_bid, px, qty, snap = args
                 c0 = clock()
-                eng.on_book_event(int(uid[a]), int(ts[a]), int(recv[a]), is_bid[a:b], px[a:b],
-                                  qty[a:b], is_snapshot=bool(snap[a]))  # fmt: skip
+                eng.on_book_event(uid, ts, recv, is_bid, px, qty, is_snapshot=snap)
                 lb.append(clock() - c0)
             else:
                 c0 = clock()
-                eng.on_trade(*trows[i])
+                eng.on_trade(*args)
                 lt.append(clock() - c0)
         eng.flush()
         return lb, lt

@@ -22,9 +22,9 @@ the capture process calls `poll(now_ns)` on a timer to release events when nothi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import polars as pl
@@ -634,9 +634,43 @@ def arrival_order(book_recv: np.ndarray, trade_recv: np.ndarray) -> tuple[np.nda
     return kind[order], index[order].astype(np.int64)
 
 
+BookArrival = tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray, bool]
+TradeArrival = tuple[int, int, float, float, str]
+
+
+def arrivals(
+    book: pl.DataFrame, trades: pl.DataFrame
+) -> Iterator[tuple[Literal["book"], BookArrival] | tuple[Literal["trade"], TradeArrival]]:
+    """A market's rows one arrival at a time, in receive-time order (book events whole), as
+    `OnlineEngine.on_book_event(*args[:6], is_snapshot=args[6])` and `on_trade(*args)` take
+    them: what a live feed would have delivered. Rows in a `seq` column's order if present."""
+    if "seq" in book.columns:
+        book = book.sort("seq", maintain_order=True)
+    uid = book["update_id"].to_numpy()
+    snap = book["is_snapshot"].to_numpy()
+    starts = event_starts(uid, snap)
+    ts = book["exch_ts_ns"].to_numpy()
+    recv = book["recv_ts_ns"].to_numpy()
+    is_bid = (book["side"] == "bid").to_numpy()
+    px = book["price"].to_numpy()
+    qty = book["qty"].to_numpy()
+    trs = trades.select("exch_ts_ns", "recv_ts_ns", "price", "qty", "side").rows()
+    kind, index = arrival_order(recv[starts[:-1]], trades["recv_ts_ns"].to_numpy())
+    for k, i in zip(kind.tolist(), index.tolist(), strict=True):
+        if k == 1:
+            a, b = starts[i], starts[i + 1]
+            yield "book", (
+                int(uid[a]), int(ts[a]), int(recv[a]), is_bid[a:b], px[a:b], qty[a:b],
+                bool(snap[a]),
+            )  # fmt: skip
+        else:
+            yield "trade", trs[i]
+
+
 __all__ = [
     "EngineOutput",
     "OnlineEngine",
     "OrderBookFeatureExtractor",
     "TradeFeatureExtractor",
+    "arrivals",
 ]

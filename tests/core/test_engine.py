@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mdpipe.core.batch import compute_features_and_signals, event_starts
 from mdpipe.core.detectors import DetectorConfig, Signal
 from mdpipe.core.features import FEATURE_NAMES, FeatureConfig
-from mdpipe.core.online import OnlineEngine, arrival_order
+from mdpipe.core.online import OnlineEngine, arrivals
 from mdpipe.lake import Lake
 
 MARKETS = [("BTC/USDT", "2024-08-08"), ("BTC/USDT", "2024-08-09"),
@@ -36,28 +36,13 @@ def replay_event_by_event(
     engine: OnlineEngine, book: pl.DataFrame, trades: pl.DataFrame
 ) -> tuple[pl.DataFrame, list[Signal]]:
     """Feed rows one arrival at a time (book events whole), in receive-time order."""
-    if "seq" in book.columns:
-        book = book.sort("seq", maintain_order=True)
-    uid = book["update_id"].to_numpy()
-    snap = book["is_snapshot"].to_numpy()
-    starts = event_starts(uid, snap)
-    ts = book["exch_ts_ns"].to_numpy()
-    recv = book["recv_ts_ns"].to_numpy()
-    is_bid = (book["side"] == "bid").to_numpy()
-    px = book["price"].to_numpy()
-    qty = book["qty"].to_numpy()
-    t = trades.select("exch_ts_ns", "recv_ts_ns", "price", "qty", "side").rows()
-    kind, index = arrival_order(recv[starts[:-1]], trades["recv_ts_ns"].to_numpy())
     sigs: list[Signal] = []
-    for k, i in zip(kind.tolist(), index.tolist(), strict=True):
-        if k == 1:
-            a, b = starts[i], starts[i + 1]
-            sigs += engine.on_book_event(
-                int(uid[a]), int(ts[a]), int(recv[a]), is_bid[a:b], px[a:b], qty[a:b],
-                is_snapshot=bool(snap[a]),
-            )  # fmt: skip
+    for kind, args in arrivals(book, trades):
+        if kind == "book":
+            *event, snap = args
+            sigs += engine.on_book_event(*event, is_snapshot=snap)
         else:
-            sigs += engine.on_trade(*t[i])
+            sigs += engine.on_trade(*args)
     sigs += engine.flush()
     return engine.drain_features(), sigs
 
