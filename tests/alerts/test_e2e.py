@@ -7,12 +7,10 @@ is the real CLI in its own process; the sensor is ticked while it runs, like the
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -23,46 +21,13 @@ import pytest
 
 from mdpipe.alerts.ledger import Ledger
 from mdpipe.alerts.loopback import FakeChatAPIs
-from mdpipe.venues.binance.simulator import ExchangeSim
+from tests.sim_thread import SimThread
 
 from .test_defs import Harness, _env, _setenv, covered
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data" / "binance-spot-2024-08-08"
 FILES = sorted(DATA.glob("*.gz"))
-
-
-class SimThread:
-    """The exchange simulator on its own event loop, so Dagster can run in the test thread."""
-
-    def __init__(self, **kw: object) -> None:
-        self.kw = kw
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.sim: ExchangeSim | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.sim = ExchangeSim(FILES, **self.kw)  # type: ignore[arg-type]
-        self.loop.run_until_complete(self.sim.start())
-        self.ready.set()
-        self.loop.run_forever()
-
-    def start(self) -> ExchangeSim:
-        self.thread.start()
-        assert self.ready.wait(60)
-        assert self.sim is not None
-        return self.sim
-
-    def finished(self) -> bool:
-        return self.sim is not None and self.sim.finished.is_set()
-
-    def stop(self) -> None:
-        if self.sim is not None:
-            asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
 
 
 def free_port() -> int:
@@ -105,7 +70,7 @@ def test_replay_to_messages_on_every_channel(
     lake = tmp_path / "lake"
     metrics_port = free_port()
     # ~4 minutes of market data at 40x: far enough for the detectors to warm up and fire
-    st = SimThread(speed=40.0, start_grace_s=1.0, limit_events=70_000)
+    st = SimThread(FILES, speed=40.0, start_grace_s=1.0, limit_events=70_000)
     sim = st.start()
     log = (tmp_path / "capture.log").open("wb")
     cmd = [

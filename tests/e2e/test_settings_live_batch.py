@@ -8,14 +8,12 @@ publishes live signals with the same ids and the same settings_id as that batch 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ from mdpipe.cli import main
 from mdpipe.lake import Lake
 from mdpipe.pipeline import steps
 from mdpipe.settings import load_settings
-from mdpipe.venues.binance.simulator import ExchangeSim
+from tests.sim_thread import SimThread
 
 from ..conftest import BTC_FILES, ROOT
 
@@ -105,36 +103,6 @@ def test_stricter_detectors_give_fewer_signals_of_each_type_with_another_setting
     assert expect != default["settings_id"][0]
 
 
-class SimThread:
-    """The exchange simulator on its own event loop (the capture runs in another process)."""
-
-    def __init__(self, files: list[Path]) -> None:
-        self.files = files
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.sim: ExchangeSim | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.sim = ExchangeSim(self.files, speed=None, start_grace_s=1.0)
-        self.loop.run_until_complete(self.sim.start())
-        self.ready.set()
-        self.loop.run_forever()
-
-    def start(self) -> ExchangeSim:
-        self.thread.start()
-        assert self.ready.wait(60)
-        assert self.sim is not None
-        return self.sim
-
-    def stop(self) -> None:
-        if self.sim is not None:
-            asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -160,7 +128,7 @@ def test_capture_with_the_same_file_publishes_the_batch_signal_ids(
 ) -> None:
     lake = Lake(tmp_path / "lake")
     port = _free_port()
-    st = SimThread(BTC_FILES)
+    st = SimThread(BTC_FILES, speed=None, start_grace_s=1.0)
     sim = st.start()
     log = (tmp_path / "capture.log").open("wb")
     cmd = [
