@@ -9,28 +9,18 @@ Data path (one asyncio loop, one flush thread)::
       every flush_interval_s:  journal member (gzip, fsync) then Parquet publish (atomic)
       once an hour is over:    roll-up of each partition's files of that hour into one file
 
+`Capture` composes its parts: the connection (make-before-break, watchdog, reconnect backoff)
+and the normalizing of pending lines live here; `publisher.Publisher` owns the outbox, flushes
+and roll-ups; `rest.Rest` owns snapshots, trade backfill and the clock; `status.Status` is the
+one counter API behind /stats, /health and Prometheus, served by `http.serve_status`.
+
 Everything venue-specific (stream names, subscribe messages, frame routing, REST endpoints,
 sequence rules, message parsing) is behind the venue's `Venue`, `Transport` and `Normalizer`
-(mdpipe/venues/base.py). REST depth snapshots enter the same pending queue as the frames,
-wrapped by the transport so that the line names its market (`wrap_snapshot`), so the journal
-replays to the same lake through `mdpipe import`. Because the journal is written before the
-Parquet files of the same interval, a SIGKILL loses at most the last flush interval and never
-leaves lake rows without their raw lines.
+(mdpipe/venues/base.py).
 
-Trade backfill. A trade-id hole the normalizer reports (`sequence_gap`, "trade ids A..B") starts
-a background task that fetches A..B over the venue's REST trade history (ccxt's rate limiter,
-Retry-After on 429/418), normalizes them with the normalizer's `rest_trades` and queues them for
-the lake; a `backfill` gaps row records the outcome. REST trade answers are not journaled (the
-import reproduces the gap row, not the backfill).
-
-Roll-up ("compaction"). Flushes name files `cap-YYYYMMDDTHH-<publish ns>.parquet`; a day of them
-is ~17,000 small files per partition. Once the flush that took the flush lock after an hour's end
-has finished, no file of that hour can still appear (names use publish time, never decrease, and
-every earlier flush has completed), so a background thread merges each partition's files of the
-hour into one roll-up (`Lake.compact`: `<first file's stem>-to-<last ns>.parquet`, which sorts
-where the first file did). One roll-up pass at a time, off the event loop; at start, one pass over
-the capture's partitions finishes interrupted roll-ups and rolls up past hours a previous run
-left. See mdpipe/lake/store.py for the crash window.
+Waiting on a capture (tests, embedding code): `await cap.idle()` (nothing pending, no snapshot
+or backfill in flight, every book synced) or `await cap.events.wait_for(predicate)` over its
+public state (`status`, `synced()`, `backfills_running`, `unpublished`); never on a clock.
 """
 
 from __future__ import annotations
@@ -39,33 +29,29 @@ import asyncio
 import contextlib
 import logging
 import signal
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ccxt
 import polars as pl
 
 from mdpipe.capture.config import CaptureConfig
+from mdpipe.capture.http import serve_status
+from mdpipe.capture.publisher import Publisher
+from mdpipe.capture.rest import Rest
 from mdpipe.capture.status import Episode, Events, Status
 from mdpipe.capture.transport import make_exchange
 from mdpipe.core.book import L2Book
-from mdpipe.lake import SCHEMAS, JournalWriter, Lake, Partition, split_by_date
-from mdpipe.retry import backoff_s, retry_after_s
+from mdpipe.lake import SCHEMAS, JournalWriter, Lake
+from mdpipe.retry import backoff_s
 from mdpipe.venues import Batch, Normalizer, RawLines, StreamRoute, Transport, UnknownStream
 from mdpipe.venues import get as get_venue
 from mdpipe.venues.base import TRADE_GAP_PREFIX
 
 log = logging.getLogger("mdpipe.capture")
 
-TABLES = ("trades", "book", "gaps", "bbo", "agg_trades")
-FILE_PREFIX = "cap-"  # capture's sequence-named files: cap-YYYYMMDDTHH-<19-digit ns>.parquet
-HOUR_NS = 3600 * 1_000_000_000
-BACKFILL_ATTEMPTS = 6  # failed requests in a row before a backfill gives up (each one backs off)
 BACKFILL_STOP_WAIT_S = 5.0  # stop() lets running backfills finish for this long, then cancels
 
 
@@ -105,16 +91,6 @@ TradeCallback = Callable[[dict[str, Any]], None]
 BatchConsumer = Callable[[Batch], None]
 
 
-@dataclass
-class _CompactionResult:
-    compactions: dict[str, int] = field(default_factory=dict)
-    files: dict[str, int] = field(default_factory=dict)
-    covered_removed: int = 0
-    errors: int = 0
-    failed: list[Partition] = field(default_factory=list)  # retried by the next pass
-    complete: bool = True  # False when stopped part way
-
-
 class Capture:
     """A running capture of one venue's symbols into a lake.
 
@@ -146,7 +122,7 @@ class Capture:
         self.lake = Lake.resolve(config.lake)
         self.normalizer: Normalizer = self.plugin.normalizer()
         self.status = Status(config.venue, config.symbols)
-        self.status.queue_depth = lambda: len(self._p_ns) + len(self._u_ns)
+        self.status.queue_depth = lambda: len(self._p_ns) + self.publisher.lines_waiting
         # wake-ups for callers waiting on the capture's state (see idle() and Events)
         self.events: Events = self.status.events
         self.journal = JournalWriter(self.lake.root, config.venue, fsync=config.fsync)
@@ -158,15 +134,10 @@ class Capture:
         # pending: received, not yet normalized; unflushed: normalized, not yet on disk
         self._p_ns: list[int] = []
         self._p_text: list[str] = []
-        self._u_ns: list[int] = []
-        self._u_text: list[str] = []
-        self._acc = Batch()
         self._line_no = 0
         self._last_rx_mono = time.monotonic()
         self._stream_last_ns: dict[str, int] = {}
         self._depth_seen: set[str] = set()  # symbols with a depth frame on this connection
-        self._snapshot_tasks: dict[str, asyncio.Task[None]] = {}
-        self._backfill_tasks: set[asyncio.Task[None]] = set()
         self._ex: Any = None
         self._markets: dict[str, dict[str, Any]] = {}
         self._market_keys: dict[str, str] = {}  # unified symbol -> the venue's stream key
@@ -176,17 +147,14 @@ class Capture:
         self._dials_open.set()
         self._stopping = False
         self._tasks: list[asyncio.Task[Any]] = []
-        self._flush_lock = asyncio.Lock()
-        self._flush_tasks: set[asyncio.Task[None]] = set()
-        self._last_flush_mono = time.monotonic()
-        self._name_ns = 0
-        # roll-up: the period files are merged by (an hour; tests shorten it, see roll_period_s)
-        self._roll_ns = HOUR_NS
-        self._lock_ns = 0  # wall time the flush lock was last taken: names below it are final
-        self._dirty: dict[Partition, int] = {}  # partition -> newest file name ns published
-        self._compact_task: asyncio.Task[None] | None = None
-        self._compact_stop = threading.Event()
         self._metrics_runner: Any = None
+        # the parts: publishing (outbox, flushes, roll-ups) and REST (snapshots, backfill, clock)
+        self.publisher = Publisher(config, self.lake, self.journal, self.status)
+        self.rest = Rest(
+            config, self.transport, self.normalizer, self.status, self.publisher, self._on_raw
+        )
+        self.rest.markets = self._markets
+        self.rest.market_keys = self._market_keys
         self.metrics_port: int | None = None
         self._conn_url: str | None = None
         self._slot = 0
@@ -214,18 +182,16 @@ class Capture:
     def roll_period_s(self) -> float:
         """The period whose files are rolled up into one: an hour. Tests shorten it (it must
         divide an hour, so a period never spans two `THH` name prefixes)."""
-        return self._roll_ns / 1e9
+        return self.publisher.roll_period_s
 
     @roll_period_s.setter
     def roll_period_s(self, seconds: float) -> None:
-        ns = round(seconds * 1e9)
-        if ns <= 0 or HOUR_NS % ns:
-            raise ValueError(f"roll_period_s must divide 3600 s, got {seconds!r}")
-        self._roll_ns = ns
+        self.publisher.roll_period_s = seconds
 
     async def start(self) -> None:
         self.status.started_ns = time.time_ns()
         self._ex = make_exchange(self.transport, self._on_raw, self._on_control)
+        self.rest.ex = self._ex
         attempt = 0
         while True:
             try:
@@ -249,7 +215,6 @@ class Capture:
             self._market_keys[s] = self.transport.market_key(m)
             self._symbol_of_key[self._market_keys[s]] = s
         self._seed_from_lake()
-        self._name_ns = max(self._name_ns, self._lake_name_floor())
         # load the crossed-book replay's compiled code now rather than inside the first batch
         self._cross_book = L2Book()
         self._cross_book.first_crossed(
@@ -258,60 +223,42 @@ class Capture:
                 {"update_id": [1], "is_snapshot": [True], "side": ["bid"], "price": [1.0]}
             ).with_columns(qty=pl.lit(1.0)),
         )
-        if self.config.compact_hourly:
-            # finish interrupted roll-ups and roll up the hours a previous run left behind
-            now = time.time_ns()
-            parts = [
-                p
-                for t in TABLES
-                for sym in self.config.symbols
-                for p in self.lake.partition_dirs(t, self.venue, sym)
-            ]
-            self._start_compaction(parts, now - now % self._roll_ns)
-        await self._sync_clock()
+        self.publisher.start()
+        await self.rest.sync_clock()
         if self.config.metrics_port is not None:
-            await self._start_metrics_server()
+            self._metrics_runner, self.metrics_port = await serve_status(
+                self.config.metrics_host,
+                self.config.metrics_port,
+                self.status.registry,
+                self.health,
+                self.get_stats,
+            )
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._connection_loop(), name="capture-connection"),
             loop.create_task(self._process_loop(), name="capture-process"),
-            loop.create_task(self._clock_loop(), name="capture-clock"),
+            loop.create_task(self.rest.clock_loop(), name="capture-clock"),
         ]
 
     async def stop(self) -> None:
         """Close the websocket, normalize what was received, flush everything, exit cleanly."""
         if self._stopping:
             return
-        self._stopping = True
+        self._stopping = self.rest.stopping = True
         for t in self._tasks:
             t.cancel()
-        for t in list(self._snapshot_tasks.values()):
-            t.cancel()
-        await asyncio.gather(*self._tasks, *self._snapshot_tasks.values(), return_exceptions=True)
+        snapshots = self.rest.cancel_snapshots()
+        await asyncio.gather(*self._tasks, *snapshots, return_exceptions=True)
         await self._unsubscribe_and_drain()
         await self._teardown_client()
         self._process_pending()  # holes found from here on are recorded as not backfilled
-        if self._backfill_tasks:
+        if self.rest.backfill_tasks:
             # running backfills get a moment to finish; the rest record how far they got
-            _, running = await asyncio.wait(self._backfill_tasks, timeout=BACKFILL_STOP_WAIT_S)
+            _, running = await asyncio.wait(self.rest.backfill_tasks, timeout=BACKFILL_STOP_WAIT_S)
             for t in running:
                 t.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-        for attempt in range(5):
-            await self._flush()
-            if not self._u_ns and not self._acc.tables:
-                break
-            await asyncio.sleep(0.2 * (attempt + 1))  # a failed last flush gets a few retries
-        else:
-            log.error(
-                "exiting with %d raw lines and %s rows unwritten (every flush failed)",
-                len(self._u_ns),
-                {t: df.height for t, df in self._acc.tables.items()},
-            )
-        if self._compact_task is not None:
-            # a pass stops between partitions; what it left is finished by the next start
-            self._compact_stop.set()
-            await asyncio.gather(self._compact_task, return_exceptions=True)
+        await self.publisher.close()
         if self._ex is not None:
             with contextlib.suppress(Exception):
                 await self._ex.close()
@@ -375,11 +322,11 @@ class Capture:
     @property
     def unpublished(self) -> bool:
         """True while normalized rows or raw lines wait for a flush."""
-        return bool(self._u_ns or self._acc.tables)
+        return self.publisher.unpublished
 
     @property
     def backfills_running(self) -> int:
-        return len(self._backfill_tasks)
+        return len(self.rest.backfill_tasks)
 
     def synced(self, symbol: str) -> bool:
         """True when `symbol`'s book is synced (a snapshot bridged to the stream, no gap since)."""
@@ -390,8 +337,8 @@ class Capture:
         and (`synced`) every book is synced, (`published`) everything is on disk."""
         return (
             not self._p_ns
-            and not self._snapshot_tasks
-            and not self._backfill_tasks
+            and not self.rest.snapshot_tasks
+            and not self.rest.backfill_tasks
             and (not synced or all(self.synced(s) for s in self.config.symbols))
             and (not published or not self.unpublished)
         )
@@ -421,7 +368,7 @@ class Capture:
             {
                 "journal_files": [str(p) for p in self.journal.files_written],
                 "journal_lines": self.journal.lines_written,
-                "backfill": {"running": len(self._backfill_tasks)},
+                "backfill": {"running": len(self.rest.backfill_tasks)},
             }
         )
 
@@ -431,10 +378,6 @@ class Capture:
 
     def _set_connected(self, connected: bool) -> None:
         self.status.connected = connected
-        self.events.notify()
-
-    def _backfill_done(self, task: asyncio.Task[None]) -> None:
-        self._backfill_tasks.discard(task)
         self.events.notify()
 
     def _seed_from_lake(self) -> None:
@@ -691,9 +634,7 @@ class Capture:
     def _on_disconnect(self, reason: str, detail: str) -> None:
         """Every book is unknown after the connection changes: gap rows, then resync each."""
         self._process_pending()
-        for t in self._snapshot_tasks.values():
-            t.cancel()
-        self._snapshot_tasks.clear()
+        self.rest.cancel_snapshots()
         self._depth_seen.clear()
         self.status.reconnects.inc(reason)
         kind = "stale" if reason == "stale" else "reconnect"
@@ -708,14 +649,11 @@ class Capture:
         while True:
             await asyncio.sleep(self.config.batch_interval_s)
             self._process_pending()
-            self._schedule_resyncs()
+            self.rest.schedule_resyncs(self._depth_seen)
             self.events.notify()
-            # start early by the last flush's duration, so that the oldest line of a flush is
-            # on disk about flush_interval_s after it arrived, not flush_interval_s + write time
-            lead = min(self.status.last_flush_s, self.config.flush_interval_s / 2)
-            if time.monotonic() - self._last_flush_mono >= self.config.flush_interval_s - lead:
-                await self._flush()
-                self._maybe_compact()
+            if self.publisher.due():
+                await self.publisher.flush()
+                self.publisher.maybe_compact()
 
     def _process_pending(self) -> None:
         if not self._p_ns:
@@ -728,8 +666,7 @@ class Capture:
         recv = pl.Series("recv", ns, dtype=pl.Int64)
         text = pl.Series("text", texts, dtype=pl.String)
         # raw lines are queued for the journal before anything can fail on them
-        self._u_ns.extend(ns)
-        self._u_text.extend(texts)
+        self.publisher.add_lines(ns, texts)
         self._count_streams(recv, text)
         # the synced books before this batch: the crossed-book check replays the batch from them
         before = {sym: self.normalizer.book_state(sym) for sym in self.config.symbols}
@@ -820,7 +757,7 @@ class Capture:
                     and nxt is not None
                     and self.config.backfill_trades
                 ):
-                    self._start_backfill(sym, prev + 1, nxt - 1, ts)
+                    self.rest.start_backfill(sym, prev + 1, nxt - 1, ts)
                 self.status.gaps.inc(sym, kind)
                 self.status.episode(kind, sym, detail, resolved=False)
                 log.warning("gap %s %s: %s", sym, kind, detail)
@@ -846,7 +783,7 @@ class Capture:
                 consumer(batch)
             except Exception:  # a broken consumer must not stop the recording
                 log.exception("event consumer %r failed", consumer)
-        self._acc.extend(batch)
+        self.publisher.extend(batch)
 
     def _observe_latency(self, trades: pl.DataFrame, book: pl.DataFrame) -> None:
         offset = self.status.clock_offset_rest_ns or 0
@@ -964,392 +901,6 @@ class Capture:
             batch.tables["book"] = book
         else:
             batch.tables.pop("book", None)
-
-    # ---- resync ------------------------------------------------------------------------------
-
-    def _schedule_resyncs(self) -> None:
-        if not self.status.connected:
-            return
-        awaiting = set(self.normalizer.awaiting_snapshot())
-        for sym in self.config.symbols:
-            key = self._market_keys[sym]
-            need = sym in awaiting or (
-                key in self._depth_seen and not self.normalizer.is_synced(sym)
-            )
-            # ask only once this connection has delivered a diff of the symbol: a snapshot older
-            # than the first buffered diff would not bridge to the stream
-            if need and key in self._depth_seen and sym not in self._snapshot_tasks:
-                self._snapshot_tasks[sym] = asyncio.get_running_loop().create_task(
-                    self._fetch_snapshot(sym), name=f"snapshot-{sym}"
-                )
-
-    async def _fetch_snapshot(self, sym: str) -> None:
-        m = self._markets[sym]
-        attempt = 0
-        try:
-            while not self._stopping:
-                try:
-                    snap = await self.transport.fetch_snapshot(self._ex, m)
-                except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
-                    status, delay, why = self._rest_failure(exc, attempt)
-                    self.status.snapshot_errors.inc(sym, status)
-                    attempt += 1
-                    self.status.episode("snapshot_error", sym, why, resolved=False)
-                    log.warning("snapshot %s failed (%s); retrying in %.2f s", sym, status, delay)
-                    await asyncio.sleep(delay)
-                    continue
-                self._on_raw(snap.recv_ns, self.transport.wrap_snapshot(m, snap.text))
-                self.status.snapshots.inc(sym)
-                return
-        finally:
-            self._snapshot_tasks.pop(sym, None)
-            self.events.notify()
-
-    def _rest_failure(self, exc: Exception, attempt: int) -> tuple[str, float, str]:
-        """A failed REST request (snapshot or backfill): its status ("429", "418", "500" or the
-        error class when no HTTP answer came), the delay before the next try (the exchange's
-        Retry-After on 429/418, else our backoff) and a one-line description."""
-        headers = getattr(self._ex, "last_response_headers", None) or {}
-        retry = retry_after_s(headers)
-        status = str(getattr(self._ex, "mdpipe_last_status", None) or type(exc).__name__)
-        delay = retry if retry is not None else self.backoff_s(attempt)
-        why = f"{status} {type(exc).__name__}: {str(exc)[:200]}; retry in {delay:.2f} s" + (
-            " (Retry-After)" if retry is not None else ""
-        )
-        return status, delay, why
-
-    # ---- trade backfill ----------------------------------------------------------------------
-
-    def _start_backfill(self, sym: str, first: int, last: int, gap_ts: int) -> None:
-        """Fetch trade ids first..last (a hole the normalizer reported) over REST, off the loop's
-        critical path: a task per hole, paced by ccxt's rate limiter."""
-        if last < first or sym not in self._markets:
-            return
-        self.status.backfill_holes.inc(sym)
-        if self._stopping or self._ex is None:
-            self._backfill_outcome(sym, first, last, gap_ts, 0, "not attempted: capture stopping")
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._backfill(sym, first, last, gap_ts), name=f"backfill-{sym}-{first}"
-        )
-        self._backfill_tasks.add(task)
-        task.add_done_callback(self._backfill_done)
-
-    async def _backfill(self, sym: str, first: int, last: int, gap_ts: int) -> None:
-        m = self._markets[sym]
-        end = min(last, first + self.config.backfill_max_trades - 1)
-        next_id, got, attempt = first, 0, 0
-        failure: str | None = None
-        try:
-            while next_id <= end:
-                try:
-                    page = await self.transport.fetch_trades_page(
-                        self._ex, m, next_id, end - next_id + 1
-                    )
-                except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
-                    status, delay, why = self._rest_failure(exc, attempt)
-                    self.status.backfill_request_errors.inc(sym, status)
-                    attempt += 1
-                    if attempt >= BACKFILL_ATTEMPTS:
-                        failure = f"failed after {attempt} attempts, last {why.split(';')[0]}"
-                        break
-                    log.warning("trade backfill %s from id %d: %s", sym, next_id, why)
-                    await asyncio.sleep(delay)
-                    continue
-                attempt = 0
-                rows = [t for t in page.trades if next_id <= int(t["id"]) <= end]
-                if not rows:
-                    failure = f"the exchange returned no trade from id {next_id} on"
-                    break
-                df = self.normalizer.rest_trades(sym, rows, page.recv_ns)
-                df = df.unique("trade_id", keep="first", maintain_order=True)
-                self._acc.add("trades", df)
-                got += df.height
-                self.status.backfilled.inc(sym, n=df.height)
-                next_id = int(df.select(pl.col("trade_id").max()).item()) + 1
-            if failure is None and end < last:
-                failure = f"capped at backfill_max_trades={self.config.backfill_max_trades}"
-        except asyncio.CancelledError:
-            failure = "interrupted: capture stopping"
-            raise
-        except Exception as exc:  # an odd answer must never take the capture down
-            log.exception("trade backfill %s %d..%d failed", sym, first, last)
-            failure = f"error {type(exc).__name__}: {str(exc)[:200]}"
-        finally:
-            self._backfill_outcome(sym, first, last, gap_ts, got, failure)
-
-    def _backfill_outcome(
-        self, sym: str, first: int, last: int, gap_ts: int, got: int, failure: str | None
-    ) -> None:
-        """The `backfill` gaps row of a hole: same ts_ns, prev/next ids as its `sequence_gap`."""
-        want = last - first + 1
-        detail = (
-            f"backfilled {got} of {want} trades (ids {first}..{last}) via REST historicalTrades"
-        )
-        if failure:
-            detail += f"; {failure}"
-        if got < want:
-            self.status.backfill_missing.inc(sym, n=want - got)
-            self.status.backfill_failures.inc(sym)
-        self.status.gaps.inc(sym, "backfill")
-        row = {
-            "venue": self.venue,
-            "symbol": sym,
-            "ts_ns": gap_ts,
-            "kind": "backfill",
-            "detail": detail,
-            "prev_update_id": first - 1,
-            "next_update_id": last + 1,
-        }
-        self._acc.add("gaps", pl.DataFrame([row], schema=SCHEMAS["gaps"]))
-        self.status.episode("backfill", sym, detail, resolved=True)
-        (log.info if got == want else log.warning)("trade backfill %s: %s", sym, detail)
-
-    # ---- clock -------------------------------------------------------------------------------
-
-    async def _sync_clock(self) -> None:
-        try:
-            t0 = time.time_ns()
-            server_ms = await self.transport.server_time_ms(self._ex)
-            t1 = time.time_ns()
-        except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
-            log.warning("clock sync failed: %s", exc)
-            return
-        # NTP-style: the server stamped its time somewhere within the round trip; the midpoint
-        # is the unbiased guess and half the round trip bounds the error
-        self.status.clock_offset_rest_ns = int(server_ms) * 1_000_000 - (t0 + t1) // 2
-        self.status.clock_offset_rtt_ns = t1 - t0
-
-    async def _clock_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.clock_sync_interval_s)
-            try:
-                await self._sync_clock()
-            except Exception:  # an odd answer must not end clock tracking for good
-                log.exception("clock sync failed")
-
-    # ---- publishing --------------------------------------------------------------------------
-
-    async def _flush(self) -> None:
-        # shielded: cancelling the caller (stop() cancels the process loop) must not release the
-        # lock while the writer thread still appends to the journal; stop() then waits for it
-        task = asyncio.ensure_future(self._flush_locked())
-        self._flush_tasks.add(task)
-        task.add_done_callback(self._flush_tasks.discard)
-        await asyncio.shield(task)
-
-    async def _flush_locked(self) -> None:
-        async with self._flush_lock:
-            self._last_flush_mono = time.monotonic()
-            # every earlier flush has finished and every later name is >= this: files named
-            # before the roll period this falls in are final (see _maybe_compact)
-            self._lock_ns = time.time_ns()
-            ns, texts = self._u_ns, self._u_text
-            self._u_ns, self._u_text = [], []
-            acc, self._acc = self._acc, Batch()
-            if not ns and not acc.tables:
-                return
-            t0 = time.perf_counter()
-            try:
-                published, touched = await asyncio.to_thread(self._flush_sync, ns, texts, acc)
-            except _FlushFailed as failed:
-                # disk full, permissions...: keep what was not written and retry next interval
-                log.error("flush failed (%s); keeping the data for the next flush", failed.cause)
-                self.status.episode("flush_error", "*", repr(failed.cause)[:300], resolved=False)
-                if not failed.journal_done:
-                    self._u_ns[:0] = ns
-                    self._u_text[:0] = texts
-                failed.leftover.extend(self._acc)
-                self._acc = failed.leftover
-                for part, name_ns in failed.touched:
-                    self._dirty[part] = name_ns
-                return
-            dt = time.perf_counter() - t0
-            for part, name_ns in touched:
-                self._dirty[part] = name_ns
-            st = self.status
-            st.flushes.inc()
-            st.last_flush_s = dt
-            st.flush_duration.labels(self.venue).observe(dt)
-            if ns:
-                delay = (time.time_ns() - min(ns)) / 1e9
-                st.publish_delay_last_s = delay
-                st.publish_delay_max_s = max(st.publish_delay_max_s, delay)
-            for table, (files, rows) in published.items():
-                st.files_published.inc(table, n=files)
-                st.rows_published.inc(table, n=rows)
-            self.events.notify()
-
-    def _file_name(self) -> tuple[str, int]:
-        # names sort in publish order inside a partition (readers concatenate files by name to
-        # get applied order) and never repeat, even across restarts (start() floors _name_ns at
-        # the newest name in the lake, so a clock stepped back cannot reuse a rolled-up range)
-        # and never fall below the time this flush took the lock (the roll-up's barrier)
-        ns = max(time.time_ns(), self._name_ns + 1, self._lock_ns)
-        self._name_ns = ns
-        t = time.gmtime(ns // 1_000_000_000)
-        stamp = f"{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}T{t.tm_hour:02d}"
-        return f"{FILE_PREFIX}{stamp}-{ns:019d}.parquet", ns
-
-    def _flush_sync(
-        self, ns: list[int], texts: list[str], acc: Batch
-    ) -> tuple[dict[str, tuple[int, int]], list[tuple[Partition, int]]]:
-        out: dict[str, tuple[int, int]] = {}
-        touched: list[tuple[Partition, int]] = []
-        try:
-            if ns:
-                before = len(self.journal.files_written)
-                self.journal.write_lines(ns, texts)
-                out["raw"] = (len(self.journal.files_written) - before, len(ns))
-        except Exception as exc:
-            raise _FlushFailed(exc, journal_done=False, leftover=acc) from exc
-        name, name_ns = self._file_name()
-        parts: list[tuple[str, str, str, pl.DataFrame]] = []
-        for table in TABLES:
-            df = acc.tables.get(table)
-            if df is None or df.height == 0:
-                continue
-            for date, day in split_by_date(df, table).items():
-                for (sym,), part in day.group_by("symbol", maintain_order=True):
-                    parts.append((table, str(sym), date, part))
-        for i, (table, sym, date, part) in enumerate(parts):
-            try:
-                self.lake.publish(table, self.venue, sym, date, part, name=name)
-            except Exception as exc:
-                leftover = Batch()
-                for t, _, _, p in parts[i:]:
-                    leftover.add(t, p)
-                raise _FlushFailed(
-                    exc, journal_done=True, leftover=leftover, touched=touched
-                ) from exc
-            touched.append((Partition(table, self.venue, sym, date), name_ns))
-            files, rows = out.get(table, (0, 0))
-            out[table] = (files + 1, rows + part.height)
-        return out, touched
-
-    # ---- roll-up -----------------------------------------------------------------------------
-
-    def _lake_name_floor(self) -> int:
-        """The newest name ns among the capture's latest partitions (two newest dates each)."""
-        best = 0
-        for t in TABLES:
-            for sym in self.config.symbols:
-                for part in self.lake.partition_dirs(t, self.venue, sym)[-2:]:
-                    best = max(best, self.lake.max_sequence_ns(part))
-        return best
-
-    def _maybe_compact(self) -> None:
-        """Start a roll-up pass once a flush has taken the lock in a new roll period."""
-        if not self.config.compact_hourly or self._compact_task is not None or self._stopping:
-            return
-        cutoff = self._lock_ns - self._lock_ns % self._roll_ns
-        if cutoff <= self.status.compacted_before_ns:
-            return
-        self._start_compaction(list(self._dirty), cutoff)
-
-    def _start_compaction(self, parts: list[Partition], cutoff: int) -> None:
-        async def run() -> None:
-            t0 = time.perf_counter()
-            try:
-                res = await asyncio.to_thread(self._compact_sync, parts, cutoff)
-            except Exception:  # never expected (errors are per partition); never fatal
-                log.exception("roll-up pass failed")
-                res = _CompactionResult(errors=1, complete=False)
-            s = self.status
-            s.last_compaction_s = time.perf_counter() - t0
-            for table, n in res.compactions.items():
-                s.compactions.inc(table, n=n)
-            for table, n in res.files.items():
-                s.files_compacted.inc(table, n=n)
-            s.covered_files_removed.inc(n=res.covered_removed)
-            s.compaction_errors.inc(n=res.errors)
-            if res.complete:
-                # the next pass runs in the next period; failed partitions stay dirty until then
-                s.compacted_before_ns = max(s.compacted_before_ns, cutoff)
-                failed = set(res.failed)
-                for p in parts:  # a partition whose newest file was before the cutoff is done
-                    if p not in failed and self._dirty.get(p, cutoff) < cutoff:
-                        del self._dirty[p]
-                for p in failed:
-                    self._dirty.setdefault(p, 0)
-            self._compact_task = None
-            self.events.notify()
-
-        self._compact_task = asyncio.get_running_loop().create_task(run(), name="capture-rollup")
-
-    def _compact_sync(self, parts: list[Partition], cutoff: int) -> _CompactionResult:
-        """One pass (worker thread): per partition, delete files an earlier roll-up covers, then
-        merge the files of each roll period that ended before `cutoff` into one."""
-        res = _CompactionResult()
-        for part in parts:
-            if self._compact_stop.is_set():
-                res.complete = False
-                break
-            try:
-                res.covered_removed += self.lake.finish_compactions(part)
-                groups: dict[tuple[str, int], list[Path]] = {}
-                for path, prefix, ns in self.lake.sequence_files(part):
-                    if prefix.startswith(FILE_PREFIX) and ns < cutoff:
-                        groups.setdefault((prefix, ns // self._roll_ns), []).append(path)
-                for files in groups.values():
-                    if len(files) < 2:
-                        continue  # already one file for its period
-                    self.lake.compact(part, files)
-                    t = part.table
-                    res.compactions[t] = res.compactions.get(t, 0) + 1
-                    res.files[t] = res.files.get(t, 0) + len(files)
-            except Exception:  # disk full...: the files stay as they are, retried next pass
-                log.exception("roll-up of %s failed", part)
-                res.errors += 1
-                res.failed.append(part)
-        return res
-
-    # ---- metrics server ----------------------------------------------------------------------
-
-    async def _start_metrics_server(self) -> None:
-        from aiohttp import web
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        async def metrics(request: web.Request) -> web.Response:
-            body = generate_latest(self.status.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def health(request: web.Request) -> web.Response:
-            ok, body = self.health()
-            return web.json_response(body, status=200 if ok else 503)
-
-        async def stats(request: web.Request) -> web.Response:
-            return web.json_response(self.get_stats())
-
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/health", health)
-        app.router.add_get("/stats", stats)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.metrics_host, self.config.metrics_port)
-        await site.start()
-        self._metrics_runner = runner
-        self.metrics_port = int(runner.addresses[0][1])
-        log.info("metrics on http://%s:%s/metrics", self.config.metrics_host, self.metrics_port)
-
-
-class _FlushFailed(Exception):
-    """A flush that stopped part way: what is already on disk, and what is not."""
-
-    def __init__(
-        self,
-        cause: Exception,
-        *,
-        journal_done: bool,
-        leftover: Batch,
-        touched: list[tuple[Partition, int]] | None = None,
-    ) -> None:
-        super().__init__(repr(cause))
-        self.cause = cause
-        self.journal_done = journal_done
-        self.leftover = leftover
-        self.touched = touched or []  # partitions published before the failure
 
 
 __all__ = ["BookView", "Capture", "CaptureConfig", "Episode"]
