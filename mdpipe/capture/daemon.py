@@ -9,28 +9,18 @@ Data path (one asyncio loop, one flush thread)::
       every flush_interval_s:  journal member (gzip, fsync) then Parquet publish (atomic)
       once an hour is over:    roll-up of each partition's files of that hour into one file
 
+`Capture` composes its parts: the connection (make-before-break, watchdog, reconnect backoff)
+and the normalizing of pending lines live here; `publisher.Publisher` owns the outbox, flushes
+and roll-ups; `rest.Rest` owns snapshots, trade backfill and the clock; `status.Status` is the
+one counter API behind /stats, /health and Prometheus, served by `http.serve_status`.
+
 Everything venue-specific (stream names, subscribe messages, frame routing, REST endpoints,
 sequence rules, message parsing) is behind the venue's `Venue`, `Transport` and `Normalizer`
-(mdpipe/venues/base.py). REST depth snapshots enter the same pending queue as the frames,
-wrapped by the transport so that the line names its market (`wrap_snapshot`), so the journal
-replays to the same lake through `mdpipe import`. Because the journal is written before the
-Parquet files of the same interval, a SIGKILL loses at most the last flush interval and never
-leaves lake rows without their raw lines.
+(mdpipe/venues/base.py).
 
-Trade backfill. A trade-id hole the normalizer reports (`sequence_gap`, "trade ids A..B") starts
-a background task that fetches A..B over the venue's REST trade history (ccxt's rate limiter,
-Retry-After on 429/418), normalizes them with the normalizer's `rest_trades` and queues them for
-the lake; a `backfill` gaps row records the outcome. REST trade answers are not journaled (the
-import reproduces the gap row, not the backfill).
-
-Roll-up ("compaction"). Flushes name files `cap-YYYYMMDDTHH-<publish ns>.parquet`; a day of them
-is ~17,000 small files per partition. Once the flush that took the flush lock after an hour's end
-has finished, no file of that hour can still appear (names use publish time, never decrease, and
-every earlier flush has completed), so a background thread merges each partition's files of the
-hour into one roll-up (`Lake.compact`: `<first file's stem>-to-<last ns>.parquet`, which sorts
-where the first file did). One roll-up pass at a time, off the event loop; at start, one pass over
-the capture's partitions finishes interrupted roll-ups and rolls up past hours a previous run
-left. See mdpipe/lake/store.py for the crash window.
+Waiting on a capture (tests, embedding code): `await cap.idle()` (nothing pending, no snapshot
+or backfill in flight, every book synced) or `await cap.events.wait_for(predicate)` over its
+public state (`status`, `synced()`, `backfills_running`, `unpublished`); never on a clock.
 """
 
 from __future__ import annotations
@@ -38,55 +28,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import signal
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ccxt
 import polars as pl
 
 from mdpipe.capture.config import CaptureConfig
-from mdpipe.capture.metrics import CaptureMetrics
+from mdpipe.capture.http import serve_status
+from mdpipe.capture.publisher import Publisher
+from mdpipe.capture.rest import Rest
+from mdpipe.capture.status import Episode, Events, Status
 from mdpipe.capture.transport import make_exchange
 from mdpipe.core.book import L2Book
-from mdpipe.lake import SCHEMAS, JournalWriter, Lake, Partition, split_by_date
+from mdpipe.lake import SCHEMAS, JournalWriter, Lake
+from mdpipe.retry import backoff_s
 from mdpipe.venues import Batch, Normalizer, RawLines, StreamRoute, Transport, UnknownStream
 from mdpipe.venues import get as get_venue
 from mdpipe.venues.base import TRADE_GAP_PREFIX
 
 log = logging.getLogger("mdpipe.capture")
 
-TABLES = ("trades", "book", "gaps", "bbo", "agg_trades")
-FILE_PREFIX = "cap-"  # capture's sequence-named files: cap-YYYYMMDDTHH-<19-digit ns>.parquet
-HOUR_NS = 3600 * 1_000_000_000
-BACKFILL_ATTEMPTS = 6  # failed requests in a row before a backfill gives up (each one backs off)
 BACKFILL_STOP_WAIT_S = 5.0  # stop() lets running backfills finish for this long, then cancels
-
-
-@dataclass
-class Episode:
-    """Something /health reports: a gap, resync, reconnect or stale stream, and its resolution."""
-
-    ts_ns: int
-    kind: str
-    symbol: str
-    detail: str
-    resolved_ns: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ts_ns": self.ts_ns,
-            "kind": self.kind,
-            "symbol": self.symbol,
-            "detail": self.detail,
-            "resolved_ns": self.resolved_ns,
-        }
 
 
 class BookView:
@@ -125,51 +91,6 @@ TradeCallback = Callable[[dict[str, Any]], None]
 BatchConsumer = Callable[[Batch], None]
 
 
-@dataclass
-class _Stats:
-    started_ns: int = 0
-    messages: dict[str, int] = field(default_factory=dict)
-    bytes: dict[str, int] = field(default_factory=dict)
-    malformed: int = 0
-    malformed_samples: deque[str] = field(default_factory=lambda: deque(maxlen=20))
-    reconnects: dict[str, int] = field(default_factory=dict)
-    gaps: dict[str, dict[str, int]] = field(default_factory=dict)
-    snapshots: dict[str, int] = field(default_factory=dict)
-    snapshot_errors: dict[str, int] = field(default_factory=dict)
-    trades: dict[str, int] = field(default_factory=dict)
-    book_rows: dict[str, int] = field(default_factory=dict)
-    files_published: dict[str, int] = field(default_factory=dict)
-    rows_published: dict[str, int] = field(default_factory=dict)
-    flushes: int = 0
-    last_flush_s: float = 0.0
-    publish_delay_max_s: float = 0.0
-    publish_delay_last_s: float = 0.0
-    clock_offset_rest_ns: int | None = None
-    clock_offset_rtt_ns: int | None = None
-    clock_offset_events_ns: int | None = None
-    compactions: dict[str, int] = field(default_factory=dict)
-    files_compacted: dict[str, int] = field(default_factory=dict)
-    compaction_errors: int = 0
-    covered_files_removed: int = 0
-    compacted_before_ns: int = 0
-    last_compaction_s: float = 0.0
-    backfill_holes: dict[str, int] = field(default_factory=dict)
-    backfilled: dict[str, int] = field(default_factory=dict)
-    backfill_missing: dict[str, int] = field(default_factory=dict)
-    backfill_failures: dict[str, int] = field(default_factory=dict)
-    backfill_request_errors: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _CompactionResult:
-    compactions: dict[str, int] = field(default_factory=dict)
-    files: dict[str, int] = field(default_factory=dict)
-    covered_removed: int = 0
-    errors: int = 0
-    failed: list[Partition] = field(default_factory=list)  # retried by the next pass
-    complete: bool = True  # False when stopped part way
-
-
 class Capture:
     """A running capture of one venue's symbols into a lake.
 
@@ -200,46 +121,40 @@ class Capture:
         )
         self.lake = Lake.resolve(config.lake)
         self.normalizer: Normalizer = self.plugin.normalizer()
-        self.metrics = CaptureMetrics(config.venue)
+        self.status = Status(config.venue, config.symbols)
+        self.status.queue_depth = lambda: len(self._p_ns) + self.publisher.lines_waiting
+        # wake-ups for callers waiting on the capture's state (see idle() and Events)
+        self.events: Events = self.status.events
         self.journal = JournalWriter(self.lake.root, config.venue, fsync=config.fsync)
         self._book_callbacks: list[BookCallback] = []
         self._trade_callbacks: list[TradeCallback] = []
         self._consumers: list[BatchConsumer] = list(consumers)
         self._books: dict[str, BookView] = {}
         self._cross_book: L2Book | None = None  # replays each batch's book rows (lazily made)
-        self.stats = _Stats()
-        self.episodes: deque[Episode] = deque(maxlen=200)
-        self._open_episodes: dict[str, list[Episode]] = {}
         # pending: received, not yet normalized; unflushed: normalized, not yet on disk
         self._p_ns: list[int] = []
         self._p_text: list[str] = []
-        self._u_ns: list[int] = []
-        self._u_text: list[str] = []
-        self._acc = Batch()
         self._line_no = 0
         self._last_rx_mono = time.monotonic()
         self._stream_last_ns: dict[str, int] = {}
         self._depth_seen: set[str] = set()  # symbols with a depth frame on this connection
-        self._snapshot_tasks: dict[str, asyncio.Task[None]] = {}
-        self._backfill_tasks: set[asyncio.Task[None]] = set()
         self._ex: Any = None
         self._markets: dict[str, dict[str, Any]] = {}
         self._market_keys: dict[str, str] = {}  # unified symbol -> the venue's stream key
+        self._symbol_of_key: dict[str, str] = {}
         self._routes: dict[str, StreamRoute | None] = {}  # stream label -> route (None: not one)
-        self._connected = False
+        self._dials_open = asyncio.Event()  # cleared by hold_dials(): no new connection
+        self._dials_open.set()
         self._stopping = False
         self._tasks: list[asyncio.Task[Any]] = []
-        self._flush_lock = asyncio.Lock()
-        self._flush_tasks: set[asyncio.Task[None]] = set()
-        self._last_flush_mono = time.monotonic()
-        self._name_ns = 0
-        # roll-up: the period files are merged by (an hour; tests shorten it, see roll_period_s)
-        self._roll_ns = HOUR_NS
-        self._lock_ns = 0  # wall time the flush lock was last taken: names below it are final
-        self._dirty: dict[Partition, int] = {}  # partition -> newest file name ns published
-        self._compact_task: asyncio.Task[None] | None = None
-        self._compact_stop = threading.Event()
         self._metrics_runner: Any = None
+        # the parts: publishing (outbox, flushes, roll-ups) and REST (snapshots, backfill, clock)
+        self.publisher = Publisher(config, self.lake, self.journal, self.status)
+        self.rest = Rest(
+            config, self.transport, self.normalizer, self.status, self.publisher, self._on_raw
+        )
+        self.rest.markets = self._markets
+        self.rest.market_keys = self._market_keys
         self.metrics_port: int | None = None
         self._conn_url: str | None = None
         self._slot = 0
@@ -267,18 +182,16 @@ class Capture:
     def roll_period_s(self) -> float:
         """The period whose files are rolled up into one: an hour. Tests shorten it (it must
         divide an hour, so a period never spans two `THH` name prefixes)."""
-        return self._roll_ns / 1e9
+        return self.publisher.roll_period_s
 
     @roll_period_s.setter
     def roll_period_s(self, seconds: float) -> None:
-        ns = round(seconds * 1e9)
-        if ns <= 0 or HOUR_NS % ns:
-            raise ValueError(f"roll_period_s must divide 3600 s, got {seconds!r}")
-        self._roll_ns = ns
+        self.publisher.roll_period_s = seconds
 
     async def start(self) -> None:
-        self.stats.started_ns = time.time_ns()
+        self.status.started_ns = time.time_ns()
         self._ex = make_exchange(self.transport, self._on_raw, self._on_control)
+        self.rest.ex = self._ex
         attempt = 0
         while True:
             try:
@@ -286,7 +199,7 @@ class Capture:
                 break
             except ccxt.NetworkError as exc:
                 # a daemon started before the network (or the exchange) is up waits for it
-                delay = self._backoff(attempt)
+                delay = self.backoff_s(attempt)
                 attempt += 1
                 log.warning("loading markets failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -300,9 +213,8 @@ class Capture:
             m = self._ex.market(s)
             self._markets[s] = m
             self._market_keys[s] = self.transport.market_key(m)
-            self.metrics.book_synced.labels(self.venue, s).set(0)
+            self._symbol_of_key[self._market_keys[s]] = s
         self._seed_from_lake()
-        self._name_ns = max(self._name_ns, self._lake_name_floor())
         # load the crossed-book replay's compiled code now rather than inside the first batch
         self._cross_book = L2Book()
         self._cross_book.first_crossed(
@@ -311,66 +223,48 @@ class Capture:
                 {"update_id": [1], "is_snapshot": [True], "side": ["bid"], "price": [1.0]}
             ).with_columns(qty=pl.lit(1.0)),
         )
-        if self.config.compact_hourly:
-            # finish interrupted roll-ups and roll up the hours a previous run left behind
-            now = time.time_ns()
-            parts = [
-                p
-                for t in TABLES
-                for sym in self.config.symbols
-                for p in self.lake.partition_dirs(t, self.venue, sym)
-            ]
-            self._start_compaction(parts, now - now % self._roll_ns)
-        await self._sync_clock()
+        self.publisher.start()
+        await self.rest.sync_clock()
         if self.config.metrics_port is not None:
-            await self._start_metrics_server()
+            self._metrics_runner, self.metrics_port = await serve_status(
+                self.config.metrics_host,
+                self.config.metrics_port,
+                self.status.registry,
+                self.health,
+                self.get_stats,
+            )
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._connection_loop(), name="capture-connection"),
             loop.create_task(self._process_loop(), name="capture-process"),
-            loop.create_task(self._clock_loop(), name="capture-clock"),
+            loop.create_task(self.rest.clock_loop(), name="capture-clock"),
         ]
 
     async def stop(self) -> None:
         """Close the websocket, normalize what was received, flush everything, exit cleanly."""
         if self._stopping:
             return
-        self._stopping = True
+        self._stopping = self.rest.stopping = True
         for t in self._tasks:
             t.cancel()
-        for t in list(self._snapshot_tasks.values()):
-            t.cancel()
-        await asyncio.gather(*self._tasks, *self._snapshot_tasks.values(), return_exceptions=True)
+        snapshots = self.rest.cancel_snapshots()
+        await asyncio.gather(*self._tasks, *snapshots, return_exceptions=True)
         await self._unsubscribe_and_drain()
         await self._teardown_client()
         self._process_pending()  # holes found from here on are recorded as not backfilled
-        if self._backfill_tasks:
+        if self.rest.backfill_tasks:
             # running backfills get a moment to finish; the rest record how far they got
-            _, running = await asyncio.wait(self._backfill_tasks, timeout=BACKFILL_STOP_WAIT_S)
+            _, running = await asyncio.wait(self.rest.backfill_tasks, timeout=BACKFILL_STOP_WAIT_S)
             for t in running:
                 t.cancel()
             await asyncio.gather(*running, return_exceptions=True)
-        for attempt in range(5):
-            await self._flush()
-            if not self._u_ns and not self._acc.tables:
-                break
-            await asyncio.sleep(0.2 * (attempt + 1))  # a failed last flush gets a few retries
-        else:
-            log.error(
-                "exiting with %d raw lines and %s rows unwritten (every flush failed)",
-                len(self._u_ns),
-                {t: df.height for t, df in self._acc.tables.items()},
-            )
-        if self._compact_task is not None:
-            # a pass stops between partitions; what it left is finished by the next start
-            self._compact_stop.set()
-            await asyncio.gather(self._compact_task, return_exceptions=True)
+        await self.publisher.close()
         if self._ex is not None:
             with contextlib.suppress(Exception):
                 await self._ex.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
-        self.metrics.connected.labels(self.venue).set(0)
+        self._set_connected(False)
 
     async def _unsubscribe_and_drain(self, timeout_s: float = 2.0) -> None:
         """UNSUBSCRIBE and wait for its answer: the exchange answers after every frame it sent
@@ -411,93 +305,80 @@ class Capture:
             stopping.cancel()
             await self.stop()
 
+    @property
+    def registry(self) -> Any:
+        """The Prometheus registry /metrics serves (the online engine adds its metrics here)."""
+        return self.status.registry
+
+    @property
+    def episodes(self) -> deque[Episode]:
+        return self.status.episodes
+
+    @property
+    def pending_lines(self) -> int:
+        """Lines received and not yet normalized."""
+        return len(self._p_ns)
+
+    @property
+    def unpublished(self) -> bool:
+        """True while normalized rows or raw lines wait for a flush."""
+        return self.publisher.unpublished
+
+    @property
+    def backfills_running(self) -> int:
+        return len(self.rest.backfill_tasks)
+
+    def synced(self, symbol: str) -> bool:
+        """True when `symbol`'s book is synced (a snapshot bridged to the stream, no gap since)."""
+        return self.normalizer.is_synced(symbol)
+
+    def is_idle(self, *, synced: bool = True, published: bool = False) -> bool:
+        """Nothing received waits for the normalizer, no snapshot is in flight, no backfill runs,
+        and (`synced`) every book is synced, (`published`) everything is on disk."""
+        return (
+            not self._p_ns
+            and not self.rest.snapshot_tasks
+            and not self.rest.backfill_tasks
+            and (not synced or all(self.synced(s) for s in self.config.symbols))
+            and (not published or not self.unpublished)
+        )
+
+    async def idle(
+        self, *, synced: bool = True, published: bool = False, timeout: float | None = 60.0
+    ) -> None:
+        """Wait until `is_idle(...)` holds (woken by the capture's events, never by a clock)."""
+        await self.events.wait_for(
+            lambda: self.is_idle(synced=synced, published=published), timeout
+        )
+
+    def hold_dials(self) -> None:
+        """Open no new websocket connection until `release_dials()` (an outage of the length a
+        test or an operator chooses; the current connection is not touched)."""
+        self._dials_open.clear()
+
+    def release_dials(self) -> None:
+        self._dials_open.set()
+
+    def backoff_s(self, attempt: int) -> float:
+        """The reconnect delay before retry `attempt` (mdpipe.retry.backoff_s, configured)."""
+        return backoff_s(attempt, self.config.reconnect_initial_s, self.config.reconnect_max_s)
+
     def get_stats(self) -> dict[str, Any]:
-        s = self.stats
-        now = time.time_ns()
-        return {
-            "venue": self.venue,
-            "symbols": list(self.config.symbols),
-            "connected": self._connected,
-            "uptime_s": (now - s.started_ns) / 1e9 if s.started_ns else 0.0,
-            "messages": dict(s.messages),
-            "messages_total": sum(s.messages.values()),
-            "bytes": dict(s.bytes),
-            "malformed": s.malformed,
-            "reconnects": dict(s.reconnects),
-            "reconnects_total": sum(s.reconnects.values()),
-            "gaps": {k: dict(v) for k, v in s.gaps.items()},
-            "gaps_total": sum(sum(v.values()) for v in s.gaps.values()),
-            "snapshots": dict(s.snapshots),
-            "resyncs": {k: max(v - 1, 0) for k, v in s.snapshots.items()},
-            "snapshot_errors": dict(s.snapshot_errors),
-            "synced": {sym: self.normalizer.is_synced(sym) for sym in self.config.symbols},
-            "trades": dict(s.trades),
-            "book_rows": dict(s.book_rows),
-            "latency": self.metrics.latency.percentiles(),
-            "clock_offset_ms": {
-                "rest": None if s.clock_offset_rest_ns is None else s.clock_offset_rest_ns / 1e6,
-                "rest_rtt": None if s.clock_offset_rtt_ns is None else s.clock_offset_rtt_ns / 1e6,
-                "events": None
-                if s.clock_offset_events_ns is None
-                else s.clock_offset_events_ns / 1e6,
-            },
-            "seconds_since_last_message": {
-                k: (now - v) / 1e9 for k, v in self._stream_last_ns.items()
-            },
-            "queue_depth": len(self._p_ns) + len(self._u_ns),
-            "files_published": dict(s.files_published),
-            "rows_published": dict(s.rows_published),
-            "journal_files": [str(p) for p in self.journal.files_written],
-            "journal_lines": self.journal.lines_written,
-            "flushes": s.flushes,
-            "last_flush_s": s.last_flush_s,
-            "publish_delay_last_s": s.publish_delay_last_s,
-            "publish_delay_max_s": s.publish_delay_max_s,
-            "compactions": dict(s.compactions),
-            "files_compacted": dict(s.files_compacted),
-            "compaction_errors": s.compaction_errors,
-            "covered_files_removed": s.covered_files_removed,
-            "compacted_before_ns": s.compacted_before_ns,
-            "last_compaction_s": s.last_compaction_s,
-            "backfill": {
-                "holes": dict(s.backfill_holes),
-                "trades": dict(s.backfilled),
-                "trades_total": sum(s.backfilled.values()),
-                "missing": dict(s.backfill_missing),
-                "failures": dict(s.backfill_failures),
-                "request_errors": dict(s.backfill_request_errors),
-                "running": len(self._backfill_tasks),
-            },
-            "episodes": [e.as_dict() for e in self.episodes],
-        }
+        return self.status.as_dict(
+            {
+                "journal_files": [str(p) for p in self.journal.files_written],
+                "journal_lines": self.journal.lines_written,
+                "backfill": {"running": len(self.rest.backfill_tasks)},
+            }
+        )
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, body): healthy while connected, every depth stream fresh, every book synced."""
-        reasons: list[str] = []
-        now = time.time_ns()
-        if not self._connected:
-            reasons.append("websocket not connected")
-        for sym in self._markets:
-            key = self._market_keys[sym]
-            last = max(
-                (v for k, v in self._stream_last_ns.items() if self._market_of(k) == key),
-                default=None,
-            )
-            if last is None:
-                reasons.append(f"{sym}: no message yet")
-            elif (now - last) / 1e9 > self.config.stale_after_s:
-                reasons.append(f"{sym}: silent for {(now - last) / 1e9:.1f} s")
-            if not self.normalizer.is_synced(sym):
-                reasons.append(f"{sym}: book not synced (waiting for a snapshot)")
-        body = {
-            "status": "ok" if not reasons else "unhealthy",
-            "reasons": reasons,
-            "venue": self.venue,
-            "streams": {k: round((now - v) / 1e9, 3) for k, v in self._stream_last_ns.items()},
-            "open_episodes": [e.as_dict() for eps in self._open_episodes.values() for e in eps],
-            "recent_episodes": [e.as_dict() for e in list(self.episodes)[-50:]],
-        }
-        return not reasons, body
+        return self.status.health(self.config.stale_after_s)
+
+    def _set_connected(self, connected: bool) -> None:
+        self.status.connected = connected
+        self.events.notify()
 
     def _seed_from_lake(self) -> None:
         """A restart continues where the lake ends: the last trade id seeds trade-gap detection,
@@ -581,12 +462,6 @@ class Capture:
 
     # ---- connection --------------------------------------------------------------------------
 
-    def _backoff(self, attempt: int) -> float:
-        cap = min(self.config.reconnect_max_s, self.config.reconnect_initial_s * 2**attempt)
-        # "equal jitter": never less than half the step, so a fleet restarting together spreads
-        # out without any of them hammering the exchange
-        return cap / 2 + random.uniform(0, cap / 2)
-
     async def _connection_loop(self) -> None:
         attempt = 0
         need_connect = True
@@ -595,14 +470,14 @@ class Capture:
             detail = ""
             try:
                 opened = time.monotonic()
-                got_data_before = sum(self.stats.messages.values())
+                got_data_before = self.status.messages.total()
                 if need_connect:
+                    await self._dials_open.wait()
                     await self._connect_and_subscribe()
                 need_connect = True
-                self._connected = True
-                self.metrics.connected.labels(self.venue).set(1)
+                self._set_connected(True)
                 reason, detail = await self._wait_connection_end(opened)
-                if sum(self.stats.messages.values()) > got_data_before:
+                if self.status.messages.total() > got_data_before:
                     attempt = 0
                 if reason == "planned" and await self._make_before_break(detail):
                     need_connect = False
@@ -612,13 +487,12 @@ class Capture:
                 raise
             except Exception as exc:  # every transport failure leads to a reconnect
                 reason, detail = "error", f"{type(exc).__name__}: {exc}"
-            self._connected = False
-            self.metrics.connected.labels(self.venue).set(0)
+            self._set_connected(False)
             if self._stopping:
                 return
             await self._teardown_client()
             self._on_disconnect(reason, detail)
-            delay = 0.0 if reason == "planned" else self._backoff(attempt)
+            delay = 0.0 if reason == "planned" else self.backoff_s(attempt)
             attempt += 1
             log.warning("reconnecting in %.2f s after %s: %s", delay, reason, detail)
             await asyncio.sleep(delay)
@@ -688,18 +562,14 @@ class Capture:
         self._depth_seen |= self._standby_depth
         self._last_rx_mono = time.monotonic()
         self._ex.clients.pop(old_url, None)
-        self.stats.reconnects["planned"] = self.stats.reconnects.get("planned", 0) + 1
-        self.metrics.reconnects.labels(self.venue, "planned").inc()
-        now = time.time_ns()
-        ep = Episode(
-            now,
+        self.status.reconnects.inc("planned")
+        ep = self.status.episode(
             "planned_reconnect",
             "*",
             f"{detail}; switched to {url} "
             f"({len(keep)} new frames after the seam, {dup} duplicates dropped)",
-            now,
+            resolved=True,
         )
-        self.episodes.append(ep)
         log.info("%s", ep.detail)
         if old_client is not None:
             with contextlib.suppress(Exception):
@@ -764,12 +634,9 @@ class Capture:
     def _on_disconnect(self, reason: str, detail: str) -> None:
         """Every book is unknown after the connection changes: gap rows, then resync each."""
         self._process_pending()
-        for t in self._snapshot_tasks.values():
-            t.cancel()
-        self._snapshot_tasks.clear()
+        self.rest.cancel_snapshots()
         self._depth_seen.clear()
-        self.stats.reconnects[reason] = self.stats.reconnects.get(reason, 0) + 1
-        self.metrics.reconnects.labels(self.venue, reason).inc()
+        self.status.reconnects.inc(reason)
         kind = "stale" if reason == "stale" else "reconnect"
         ts = time.time_ns()
         for sym in self.config.symbols:
@@ -782,13 +649,11 @@ class Capture:
         while True:
             await asyncio.sleep(self.config.batch_interval_s)
             self._process_pending()
-            self._schedule_resyncs()
-            # start early by the last flush's duration, so that the oldest line of a flush is
-            # on disk about flush_interval_s after it arrived, not flush_interval_s + write time
-            lead = min(self.stats.last_flush_s, self.config.flush_interval_s / 2)
-            if time.monotonic() - self._last_flush_mono >= self.config.flush_interval_s - lead:
-                await self._flush()
-                self._maybe_compact()
+            self.rest.schedule_resyncs(self._depth_seen)
+            self.events.notify()
+            if self.publisher.due():
+                await self.publisher.flush()
+                self.publisher.maybe_compact()
 
     def _process_pending(self) -> None:
         if not self._p_ns:
@@ -801,8 +666,7 @@ class Capture:
         recv = pl.Series("recv", ns, dtype=pl.Int64)
         text = pl.Series("text", texts, dtype=pl.String)
         # raw lines are queued for the journal before anything can fail on them
-        self._u_ns.extend(ns)
-        self._u_text.extend(texts)
+        self.publisher.add_lines(ns, texts)
         self._count_streams(recv, text)
         # the synced books before this batch: the crossed-book check replays the batch from them
         before = {sym: self.normalizer.book_state(sym) for sym in self.config.symbols}
@@ -822,7 +686,7 @@ class Capture:
                 "normalizer failed on lines %d..%d; resyncing every book", first, first + n - 1
             )
             now = time.time_ns()
-            self.episodes.append(Episode(now, "normalizer_error", "*", repr(exc)[:300], now))
+            self.status.episode("normalizer_error", "*", repr(exc)[:300], resolved=True)
             for sym in self.config.symbols:
                 self._absorb(
                     self.normalizer.force_resync(
@@ -836,17 +700,13 @@ class Capture:
                 )
             return
         for err in batch.errors:
-            self.stats.malformed += 1
+            self.status.malformed.inc()
             idx = err.line - first
             frame = texts[idx] if 0 <= idx < n else err.content
-            self.stats.malformed_samples.append(frame[:2000])
-            self.metrics.malformed.labels(self.venue).inc()
+            self.status.malformed_samples.append(frame[:2000])
             # the whole frame as received, so the log alone shows what the exchange sent
             log.warning("skipped a malformed frame (%s): %r", err.message, frame[:2000])
-            now = time.time_ns()
-            self.episodes.append(
-                Episode(now, "malformed", "*", f"{err.message}: {frame[:300]!r}", resolved_ns=now)
-            )
+            self.status.episode("malformed", "*", f"{err.message}: {frame[:300]!r}", resolved=True)
         self._check_crossed(batch, before)
         self._absorb(batch)
 
@@ -860,12 +720,12 @@ class Capture:
             .agg(n=pl.len(), b=pl.col("nbytes").sum(), last=pl.col("recv").max())
         )
         for st, n, b, last in g.iter_rows():
-            self.stats.messages[st] = self.stats.messages.get(st, 0) + n
-            self.stats.bytes[st] = self.stats.bytes.get(st, 0) + b
-            self.metrics.messages.labels(self.venue, st).inc(n)
-            self.metrics.bytes.labels(self.venue, st).inc(b)
+            self.status.messages.inc(st, n=n)
+            self.status.bytes.inc(st, n=b)
             self._stream_last_ns[st] = last
             route = self._route(st)
+            sym = None if route is None else self._symbol_of_key.get(route.market_key)
+            self.status.stream_seen(st, sym, last)
             if route is not None and route.kind == "depth":
                 self._depth_seen.add(route.market_key)
 
@@ -897,29 +757,20 @@ class Capture:
                     and nxt is not None
                     and self.config.backfill_trades
                 ):
-                    self._start_backfill(sym, prev + 1, nxt - 1, ts)
-                per = self.stats.gaps.setdefault(sym, {})
-                per[kind] = per.get(kind, 0) + 1
-                self.metrics.gaps.labels(self.venue, sym, kind).inc()
-                ep = Episode(ts_ns=time.time_ns(), kind=kind, symbol=sym, detail=detail)
-                self.episodes.append(ep)
-                self._open_episodes.setdefault(sym, []).append(ep)
+                    self.rest.start_backfill(sym, prev + 1, nxt - 1, ts)
+                self.status.gaps.inc(sym, kind)
+                self.status.episode(kind, sym, detail, resolved=False)
                 log.warning("gap %s %s: %s", sym, kind, detail)
         book = batch.get("book")
         if book.height:
             for sym, n in book.group_by("symbol").len().iter_rows():
-                self.stats.book_rows[sym] = self.stats.book_rows.get(sym, 0) + n
+                self.status.book_rows.inc(sym, n=n)
         for sym in self.config.symbols:
-            synced = self.normalizer.is_synced(sym)
-            self.metrics.book_synced.labels(self.venue, sym).set(1 if synced else 0)
-            if synced and self._open_episodes.get(sym):
-                now = time.time_ns()
-                for ep in self._open_episodes.pop(sym):
-                    ep.resolved_ns = now
+            self.status.set_synced(sym, self.normalizer.is_synced(sym))
         trades = batch.get("trades")
         if trades.height:
             for sym, n in trades.group_by("symbol").len().iter_rows():
-                self.stats.trades[sym] = self.stats.trades.get(sym, 0) + n
+                self.status.trades.inc(sym, n=n)
         self._observe_latency(trades, book)
         if self._trade_callbacks and trades.height:
             for row in trades.iter_rows(named=True):
@@ -932,10 +783,10 @@ class Capture:
                 consumer(batch)
             except Exception:  # a broken consumer must not stop the recording
                 log.exception("event consumer %r failed", consumer)
-        self._acc.extend(batch)
+        self.publisher.extend(batch)
 
     def _observe_latency(self, trades: pl.DataFrame, book: pl.DataFrame) -> None:
-        offset = self.stats.clock_offset_rest_ns or 0
+        offset = self.status.clock_offset_rest_ns or 0
         frames = []
         if trades.height:
             frames.append(
@@ -958,12 +809,12 @@ class Capture:
             return
         # the largest exchange-minus-receive difference is the offset seen by the fastest message
         ev_off = int((df["e"] - df["r"]).max())  # type: ignore[arg-type]
-        prev = self.stats.clock_offset_events_ns
-        self.stats.clock_offset_events_ns = ev_off if prev is None else max(prev, ev_off)
+        prev = self.status.clock_offset_events_ns
+        self.status.clock_offset_events_ns = ev_off if prev is None else max(prev, ev_off)
         df = df.with_columns(lat=(pl.col("r") + offset - pl.col("e")) / 1e9)
         for (sym, kind), g in df.group_by("stream", "kind"):
             mid = self._market_keys.get(str(sym), str(sym))
-            self.metrics.latency.observe_many(f"{mid}@{kind}", g["lat"].to_numpy())
+            self.status.latency.observe_many(f"{mid}@{kind}", g["lat"].to_numpy())
 
     def _run_book_callbacks(self, book: pl.DataFrame) -> None:
         cur_key: tuple[str, int, bool] | None = None
@@ -1050,430 +901,6 @@ class Capture:
             batch.tables["book"] = book
         else:
             batch.tables.pop("book", None)
-
-    # ---- resync ------------------------------------------------------------------------------
-
-    def _schedule_resyncs(self) -> None:
-        if not self._connected:
-            return
-        awaiting = set(self.normalizer.awaiting_snapshot())
-        for sym in self.config.symbols:
-            key = self._market_keys[sym]
-            need = sym in awaiting or (
-                key in self._depth_seen and not self.normalizer.is_synced(sym)
-            )
-            # ask only once this connection has delivered a diff of the symbol: a snapshot older
-            # than the first buffered diff would not bridge to the stream
-            if need and key in self._depth_seen and sym not in self._snapshot_tasks:
-                self._snapshot_tasks[sym] = asyncio.get_running_loop().create_task(
-                    self._fetch_snapshot(sym), name=f"snapshot-{sym}"
-                )
-
-    async def _fetch_snapshot(self, sym: str) -> None:
-        m = self._markets[sym]
-        attempt = 0
-        try:
-            while not self._stopping:
-                try:
-                    snap = await self.transport.fetch_snapshot(self._ex, m)
-                except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
-                    status, delay, why = self._rest_failure(exc, attempt)
-                    self.stats.snapshot_errors[status] = (
-                        self.stats.snapshot_errors.get(status, 0) + 1
-                    )
-                    self.metrics.snapshot_errors.labels(self.venue, sym, status).inc()
-                    attempt += 1
-                    ep = Episode(time.time_ns(), "snapshot_error", sym, why)
-                    self.episodes.append(ep)
-                    self._open_episodes.setdefault(sym, []).append(ep)
-                    log.warning("snapshot %s failed (%s); retrying in %.2f s", sym, status, delay)
-                    await asyncio.sleep(delay)
-                    continue
-                self._on_raw(snap.recv_ns, self.transport.wrap_snapshot(m, snap.text))
-                n = self.stats.snapshots[sym] = self.stats.snapshots.get(sym, 0) + 1
-                if n > 1:
-                    self.metrics.resyncs.labels(self.venue, sym).inc()
-                return
-        finally:
-            self._snapshot_tasks.pop(sym, None)
-
-    def _rest_failure(self, exc: Exception, attempt: int) -> tuple[str, float, str]:
-        """A failed REST request (snapshot or backfill): its status ("429", "418", "500" or the
-        error class when no HTTP answer came), the delay before the next try (the exchange's
-        Retry-After on 429/418, else our backoff) and a one-line description."""
-        headers = getattr(self._ex, "last_response_headers", None) or {}
-        retry = _retry_after_s(headers)
-        status = str(getattr(self._ex, "mdpipe_last_status", None) or type(exc).__name__)
-        delay = retry if retry is not None else self._backoff(attempt)
-        why = f"{status} {type(exc).__name__}: {str(exc)[:200]}; retry in {delay:.2f} s" + (
-            " (Retry-After)" if retry is not None else ""
-        )
-        return status, delay, why
-
-    # ---- trade backfill ----------------------------------------------------------------------
-
-    def _start_backfill(self, sym: str, first: int, last: int, gap_ts: int) -> None:
-        """Fetch trade ids first..last (a hole the normalizer reported) over REST, off the loop's
-        critical path: a task per hole, paced by ccxt's rate limiter."""
-        if last < first or sym not in self._markets:
-            return
-        s = self.stats
-        s.backfill_holes[sym] = s.backfill_holes.get(sym, 0) + 1
-        if self._stopping or self._ex is None:
-            self._backfill_outcome(sym, first, last, gap_ts, 0, "not attempted: capture stopping")
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._backfill(sym, first, last, gap_ts), name=f"backfill-{sym}-{first}"
-        )
-        self._backfill_tasks.add(task)
-        task.add_done_callback(self._backfill_tasks.discard)
-
-    async def _backfill(self, sym: str, first: int, last: int, gap_ts: int) -> None:
-        m = self._markets[sym]
-        end = min(last, first + self.config.backfill_max_trades - 1)
-        next_id, got, attempt = first, 0, 0
-        failure: str | None = None
-        try:
-            while next_id <= end:
-                try:
-                    page = await self.transport.fetch_trades_page(
-                        self._ex, m, next_id, end - next_id + 1
-                    )
-                except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
-                    status, delay, why = self._rest_failure(exc, attempt)
-                    s = self.stats
-                    s.backfill_request_errors[status] = s.backfill_request_errors.get(status, 0) + 1
-                    self.metrics.backfill_request_errors.labels(self.venue, sym, status).inc()
-                    attempt += 1
-                    if attempt >= BACKFILL_ATTEMPTS:
-                        failure = f"failed after {attempt} attempts, last {why.split(';')[0]}"
-                        break
-                    log.warning("trade backfill %s from id %d: %s", sym, next_id, why)
-                    await asyncio.sleep(delay)
-                    continue
-                attempt = 0
-                rows = [t for t in page.trades if next_id <= int(t["id"]) <= end]
-                if not rows:
-                    failure = f"the exchange returned no trade from id {next_id} on"
-                    break
-                df = self.normalizer.rest_trades(sym, rows, page.recv_ns)
-                df = df.unique("trade_id", keep="first", maintain_order=True)
-                self._acc.add("trades", df)
-                got += df.height
-                self.stats.backfilled[sym] = self.stats.backfilled.get(sym, 0) + df.height
-                self.metrics.backfilled_trades.labels(self.venue, sym).inc(df.height)
-                next_id = int(df.select(pl.col("trade_id").max()).item()) + 1
-            if failure is None and end < last:
-                failure = f"capped at backfill_max_trades={self.config.backfill_max_trades}"
-        except asyncio.CancelledError:
-            failure = "interrupted: capture stopping"
-            raise
-        except Exception as exc:  # an odd answer must never take the capture down
-            log.exception("trade backfill %s %d..%d failed", sym, first, last)
-            failure = f"error {type(exc).__name__}: {str(exc)[:200]}"
-        finally:
-            self._backfill_outcome(sym, first, last, gap_ts, got, failure)
-
-    def _backfill_outcome(
-        self, sym: str, first: int, last: int, gap_ts: int, got: int, failure: str | None
-    ) -> None:
-        """The `backfill` gaps row of a hole: same ts_ns, prev/next ids as its `sequence_gap`."""
-        want = last - first + 1
-        detail = (
-            f"backfilled {got} of {want} trades (ids {first}..{last}) via REST historicalTrades"
-        )
-        if failure:
-            detail += f"; {failure}"
-        s = self.stats
-        if got < want:
-            s.backfill_missing[sym] = s.backfill_missing.get(sym, 0) + want - got
-            s.backfill_failures[sym] = s.backfill_failures.get(sym, 0) + 1
-            self.metrics.backfill_failures.labels(self.venue, sym).inc()
-        per = s.gaps.setdefault(sym, {})
-        per["backfill"] = per.get("backfill", 0) + 1
-        self.metrics.gaps.labels(self.venue, sym, "backfill").inc()
-        row = {
-            "venue": self.venue,
-            "symbol": sym,
-            "ts_ns": gap_ts,
-            "kind": "backfill",
-            "detail": detail,
-            "prev_update_id": first - 1,
-            "next_update_id": last + 1,
-        }
-        self._acc.add("gaps", pl.DataFrame([row], schema=SCHEMAS["gaps"]))
-        now = time.time_ns()
-        self.episodes.append(Episode(now, "backfill", sym, detail, resolved_ns=now))
-        (log.info if got == want else log.warning)("trade backfill %s: %s", sym, detail)
-
-    # ---- clock -------------------------------------------------------------------------------
-
-    async def _sync_clock(self) -> None:
-        try:
-            t0 = time.time_ns()
-            server_ms = await self.transport.server_time_ms(self._ex)
-            t1 = time.time_ns()
-        except (ccxt.NetworkError, ccxt.ExchangeError) as exc:
-            log.warning("clock sync failed: %s", exc)
-            return
-        # NTP-style: the server stamped its time somewhere within the round trip; the midpoint
-        # is the unbiased guess and half the round trip bounds the error
-        self.stats.clock_offset_rest_ns = int(server_ms) * 1_000_000 - (t0 + t1) // 2
-        self.stats.clock_offset_rtt_ns = t1 - t0
-        self.metrics.clock_offset.labels(self.venue).set(self.stats.clock_offset_rest_ns / 1e9)
-
-    async def _clock_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.clock_sync_interval_s)
-            try:
-                await self._sync_clock()
-            except Exception:  # an odd answer must not end clock tracking for good
-                log.exception("clock sync failed")
-
-    # ---- publishing --------------------------------------------------------------------------
-
-    async def _flush(self) -> None:
-        # shielded: cancelling the caller (stop() cancels the process loop) must not release the
-        # lock while the writer thread still appends to the journal; stop() then waits for it
-        task = asyncio.ensure_future(self._flush_locked())
-        self._flush_tasks.add(task)
-        task.add_done_callback(self._flush_tasks.discard)
-        await asyncio.shield(task)
-
-    async def _flush_locked(self) -> None:
-        async with self._flush_lock:
-            self._last_flush_mono = time.monotonic()
-            # every earlier flush has finished and every later name is >= this: files named
-            # before the roll period this falls in are final (see _maybe_compact)
-            self._lock_ns = time.time_ns()
-            ns, texts = self._u_ns, self._u_text
-            self._u_ns, self._u_text = [], []
-            acc, self._acc = self._acc, Batch()
-            if not ns and not acc.tables:
-                return
-            t0 = time.perf_counter()
-            try:
-                published, touched = await asyncio.to_thread(self._flush_sync, ns, texts, acc)
-            except _FlushFailed as failed:
-                # disk full, permissions...: keep what was not written and retry next interval
-                log.error("flush failed (%s); keeping the data for the next flush", failed.cause)
-                now = time.time_ns()
-                self.episodes.append(Episode(now, "flush_error", "*", repr(failed.cause)[:300]))
-                if not failed.journal_done:
-                    self._u_ns[:0] = ns
-                    self._u_text[:0] = texts
-                failed.leftover.extend(self._acc)
-                self._acc = failed.leftover
-                for part, name_ns in failed.touched:
-                    self._dirty[part] = name_ns
-                return
-            dt = time.perf_counter() - t0
-            for part, name_ns in touched:
-                self._dirty[part] = name_ns
-            self.stats.flushes += 1
-            self.stats.last_flush_s = dt
-            self.metrics.flush_duration.labels(self.venue).observe(dt)
-            if ns:
-                delay = (time.time_ns() - min(ns)) / 1e9
-                self.stats.publish_delay_last_s = delay
-                self.stats.publish_delay_max_s = max(self.stats.publish_delay_max_s, delay)
-                self.metrics.publish_delay.labels(self.venue).set(delay)
-            for table, (files, rows) in published.items():
-                self.stats.files_published[table] = self.stats.files_published.get(table, 0) + files
-                self.stats.rows_published[table] = self.stats.rows_published.get(table, 0) + rows
-                self.metrics.files_published.labels(self.venue, table).inc(files)
-                self.metrics.rows_published.labels(self.venue, table).inc(rows)
-
-    def _file_name(self) -> tuple[str, int]:
-        # names sort in publish order inside a partition (readers concatenate files by name to
-        # get applied order) and never repeat, even across restarts (start() floors _name_ns at
-        # the newest name in the lake, so a clock stepped back cannot reuse a rolled-up range)
-        # and never fall below the time this flush took the lock (the roll-up's barrier)
-        ns = max(time.time_ns(), self._name_ns + 1, self._lock_ns)
-        self._name_ns = ns
-        t = time.gmtime(ns // 1_000_000_000)
-        stamp = f"{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}T{t.tm_hour:02d}"
-        return f"{FILE_PREFIX}{stamp}-{ns:019d}.parquet", ns
-
-    def _flush_sync(
-        self, ns: list[int], texts: list[str], acc: Batch
-    ) -> tuple[dict[str, tuple[int, int]], list[tuple[Partition, int]]]:
-        out: dict[str, tuple[int, int]] = {}
-        touched: list[tuple[Partition, int]] = []
-        try:
-            if ns:
-                before = len(self.journal.files_written)
-                self.journal.write_lines(ns, texts)
-                out["raw"] = (len(self.journal.files_written) - before, len(ns))
-        except Exception as exc:
-            raise _FlushFailed(exc, journal_done=False, leftover=acc) from exc
-        name, name_ns = self._file_name()
-        parts: list[tuple[str, str, str, pl.DataFrame]] = []
-        for table in TABLES:
-            df = acc.tables.get(table)
-            if df is None or df.height == 0:
-                continue
-            for date, day in split_by_date(df, table).items():
-                for (sym,), part in day.group_by("symbol", maintain_order=True):
-                    parts.append((table, str(sym), date, part))
-        for i, (table, sym, date, part) in enumerate(parts):
-            try:
-                self.lake.publish(table, self.venue, sym, date, part, name=name)
-            except Exception as exc:
-                leftover = Batch()
-                for t, _, _, p in parts[i:]:
-                    leftover.add(t, p)
-                raise _FlushFailed(
-                    exc, journal_done=True, leftover=leftover, touched=touched
-                ) from exc
-            touched.append((Partition(table, self.venue, sym, date), name_ns))
-            files, rows = out.get(table, (0, 0))
-            out[table] = (files + 1, rows + part.height)
-        return out, touched
-
-    # ---- roll-up -----------------------------------------------------------------------------
-
-    def _lake_name_floor(self) -> int:
-        """The newest name ns among the capture's latest partitions (two newest dates each)."""
-        best = 0
-        for t in TABLES:
-            for sym in self.config.symbols:
-                for part in self.lake.partition_dirs(t, self.venue, sym)[-2:]:
-                    best = max(best, self.lake.max_sequence_ns(part))
-        return best
-
-    def _maybe_compact(self) -> None:
-        """Start a roll-up pass once a flush has taken the lock in a new roll period."""
-        if not self.config.compact_hourly or self._compact_task is not None or self._stopping:
-            return
-        cutoff = self._lock_ns - self._lock_ns % self._roll_ns
-        if cutoff <= self.stats.compacted_before_ns:
-            return
-        self._start_compaction(list(self._dirty), cutoff)
-
-    def _start_compaction(self, parts: list[Partition], cutoff: int) -> None:
-        async def run() -> None:
-            t0 = time.perf_counter()
-            try:
-                res = await asyncio.to_thread(self._compact_sync, parts, cutoff)
-            except Exception:  # never expected (errors are per partition); never fatal
-                log.exception("roll-up pass failed")
-                res = _CompactionResult(errors=1, complete=False)
-            s = self.stats
-            s.last_compaction_s = time.perf_counter() - t0
-            for table, n in res.compactions.items():
-                s.compactions[table] = s.compactions.get(table, 0) + n
-                self.metrics.compactions.labels(self.venue, table).inc(n)
-            for table, n in res.files.items():
-                s.files_compacted[table] = s.files_compacted.get(table, 0) + n
-                self.metrics.files_compacted.labels(self.venue, table).inc(n)
-            s.covered_files_removed += res.covered_removed
-            s.compaction_errors += res.errors
-            if res.errors:
-                self.metrics.compaction_errors.labels(self.venue).inc(res.errors)
-            if res.complete:
-                # the next pass runs in the next period; failed partitions stay dirty until then
-                s.compacted_before_ns = max(s.compacted_before_ns, cutoff)
-                failed = set(res.failed)
-                for p in parts:  # a partition whose newest file was before the cutoff is done
-                    if p not in failed and self._dirty.get(p, cutoff) < cutoff:
-                        del self._dirty[p]
-                for p in failed:
-                    self._dirty.setdefault(p, 0)
-            self._compact_task = None
-
-        self._compact_task = asyncio.get_running_loop().create_task(run(), name="capture-rollup")
-
-    def _compact_sync(self, parts: list[Partition], cutoff: int) -> _CompactionResult:
-        """One pass (worker thread): per partition, delete files an earlier roll-up covers, then
-        merge the files of each roll period that ended before `cutoff` into one."""
-        res = _CompactionResult()
-        for part in parts:
-            if self._compact_stop.is_set():
-                res.complete = False
-                break
-            try:
-                res.covered_removed += self.lake.finish_compactions(part)
-                groups: dict[tuple[str, int], list[Path]] = {}
-                for path, prefix, ns in self.lake.sequence_files(part):
-                    if prefix.startswith(FILE_PREFIX) and ns < cutoff:
-                        groups.setdefault((prefix, ns // self._roll_ns), []).append(path)
-                for files in groups.values():
-                    if len(files) < 2:
-                        continue  # already one file for its period
-                    self.lake.compact(part, files)
-                    t = part.table
-                    res.compactions[t] = res.compactions.get(t, 0) + 1
-                    res.files[t] = res.files.get(t, 0) + len(files)
-            except Exception:  # disk full...: the files stay as they are, retried next pass
-                log.exception("roll-up of %s failed", part)
-                res.errors += 1
-                res.failed.append(part)
-        return res
-
-    # ---- metrics server ----------------------------------------------------------------------
-
-    async def _start_metrics_server(self) -> None:
-        from aiohttp import web
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        async def metrics(request: web.Request) -> web.Response:
-            self._refresh_gauges()
-            body = generate_latest(self.metrics.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def health(request: web.Request) -> web.Response:
-            ok, body = self.health()
-            return web.json_response(body, status=200 if ok else 503)
-
-        async def stats(request: web.Request) -> web.Response:
-            return web.json_response(self.get_stats())
-
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/health", health)
-        app.router.add_get("/stats", stats)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.config.metrics_host, self.config.metrics_port)
-        await site.start()
-        self._metrics_runner = runner
-        self.metrics_port = int(runner.addresses[0][1])
-        log.info("metrics on http://%s:%s/metrics", self.config.metrics_host, self.metrics_port)
-
-    def _refresh_gauges(self) -> None:
-        now = time.time_ns()
-        for st, last in self._stream_last_ns.items():
-            self.metrics.since_last.labels(self.venue, st).set((now - last) / 1e9)
-        self.metrics.queue_depth.labels(self.venue).set(len(self._p_ns) + len(self._u_ns))
-
-
-class _FlushFailed(Exception):
-    """A flush that stopped part way: what is already on disk, and what is not."""
-
-    def __init__(
-        self,
-        cause: Exception,
-        *,
-        journal_done: bool,
-        leftover: Batch,
-        touched: list[tuple[Partition, int]] | None = None,
-    ) -> None:
-        super().__init__(repr(cause))
-        self.cause = cause
-        self.journal_done = journal_done
-        self.leftover = leftover
-        self.touched = touched or []  # partitions published before the failure
-
-
-def _retry_after_s(headers: dict[str, Any]) -> float | None:
-    for k, v in headers.items():
-        if k.lower() == "retry-after":
-            try:
-                return max(float(v), 0.0)
-            except (TypeError, ValueError):
-                return None
-    return None
 
 
 __all__ = ["BookView", "Capture", "CaptureConfig", "Episode"]

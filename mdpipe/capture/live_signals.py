@@ -286,7 +286,7 @@ def attach_live_signals(
     without live signals: recording the market must never depend on the detector.
     """
     try:
-        ls = LiveSignals(capture.lake, capture.venue, registry=capture.metrics.registry, **kwargs)
+        ls = LiveSignals(capture.lake, capture.venue, registry=capture.registry, **kwargs)
     except Exception:
         if required:
             raise

@@ -1,5 +1,7 @@
 """Prometheus metrics of the capture daemon. The names below are a contract: the Grafana dashboard
-in config/ queries them, so rename nothing without updating it.
+in config/ queries them, so rename nothing without updating it. Each is declared once, in
+mdpipe/capture/status.py (`Status`), which feeds /stats, /health and Prometheus from the same
+numbers; tests/capture check that the declarations and this list agree.
 
 | name | type | labels | meaning |
 |---|---|---|---|
@@ -33,7 +35,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -116,131 +117,3 @@ class LatencyTracker(Collector):
             buckets.append(("+Inf", int(cum[-1])))
             fam.add_metric([self.venue, stream], buckets, self.sums[stream])
         yield fam
-
-
-class CaptureMetrics:
-    """All capture metrics on a registry of their own (several captures may share a process)."""
-
-    def __init__(self, venue: str, registry: CollectorRegistry | None = None) -> None:
-        self.venue = venue
-        r = self.registry = registry or CollectorRegistry()
-        self.messages = Counter(
-            "mdpipe_capture_messages", "Websocket frames received", ["venue", "stream"], registry=r
-        )
-        self.bytes = Counter(
-            "mdpipe_capture_bytes",
-            "Bytes of websocket frames received",
-            ["venue", "stream"],
-            registry=r,
-        )
-        self.malformed = Counter(
-            "mdpipe_capture_malformed", "Frames that could not be used", ["venue"], registry=r
-        )
-        self.gaps = Counter(
-            "mdpipe_capture_gaps",
-            "Rows written to the gaps table",
-            ["venue", "symbol", "kind"],
-            registry=r,
-        )
-        self.resyncs = Counter(
-            "mdpipe_capture_resyncs",
-            "Snapshots applied after the first",
-            ["venue", "symbol"],
-            registry=r,
-        )
-        self.snapshot_errors = Counter(
-            "mdpipe_capture_snapshot_errors",
-            "Failed depth snapshot requests",
-            ["venue", "symbol", "status"],
-            registry=r,
-        )
-        self.reconnects = Counter(
-            "mdpipe_capture_reconnects", "Websocket reconnections", ["venue", "reason"], registry=r
-        )
-        self.latency = LatencyTracker(venue)
-        r.register(self.latency)
-        self.clock_offset = Gauge(
-            "mdpipe_capture_clock_offset_seconds",
-            "Exchange clock minus local clock",
-            ["venue"],
-            registry=r,
-        )
-        self.since_last = Gauge(
-            "mdpipe_capture_seconds_since_last_message",
-            "Seconds since the last frame of a stream",
-            ["venue", "stream"],
-            registry=r,
-        )
-        self.book_synced = Gauge(
-            "mdpipe_capture_book_synced",
-            "1 when the book is synced",
-            ["venue", "symbol"],
-            registry=r,
-        )
-        self.queue_depth = Gauge(
-            "mdpipe_capture_write_queue_depth",
-            "Received lines not yet published",
-            ["venue"],
-            registry=r,
-        )
-        self.files_published = Counter(
-            "mdpipe_capture_files_published",
-            "Files published to the lake",
-            ["venue", "table"],
-            registry=r,
-        )
-        self.rows_published = Counter(
-            "mdpipe_capture_rows_published", "Rows published", ["venue", "table"], registry=r
-        )
-        self.flush_duration = Histogram(
-            "mdpipe_capture_flush_duration_seconds",
-            "Journal write plus Parquet publish time per flush",
-            ["venue"],
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-            registry=r,
-        )
-        self.publish_delay = Gauge(
-            "mdpipe_capture_publish_delay_seconds",
-            "Oldest receive time to publish time in the last flush",
-            ["venue"],
-            registry=r,
-        )
-        self.connected = Gauge(
-            "mdpipe_capture_connected", "1 while the websocket is subscribed", ["venue"], registry=r
-        )
-        self.compactions = Counter(
-            "mdpipe_capture_compactions",
-            "Roll-up files written (one per partition and hour)",
-            ["venue", "table"],
-            registry=r,
-        )
-        self.files_compacted = Counter(
-            "mdpipe_capture_files_compacted",
-            "Published files merged into roll-ups",
-            ["venue", "table"],
-            registry=r,
-        )
-        self.compaction_errors = Counter(
-            "mdpipe_capture_compaction_errors",
-            "Partitions whose roll-up failed (retried by the next pass)",
-            ["venue"],
-            registry=r,
-        )
-        self.backfilled_trades = Counter(
-            "mdpipe_capture_backfilled_trades",
-            "Trades of trade-id holes fetched over REST and written to the lake",
-            ["venue", "symbol"],
-            registry=r,
-        )
-        self.backfill_failures = Counter(
-            "mdpipe_capture_backfill_failures",
-            "Trade-id holes not fully backfilled (REST error, cap reached, capture stopping)",
-            ["venue", "symbol"],
-            registry=r,
-        )
-        self.backfill_request_errors = Counter(
-            "mdpipe_capture_backfill_request_errors",
-            "Failed REST historicalTrades requests (each retried or ending its backfill)",
-            ["venue", "symbol", "status"],
-            registry=r,
-        )

@@ -57,14 +57,21 @@ async def wait_pos(
 ) -> None:
     """Wait for the replay to reach `pos`, then slow it down so what follows a fault (the
     resync, the reconnect) happens while the exchange is still streaming."""
-
-    async def _wait() -> None:
-        while sim._pos < pos and not sim.finished.is_set():
-            await asyncio.sleep(0.002)
-
-    await asyncio.wait_for(_wait(), timeout)
+    await asyncio.wait_for(sim.reached(pos).wait(), timeout)
     if then_speed is not None:
         sim.set_speed(then_speed)
+
+
+async def hold_until(
+    sim: ExchangeSim, cap: Capture, at: int, done: Callable[[], bool], timeout: float = 60.0
+) -> None:
+    """Replay nothing from position `at` on until `done()` holds for the capture: whatever the
+    machine's load, every event after `at` follows what `done` waited for (a resync, say)."""
+    sim.hold(at)
+    try:
+        await cap.events.wait_for(done, timeout)
+    finally:
+        sim.release()
 
 
 async def run_capture(
@@ -119,19 +126,15 @@ async def run_capture(
         await asyncio.wait_for(sim.finished.wait(), 120)
 
         # done when every trade the exchange delivered has been normalized
-        async def drained() -> None:
-            want = sum(len(st.sent_trade_ids) for st in sim.symbols.values()) - already_trades
-            while (
-                # trades on the wire when a connection closes are lost (and named in gaps)
-                sum(cap.stats.trades.values()) + cap_lost_trades(cap) < want
-                or cap._p_ns
-                or (
-                    require_synced and not all(cap.normalizer.is_synced(s) for s in symbols)  # type: ignore[attr-defined]
-                )
-            ):
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(drained(), 30)
+        want = sum(len(st.sent_trade_ids) for st in sim.symbols.values()) - already_trades
+        await cap.events.wait_for(
+            # trades on the wire when a connection closes are lost (and named in gaps)
+            lambda: (
+                cap.status.trades.total() + cap_lost_trades(cap) >= want
+                and cap.is_idle(synced=require_synced)
+            ),
+            30,
+        )
         async with (
             aiohttp.ClientSession() as s,
             s.get(f"http://127.0.0.1:{cap.metrics_port}/health") as r,

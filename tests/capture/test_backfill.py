@@ -28,57 +28,35 @@ async def _printed_more(sim: ExchangeSim, n: int) -> None:
 
     async def _wait() -> None:
         while any(len(_sym(sim, s).printed_trades) < start[s] + n for s in SYMBOLS):
-            await asyncio.sleep(0.005)
+            assert not sim.finished.is_set(), "the replay ended before the trades were printed"
+            await sim.reached(sim.position + 1).wait()
 
     await asyncio.wait_for(_wait(), 60)
 
 
 async def _backfills_done(cap: Capture, holes: int) -> None:
-    async def _wait() -> None:
-        # a hole's gap episode and its backfill task are made together, in _absorb
-        while (
-            sum(e.detail.startswith("trade ids") for e in cap.episodes) < holes
-            or cap._backfill_tasks
-        ):
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(_wait(), 60)
-
-
-def _gate(cap: Capture, gate: asyncio.Event) -> None:
-    """Hold the capture's reconnects until `gate` is set (the outage lasts as the test says)."""
-    connect = cap._connect_and_subscribe
-
-    async def gated() -> None:
-        await gate.wait()
-        await connect()
-
-    cap._connect_and_subscribe = gated  # type: ignore[method-assign]
+    # a hole's gap episode and its backfill task are made together, when its gap row is absorbed
+    await cap.events.wait_for(
+        lambda: (
+            sum(e.detail.startswith("trade ids") for e in cap.episodes) >= holes
+            and cap.backfills_running == 0
+        ),
+        60,
+    )
 
 
 def _drop_run(tmp: Path, history_error: dict[str, Any] | None = None, **config: Any) -> Run:
-    gate = asyncio.Event()
-    gate.set()
-
     async def outage(sim: ExchangeSim, cap: Capture) -> None:
         await wait_pos(sim, 10_000)
-        gate.clear()
+        cap.hold_dials()  # the outage lasts until the exchange printed what the test needs
         await sim.fault("drop", abort=False, keep_running=True)
         await _printed_more(sim, 100)  # the exchange prints while nobody listens
         if history_error is not None:
             await sim.fault("history_error", **history_error)
-        gate.set()
+        cap.release_dials()
         await _backfills_done(cap, len(SYMBOLS))
 
-    return asyncio.run(
-        run_capture(
-            tmp,
-            limit_events=LIMIT,
-            steps=[outage],
-            prepare=lambda cap: _gate(cap, gate),
-            **config,
-        )
-    )
+    return asyncio.run(run_capture(tmp, limit_events=LIMIT, steps=[outage], **config))
 
 
 def _hole(run: Run, symbol: str) -> tuple[int, int]:

@@ -12,7 +12,7 @@ import pytest
 from mdpipe.capture.daemon import Capture, CaptureConfig
 from mdpipe.lake import iter_journal_lines
 from mdpipe.venues.binance.simulator import ExchangeSim
-from tests.capture.conftest import Run, run_capture, wait_pos
+from tests.capture.conftest import Run, hold_until, run_capture, wait_pos
 
 BTC_TRADES = list(range(3735683259, 3735703162 + 1))
 ETH_TRADES = list(range(1520538925, 1520553439 + 1))
@@ -75,6 +75,9 @@ def test_sequence_gap_resyncs_only_that_symbol_while_others_and_trades_flow(
         # for a while and we can watch BTC and ETH trades keep flowing meanwhile
         await sim.fault(f"snapshot_{refusal}", symbol="ETH/USDT", retry_after=0.6)
         await sim.fault("skip", symbol="ETH/USDT", count=3)
+        # the replay waits at 12,000 for ETH's second snapshot, so the 8,000 events after it
+        # follow the resync however slow the machine is
+        await hold_until(sim, cap, 12_000, lambda: cap.status.snapshots.value("ETH/USDT") >= 2)
 
     run = asyncio.run(run_capture(tmp_path, limit_events=20_000, steps=[inject]))
     skipped = run.sim.symbols["ethusdt"].skipped_update_ids
@@ -226,18 +229,20 @@ def test_planned_reconnect_switches_connections_without_a_hole(tmp_path: Path) -
 def test_metrics_endpoint_exposes_the_documented_names(tmp_path: Path) -> None:
     from mdpipe.capture.metrics import METRIC_NAMES
 
+    scraped: list[str] = []
+
     async def scrape(sim: ExchangeSim, cap: Capture) -> None:
         await wait_pos(sim, 5_000, then_speed=None)
-        await asyncio.sleep(0.3)
+        # after a flush, so that the publish metrics have samples
+        await cap.events.wait_for(lambda: cap.status.flushes.total() > 0)
         async with (
             aiohttp.ClientSession() as s,
             s.get(f"http://127.0.0.1:{cap.metrics_port}/metrics") as r,
         ):
-            text = await r.text()
-        cap._scraped = text  # type: ignore[attr-defined]
+            scraped.append(await r.text())
 
-    run = asyncio.run(run_capture(tmp_path, limit_events=8_000, steps=[scrape]))
-    text = run.cap._scraped  # type: ignore[attr-defined]
+    asyncio.run(run_capture(tmp_path, limit_events=8_000, steps=[scrape]))
+    (text,) = scraped
     for name in METRIC_NAMES:
         assert name in text, name
     assert 'mdpipe_capture_messages_total{stream="btcusdt@trade",venue="binance"}' in text
@@ -250,7 +255,7 @@ def test_backoff_is_exponential_with_equal_jitter_and_capped() -> None:
     )
     for attempt in range(12):
         step = min(60.0, 2.0**attempt)
-        draws = [cap._backoff(attempt) for _ in range(200)]
+        draws = [cap.backoff_s(attempt) for _ in range(200)]
         assert all(step / 2 <= d <= step for d in draws)
         assert max(draws) - min(draws) > step / 4  # jittered, not a fixed delay
 

@@ -24,7 +24,7 @@ from mdpipe.capture.daemon import Capture
 from mdpipe.core.book import L2Book
 from mdpipe.lake import iter_journal_lines
 from mdpipe.venues.binance.simulator import ExchangeSim, load_recording_cached
-from tests.capture.conftest import BTC_FILES, Run, run_capture, wait_pos
+from tests.capture.conftest import BTC_FILES, Run, hold_until, run_capture, wait_pos
 from tests.capture.test_capture_live import assert_trades_exactly_once
 
 SYM = "BTC/USDT"
@@ -98,6 +98,9 @@ def run_with_crossing(tmp: Path, alt: Altered) -> Run:
 
     async def slow_down_before_f1(sim: ExchangeSim, cap: Capture) -> None:
         await wait_pos(sim, f1_pos - 300, then_speed=20.0)
+        # the replay waits 300 events after F2 for the resync snapshot, so the events after it
+        # follow the resync however slow the machine is
+        await hold_until(sim, cap, f1_pos + 300, lambda: cap.status.snapshots.value(SYM) >= 2)
 
     return asyncio.run(
         run_capture(

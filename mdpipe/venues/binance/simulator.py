@@ -329,6 +329,10 @@ class ExchangeSim:
         self._reanchor = False
         self.finished = asyncio.Event()
         self.started = asyncio.Event()
+        # replay position events and the hold (see reached(), hold(), release())
+        self._reached: list[tuple[int, asyncio.Event]] = []
+        self._hold_at: int | None = None
+        self._released = asyncio.Event()
         self.frames_sent = 0
         self.faults_applied: list[dict[str, Any]] = []
         self.snapshot_requests = 0
@@ -456,6 +460,40 @@ class ExchangeSim:
         self.faults_applied.append(rec)
         log.info("fault injected: %s", rec)
         return rec
+
+    @property
+    def position(self) -> int:
+        """Events replayed so far (of this lap)."""
+        return self._pos
+
+    def reached(self, pos: int) -> asyncio.Event:
+        """An event set once `pos` events have been replayed, or the replay has finished."""
+        ev = asyncio.Event()
+        if self._pos >= pos or self.finished.is_set():
+            ev.set()
+        else:
+            self._reached.append((pos, ev))
+        return ev
+
+    def hold(self, at: int) -> None:
+        """Replay no event from position `at` on until `release()`: a test that needs N events
+        after something (a resync) holds the replay until it happened, whatever the load."""
+        if at < 0:
+            raise ValueError(f"hold position must be >= 0, got {at!r}")
+        self._hold_at = at
+        self._released.clear()
+
+    def release(self) -> None:
+        """End a hold: the replay goes on from where it stopped."""
+        self._hold_at = None
+        self._released.set()
+
+    def _signal_reached(self) -> None:
+        if self._reached:
+            done = [(p, e) for p, e in self._reached if self._pos >= p or self.finished.is_set()]
+            for item in done:
+                item[1].set()
+                self._reached.remove(item)
 
     def set_speed(self, speed: float | None) -> None:
         """Change the replay speed from the current position on (None: as fast as possible)."""
@@ -804,6 +842,11 @@ class ExchangeSim:
                         st.snapshot_id_shift = self._spans[st.sym][1] * self.lap
                 continue
             waited = await self._wait_ready()
+            if self._hold_at is not None and self._pos >= self._hold_at:
+                t_hold = time.monotonic()
+                await self._released.wait()
+                wall0 += waited + time.monotonic() - t_hold  # the hold does not count as lag
+                continue  # re-check subscribers and faults after the hold
             now = time.monotonic()
             if now < self._silent_until and not self._silence_lose:
                 await asyncio.sleep(self._silent_until - now)
@@ -843,6 +886,7 @@ class ExchangeSim:
                         await self._send(c, bad, as_recorded=True)
             self._pos += 1
             await self._emit(ev, silent=time.monotonic() < self._silent_until)
+            self._signal_reached()
             since_yield += 1
             # events recorded at the same instant go out together (no yield between them)
             if since_yield >= 64 and (
@@ -851,6 +895,7 @@ class ExchangeSim:
                 since_yield = 0
                 await asyncio.sleep(0)
         self.finished.set()
+        self._signal_reached()
         log.info("replay finished: %d events, %d frames sent", len(events), self.frames_sent)
 
     async def _emit(self, ev: _Event, silent: bool) -> None:
