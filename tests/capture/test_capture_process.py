@@ -38,9 +38,25 @@ def lake_files(lake: Path) -> dict[Path, tuple[int, int]]:
     }
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 60.0) -> None:
+# Upper bounds only: each wait ends as soon as its condition holds. A capture process starting
+# on a loaded machine (imports, numba cache loads) can take tens of seconds, and the exchange
+# pauses its replay while nobody is subscribed, so waiting longer never changes what is tested.
+PATIENCE_S = 300.0
+
+
+async def wait_for(
+    cond: Callable[[], bool], proc: asyncio.subprocess.Process, timeout: float = PATIENCE_S
+) -> None:
+    """Wait until `cond()` holds; fail at once, with its stderr, if the process exits first."""
+
     async def _w() -> None:
         while not cond():
+            if proc.returncode is not None:
+                err = await proc.stderr.read() if proc.stderr else b""
+                raise AssertionError(
+                    f"capture exited {proc.returncode} before the condition held: "
+                    + err.decode()[-2000:]
+                )
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(_w(), timeout)
@@ -83,9 +99,9 @@ def test_sigterm_sigkill_and_restart_keep_the_lake_consistent(tmp_path: Path) ->
         try:
             # run 1: SIGTERM mid-stream flushes everything received
             p = await start()
-            await wait_for(lambda: n_trade_files() >= 4)
+            await wait_for(lambda: n_trade_files() >= 4, p)
             p.send_signal(signal.SIGTERM)
-            out, err = await asyncio.wait_for(p.communicate(), 30)
+            out, err = await asyncio.wait_for(p.communicate(), PATIENCE_S)
             assert p.returncode == 0, err.decode()[-2000:]
             assert b"capture stopped" in out
             trades = check_lake(lake)
@@ -103,10 +119,10 @@ def test_sigterm_sigkill_and_restart_keep_the_lake_consistent(tmp_path: Path) ->
             # run 2: SIGKILL mid-stream; published files are whole, earlier ones untouched
             p = await start()
             await wait_for(
-                lambda: n_trade_files() >= len([f for f in run1 if "trades" in f.parts]) + 4
+                lambda: n_trade_files() >= len([f for f in run1 if "trades" in f.parts]) + 4, p
             )
             p.kill()
-            await asyncio.wait_for(p.communicate(), 30)
+            await asyncio.wait_for(p.communicate(), PATIENCE_S)
             trades = check_lake(lake)
             assert {f: lake_files(lake).get(f) for f in run1} == run1
             journal = journal_trade_ids(lake)
@@ -118,10 +134,10 @@ def test_sigterm_sigkill_and_restart_keep_the_lake_consistent(tmp_path: Path) ->
             # run 3: restart continues with new files and names what the kill lost
             p = await start()
             await wait_for(
-                lambda: n_trade_files() >= len([f for f in run2 if "trades" in f.parts]) + 4
+                lambda: n_trade_files() >= len([f for f in run2 if "trades" in f.parts]) + 4, p
             )
             p.send_signal(signal.SIGTERM)
-            _, err = await asyncio.wait_for(p.communicate(), 30)
+            _, err = await asyncio.wait_for(p.communicate(), PATIENCE_S)
             assert p.returncode == 0, err.decode()[-2000:]
             assert {f: lake_files(lake).get(f) for f in run2} == run2
             trades = check_lake(lake)
