@@ -174,6 +174,7 @@ def main() -> None:
     ap.add_argument(
         "--copies", type=int, default=6, help="11-minute copies per symbol (6 = 66 min)"
     )
+    ap.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -208,6 +209,8 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
+    if args.no_append:
+        return
     with open(RESULTS, "a") as f:
         f.write(text)
 

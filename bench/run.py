@@ -27,13 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 ORDER = ("import", "core", "pipeline", "capture")
 
-# import_bench.py always appends to RESULTS.md; without --record it runs with its RESULTS
-# pointed at the null device.
-_IMPORT_NO_RECORD = (
-    "import sys, os; sys.path.insert(0, {root!r}); sys.argv = ['import_bench.py', *{args!r}]; "
-    "import bench.import_bench as b; b.RESULTS = __import__('pathlib').Path(os.devnull); b.main()"
-)
-
 
 def commands(quick: bool, record: bool) -> dict[str, list[str]]:
     py = sys.executable
@@ -41,9 +34,12 @@ def commands(quick: bool, record: bool) -> dict[str, list[str]]:
     core_args = ["--copies", "8", "--naive-events", "2000"] if quick else []
     cap_args = ["--seconds", "40", "--fast-seconds", "40", "--no-baseline"] if quick else []
     cmds = {
-        "import": [py, str(BENCH / "import_bench.py"), *imp_args]
-        if record
-        else [py, "-c", _IMPORT_NO_RECORD.format(root=str(ROOT), args=imp_args)],
+        "import": [
+            py,
+            str(BENCH / "import_bench.py"),
+            *imp_args,
+            *([] if record else ["--no-append"]),
+        ],
         "core": [py, str(BENCH / "core.py"), *core_args, *([] if record else ["--no-append"])],
         "pipeline": [py, str(BENCH / "pipeline.py"), *([] if record else ["--no-write"])],
         "capture": [py, str(BENCH / "capture.py"), *cap_args, *([] if record else ["--no-record"])],
@@ -69,8 +65,7 @@ def main() -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     failed = []
     for name, cmd in cmds.items():
-        print(f"\n==== {name}: {' '.join(cmd[:2])} {' '.join(cmd[2:]) if cmd[1] != '-c' else ''}",
-              flush=True)  # fmt: skip
+        print(f"\n==== {name}: {' '.join(cmd[1:])}", flush=True)
         t0 = time.perf_counter()
         rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
         print(f"==== {name}: exit {rc} after {time.perf_counter() - t0:.0f} s", flush=True)
