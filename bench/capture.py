@@ -107,7 +107,7 @@ async def run_capture(
     lake = Path(tempfile.mkdtemp(prefix="capture-bench-", dir=ROOT / "bench" / "out"))
     port = 19000 + os.getpid() % 1000
     cmd = [
-        "taskset", "-c", "0", sys.executable, "-m", "capture", "capture",
+        "taskset", "-c", "0", sys.executable, "-m", "mdpipe.capture", "capture",
         "--symbols", "BTC/USDT,ETH/USDT", "--ws-url", sim.ws_url, "--rest-url", sim.rest_url,
         "--lake", str(lake), "--flush-interval", str(flush), "--metrics-port", str(port),
         "--log-level", "WARNING",

@@ -31,7 +31,7 @@ RUN_SECONDS = 30.0
 def test_capture_from_real_binance_cross_checks(tmp_path: Path) -> None:
     lake_dir = tmp_path / "lake"
     cmd = [
-        sys.executable, "-m", "capture", "capture", "--venue", "binance",
+        sys.executable, "-m", "mdpipe.capture", "capture", "--venue", "binance",
         "--symbols", ",".join(SYMBOLS), "--lake", str(lake_dir), "--flush-interval", "2",
         "--log-level", "WARNING",
     ]  # fmt: skip
