@@ -20,7 +20,7 @@ from mdpipe.alerts.metrics import (
     LedgerCollector,
     SignalMetrics,
 )
-from mdpipe.capture.metrics import CaptureMetrics
+from mdpipe.capture.status import Status
 
 from .conftest import make_signal
 
@@ -61,7 +61,7 @@ def exported(registry: CollectorRegistry) -> set[str]:
 
 def test_every_dashboard_metric_is_exported(tmp_path: Path) -> None:
     # the registry the capture process serves: capture metrics + the online engine's + ledger's
-    reg = CaptureMetrics("binance").registry
+    reg = Status("binance", ("BTC/USDT",)).registry
     sm = SignalMetrics(reg)
     sm.signals.labels("binance", "BTC/USDT", "drift").inc()
     sm.active.add("binance", "BTC/USDT", "drift", 0)
