@@ -182,19 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plugins() -> list[Callable[[Any], None]]:
-    """Subcommands that live in other packages (capture, pipeline, alerts) register here."""
-    import importlib
+    """Subcommands that live in other packages (capture, pipeline, alerts) register here; they
+    always ship with mdpipe, and are imported when the parser is built, not at import."""
+    from mdpipe.alerts.cli import register_cli as alerts_cli
+    from mdpipe.capture.cli import register_cli as capture_cli
+    from mdpipe.run import register_cli as run_cli
 
-    out = []
-    for mod in ("mdpipe.capture.cli", "mdpipe.run", "mdpipe.alerts.cli"):
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name and (e.name == mod or mod.startswith(e.name + ".")):
-                continue
-            raise
-        out.append(m.register_cli)
-    return out
+    return [capture_cli, run_cli, alerts_cli]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

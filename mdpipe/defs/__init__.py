@@ -33,7 +33,6 @@ model and configured at launch: `features` and `detectors` (the features/signals
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from typing import TYPE_CHECKING
 
@@ -75,10 +74,6 @@ def build_defs(lake_path: str = "", settings: Settings | None = None) -> dg.Defi
 
         settings = load_settings()
     defs = core_defs(lake_path, settings)
-    try:
-        alerts = importlib.import_module("mdpipe.defs.alerts")
-    except ModuleNotFoundError as e:
-        if e.name != "mdpipe.defs.alerts":
-            raise
-        return defs
-    return dg.Definitions.merge(defs, alerts.build_alert_defs(settings=settings))
+    from mdpipe.defs.alerts import build_alert_defs
+
+    return dg.Definitions.merge(defs, build_alert_defs(settings=settings))
