@@ -27,7 +27,14 @@ import polars as pl
 from rich.progress import Progress, TaskID
 
 from mdpipe import venues
-from mdpipe.lake import JournalReader, Lake, Partition, PartitionWriter, split_by_date
+from mdpipe.lake import (
+    JournalReader,
+    Lake,
+    Partition,
+    PartitionWriter,
+    epoch_ns,
+    split_by_date,
+)
 from mdpipe.venues import Batch, DumpFile, LineError, Normalizer, RawLines, Venue
 
 JOURNAL_SUFFIXES = (".gz", ".jsonl", ".txt", ".log", ".json")
@@ -90,8 +97,7 @@ def _first_recv_ns(head: list[bytes]) -> int:
     for line in head:
         ts = line.partition(b" ")[0]
         if ts.isdigit():
-            t = int(ts)
-            return t * (1_000_000 if t < 10**14 else (1_000 if t < 10**17 else 1))
+            return epoch_ns(int(ts))
     return 0
 
 

@@ -17,6 +17,8 @@ from mdpipe.lake.journal import (
     JournalProblem,
     JournalReader,
     JournalWriter,
+    epoch_ns,
+    epoch_ns_expr,
     iter_journal_lines,
     read_journal,
 )
@@ -73,6 +75,8 @@ __all__ = [
     "JournalProblem",
     "JournalReader",
     "JournalWriter",
+    "epoch_ns",
+    "epoch_ns_expr",
     "Lake",
     "LakeLocationError",
     "Partition",

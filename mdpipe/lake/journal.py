@@ -69,6 +69,24 @@ class JournalError(ValueError):
         self.problem = problem
 
 
+# An epoch time's unit told by its size (10**14 ms is the year 5138; 10**17 us, 5138 too):
+# the one rule for journal receive times and for venues' dump timestamps.
+MS_BELOW = 10**14
+US_BELOW = 10**17
+
+
+def epoch_ns(t: int) -> int:
+    """An epoch time in ms, us or ns (told by size) as ns."""
+    return t * (1_000_000 if t < MS_BELOW else 1_000 if t < US_BELOW else 1)
+
+
+def epoch_ns_expr(t: pl.Expr) -> pl.Expr:
+    """:func:`epoch_ns` as a polars expression."""
+    return (
+        pl.when(t < MS_BELOW).then(t * 1_000_000).when(t < US_BELOW).then(t * 1_000).otherwise(t)
+    )
+
+
 class JournalReader:
     """Reads one journal file in slices of whole lines (memory bounded for any file size).
 
@@ -203,14 +221,7 @@ class JournalReader:
                     JournalProblem(self.source, int(line) + 1, f"expected {LINE_FORMAT}", raw)
                 )
             df = df.filter(good)
-        ts = pl.col("ts")
-        recv = (
-            pl.when(ts < 10**14)
-            .then(ts * 1_000_000)
-            .when(ts < 10**17)
-            .then(ts * 1_000)
-            .otherwise(ts)
-        )
+        recv = epoch_ns_expr(pl.col("ts"))
         return df.select(recv_ts_ns=recv, text="text", line=pl.col("line") + 1)
 
 

@@ -124,7 +124,8 @@ def test_bad_lines_are_named_by_file_and_line_and_never_passed_on(tmp_path: Path
     msgs = [str(p) for p in problems]
     expected = "expected '<local receive time in ns, µs or ms since the epoch> <raw message>'"
     assert msgs == [
-        f"{path}:6: not UTF-8 text (byte 25: b'\\xe9'): " + repr('1723161600000000002 {"caf\ufffd":4}'),
+        f"{path}:6: not UTF-8 text (byte 25: b'\\xe9'): "
+        + repr('1723161600000000002 {"caf\ufffd":4}'),
         f"{path}:3: {expected}: " + repr('garbage-without-a-time {"a":2}'),
         f"{path}:4: {expected}: " + repr('-5 {"a":3}'),
         f"{path}:5: {expected}: " + repr("1723161600000000001"),
@@ -171,3 +172,16 @@ def test_a_real_recording_reads_the_same_through_the_reader_and_plain_gzip() -> 
     got = read_journal(path)
     assert len(got) == len(plain) > 10_000
     assert [(str(ts), t) for ts, t, _ in got] == [(a, b) for a, b in plain]
+
+
+def test_epoch_units_are_told_by_size_one_rule_for_scalars_and_frames() -> None:
+    import polars as pl
+
+    from mdpipe.lake import epoch_ns, epoch_ns_expr
+
+    ns = 1_723_161_600_123_456_789  # 2024-08-09 00:00:00.123456789 UTC
+    given = [ns // 1_000_000, ns // 1_000, ns]  # ms, us, ns
+    want = [ns // 1_000_000 * 1_000_000, ns // 1_000 * 1_000, ns]
+    assert [epoch_ns(t) for t in given] == want
+    got = pl.DataFrame({"t": given}).select(epoch_ns_expr(pl.col("t")))["t"].to_list()
+    assert got == want

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
+from mdpipe.lake import epoch_ns_expr
 from mdpipe.venues.base import Batch, DumpFile, LineError
 from mdpipe.venues.binance.common import unified_symbol
 
@@ -117,11 +118,7 @@ def read_dump(venue: str, path: Path, data: bytes, dump: DumpFile) -> Batch:
     df = df.filter(~pl.any_horizontal([pl.col(c).is_null() for c in need]))
     tcol = "transact_time" if agg else "time"
     # Binance switched spot dumps from ms to µs timestamps in 2025: detect per row.
-    ts_ns = (
-        pl.when(pl.col(tcol) < 10**14)
-        .then(pl.col(tcol) * 1_000_000)
-        .otherwise(pl.col(tcol) * 1_000)
-    )
+    ts_ns = epoch_ns_expr(pl.col(tcol))
     sym = unified_symbol(dump.symbol_hint, venue)
     side = pl.when(pl.col("maker")).then(pl.lit("sell")).otherwise(pl.lit("buy"))
     common = dict(
