@@ -5,6 +5,7 @@
     [backtest]    mdpipe.core.config.BacktestConfig            (costs, barriers, CV, thresholds)
     [alerts]      mdpipe.alerts.config.AlertConfig             (delivery policy, sensor lookback)
     [capture]     mdpipe.capture.config.CaptureConfig          (venue, symbols, intervals, ...)
+    [cross_venue] mdpipe.core.crossvenue.CrossVenueConfig      (basis grid, lead-lag, detector)
 
 Each section IS the validated dataclass named above: this module holds no copy of a field, a
 default or a range. It finds the file, merges the layers, converts text to each field's type,
@@ -19,7 +20,8 @@ exists, else nothing (the defaults). Layers, lowest priority first:
 `--set key=value` without a section works when exactly one section has that key.
 
 `settings_id` (`mdpipe.core.config.settings_id`) is the short hash of the effective
-`[features]` and `[detectors]`: batch and live signal rows carry it.
+`[features]` and `[detectors]`: batch and live signal rows carry it. `cross_venue` signal rows
+carry `Settings.cross_venue_settings_id`, which hashes `[cross_venue]` as well (it decides them).
 
 The `[capture]` section is kept as validated overrides rather than a `CaptureConfig`, because a
 `CaptureConfig` needs its symbols, which usually come from the command line when capture
@@ -44,6 +46,7 @@ from typing import Any
 from mdpipe.alerts.config import AlertConfig
 from mdpipe.capture.config import CaptureConfig
 from mdpipe.core.config import BacktestConfig, settings_id
+from mdpipe.core.crossvenue import CrossVenueConfig
 from mdpipe.core.detectors.ensemble import DetectorConfig
 from mdpipe.core.features import FeatureConfig
 
@@ -55,6 +58,7 @@ SECTIONS: dict[str, type] = {
     "backtest": BacktestConfig,
     "alerts": AlertConfig,
     "capture": CaptureConfig,
+    "cross_venue": CrossVenueConfig,
 }
 # sections whose values decide which signals are emitted (what settings_id hashes)
 SIGNAL_SECTIONS = ("features", "detectors")
@@ -217,10 +221,17 @@ class Settings:
     # validated `CaptureConfig` overrides; `capture_config()` adds the symbols and flags
     capture: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
     source: str | None = None  # the file these came from, if any
+    cross_venue: CrossVenueConfig = field(default_factory=CrossVenueConfig)
 
     @property
     def settings_id(self) -> str:
         return settings_id(self.features, self.detectors)
+
+    @property
+    def cross_venue_settings_id(self) -> str:
+        """The id `cross_venue` signal rows carry: `[features]`, `[detectors]` and
+        `[cross_venue]` (which decides them)."""
+        return settings_id(self.features, self.detectors, self.cross_venue)
 
     def capture_config(self, **overrides: Any) -> CaptureConfig:
         """The `CaptureConfig` of these settings with a command's flags on top."""
@@ -238,7 +249,8 @@ class Settings:
         the run does not depend on what the code location discovered)."""
         return {
             "resources": {
-                s: {"config": self.section(s)} for s in ("features", "detectors", "backtest")
+                s: {"config": self.section(s)}
+                for s in ("features", "detectors", "backtest", "cross_venue")
             }
         }
 

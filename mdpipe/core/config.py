@@ -189,15 +189,19 @@ def _canonical(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def settings_id(features: Any, detectors: Any) -> str:
+def settings_id(features: Any, detectors: Any, cross_venue: Any = None) -> str:
     """Short id of the effective feature and detector settings (a `FeatureConfig` and a
     `DetectorConfig`): the first 12 hex digits of sha256 over their canonical JSON. Every
     signal row carries it, so signals computed with different settings never mix unnoticed;
     backtest, alert and capture settings do not change what a detector emits and are not in it.
+    With `cross_venue` (a `CrossVenueConfig`), its fields are hashed too: the id of
+    `cross_venue` signals, which those settings decide; without it the id is unchanged.
     """
     import hashlib
     import json
 
     doc = {"detectors": _canonical(detectors), "features": _canonical(features)}
+    if cross_venue is not None:
+        doc["cross_venue"] = _canonical(cross_venue)
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()[:SETTINGS_ID_LENGTH]

@@ -74,9 +74,9 @@ class CrossVenueConfig:
     lead_window_ms     the lead window when `leader` is set; a measured lead uses its own lag.
     k_spreads          leader move (bps) must exceed this many follower spreads (bps).
     follower_max_frac  the follower counts as not moved below this fraction of the leader's move.
-    cooldown_seconds   least time between two signals of one trigger for one follower.
+    signal_cooldown_seconds   least time between two signals of one trigger for one follower.
     history_events     mid changes kept per market for the lead window (bounded state).
-    warmup_seconds     seconds of the previous day replayed without output to warm up.
+    prev_day_warmup_seconds     seconds of the previous day replayed without output to warm up.
     """
 
     grid_ms: int = 100
@@ -95,9 +95,9 @@ class CrossVenueConfig:
     lead_window_ms: float = 500.0
     k_spreads: float = 3.0
     follower_max_frac: float = 0.25
-    cooldown_seconds: float = 30.0
+    signal_cooldown_seconds: float = 30.0
     history_events: int = 4096
-    warmup_seconds: float = 600.0
+    prev_day_warmup_seconds: float = 600.0
 
     def __post_init__(self) -> None:
         def num(name: str, *, zero: bool = False, neg: bool = False) -> float:
@@ -147,9 +147,9 @@ class CrossVenueConfig:
         num("lead_window_ms")
         num("k_spreads")
         num("follower_max_frac", zero=True)
-        num("cooldown_seconds", zero=True)
+        num("signal_cooldown_seconds", zero=True)
         integer("history_events", 2)
-        num("warmup_seconds", zero=True)
+        num("prev_day_warmup_seconds", zero=True)
 
     @property
     def grid_ns(self) -> int:
@@ -283,7 +283,7 @@ def new_cross_state(
     )
     p["k_spreads"] = config.k_spreads
     p["follower_max_frac"] = config.follower_max_frac
-    p["cooldown_ns"] = round(config.cooldown_seconds * 1e9)
+    p["cooldown_ns"] = round(config.signal_cooldown_seconds * 1e9)
     p["emit_from_ns"] = emit_from_ns
     c = config.history_events
     return CrossState(

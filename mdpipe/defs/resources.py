@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from mdpipe.settings import Settings
 
 # the settings sections the pipeline's assets take, by resource key
-PIPELINE_SECTIONS = ("features", "detectors", "backtest")
+PIPELINE_SECTIONS = ("features", "detectors", "backtest", "cross_venue")
 _PY_TYPES: dict[str, Any] = {
     "float": float,
     "int": int,
@@ -99,7 +99,7 @@ def section_resource(
             typ | None if info.optional else typ,
             pydantic.Field(default=default, description=info.description),
         )
-    cls_name = f"{section.capitalize()}Resource"
+    cls_name = "".join(w.capitalize() for w in section.split("_")) + "Resource"
     model = pydantic.create_model(
         cls_name,
         __base__=base,
@@ -131,3 +131,4 @@ def pipeline_resources(settings: Settings | None = None) -> dict[str, Any]:
 FeaturesResource = _default_classes()["features"]
 DetectorsResource = _default_classes()["detectors"]
 BacktestResource = _default_classes()["backtest"]
+CrossVenueResource = _default_classes()["cross_venue"]

@@ -45,11 +45,13 @@ from mdpipe.lake.store import (
     PartitionWriter,
 )
 from mdpipe.lake.tables import (
+    CROSS_SIGNALS_TABLE,
     GAP_KINDS,
     NS_PER_DAY,
     ROW_KEYS,
     SCHEMAS,
     TIME_COLUMNS,
+    UNDERLYING_TABLES,
     conform,
     date_of_ns,
     day_start_ns,
@@ -61,6 +63,8 @@ from mdpipe.lake.tables import (
 
 __all__ = [
     "CATALOG_NAME",
+    "CROSS_SIGNALS_TABLE",
+    "UNDERLYING_TABLES",
     "COMPACT_READ_FILES",
     "DEFAULT_LAKE",
     "GAP_KINDS",

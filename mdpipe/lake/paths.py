@@ -95,6 +95,13 @@ def partition_dir(root: Path, table: str, venue: str, symbol: str, date: str) ->
     return root / table / f"venue={venue}" / f"symbol={symbol_to_path(symbol)}" / f"date={date}"
 
 
+def underlying_dir(root: Path, table: str, underlying: str, date: str) -> Path:
+    """The folder of a day x underlying partition (``tables.UNDERLYING_TABLES``)."""
+    if not SAFE_NAME.match(underlying) or "=" in underlying:
+        raise ValueError(f"an underlying is a plain asset name like 'BTC', got {underlying!r}")
+    return root / table / f"underlying={underlying}" / f"date={date}"
+
+
 def raw_dir(root: Path, venue: str, date: str) -> Path:
     """The folder of a venue's raw journal files of one UTC day (by receive time)."""
     return root / RAW_DIR / f"venue={venue}" / f"date={date}"

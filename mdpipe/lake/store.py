@@ -42,7 +42,7 @@ from mdpipe.lake.paths import (
     rollup_name,
     symbol_to_path,
 )
-from mdpipe.lake.tables import ROW_KEYS, SCHEMAS, conform
+from mdpipe.lake.tables import ROW_KEYS, SCHEMAS, UNDERLYING_TABLES, conform
 
 ROW_GROUP_ROWS = 131_072  # rows a streaming writer buffers per Parquet row group
 COMPACT_READ_FILES = 64  # files read at once while merging (rows stream out in row groups)
@@ -208,6 +208,48 @@ class Lake:
                 f.unlink(missing_ok=True)
         return final
 
+    # ---- day x underlying partitions (tables.UNDERLYING_TABLES) ---------------------------
+    def underlying_dir(self, table: str, underlying: str, date: str) -> Path:
+        return paths.underlying_dir(self.root, table, underlying, date)
+
+    def underlying_files(
+        self, table: str, underlying: str | None = None, dates: str | Sequence[str] | None = None
+    ) -> list[Path]:
+        """Published Parquet files of a day x underlying table."""
+        base = self.root / table
+        if not base.is_dir():
+            return []
+        u = f"underlying={underlying}" if underlying else "underlying=*"
+        if isinstance(dates, str):
+            dates = [dates]
+        out: list[Path] = []
+        for d in dates if dates is not None else ["*"]:
+            out.extend(base.glob(f"{u}/date={d}/*.parquet"))
+        return sorted(p for p in out if not p.name.startswith(TMP_PREFIX))
+
+    def read_underlying(
+        self, table: str, underlying: str | None = None, dates: str | Sequence[str] | None = None
+    ) -> pl.DataFrame:
+        files = self.underlying_files(table, underlying, dates)
+        if not files:
+            return pl.DataFrame()
+        return pl.read_parquet(files, hive_partitioning=False, missing_columns="insert")
+
+    def replace_underlying_partition(
+        self, table: str, underlying: str, date: str, df: pl.DataFrame
+    ) -> Path:
+        """Make ``df`` the whole content of a day x underlying partition (atomic, as
+        :meth:`replace_partition`)."""
+        if table not in UNDERLYING_TABLES:
+            raise ValueError(f"{table!r} is not a day x underlying table: {UNDERLYING_TABLES}")
+        final = self.underlying_dir(table, underlying, date) / "part-0.parquet"
+        with atomic_target(final) as tmp:
+            df.write_parquet(tmp, compression="zstd", statistics=True)
+        for f in final.parent.glob("*.parquet"):
+            if f != final:
+                f.unlink(missing_ok=True)
+        return final
+
     # ---- roll-ups (see the module docstring) --------------------------------------------
     def sequence_files(self, part: Partition) -> list[tuple[Path, str, int]]:
         """The partition's sequence-named files no roll-up covers, as (path, prefix, ns), in
@@ -331,9 +373,11 @@ class Lake:
                 for table in names:
                     view = table.split("/")[-1] if table.startswith("derived/") else table
                     view = view.replace("/", "_")
-                    files = self.files(table)
+                    by_underlying = table in UNDERLYING_TABLES
+                    files = self.underlying_files(table) if by_underlying else self.files(table)
                     if files:
-                        glob = str(self.root / table / "*" / "*" / "*" / "*.parquet")
+                        levels = ("*", "*") if by_underlying else ("*", "*", "*")
+                        glob = str(self.root.joinpath(table, *levels, "*.parquet"))
                         con.execute(
                             f'CREATE OR REPLACE VIEW "{view}" AS SELECT * EXCLUDE (filename), '
                             "CAST(regexp_extract(filename, 'date=([0-9-]+)', 1) AS DATE) AS date "

@@ -93,6 +93,13 @@ TIME_COLUMNS: dict[str, str] = {
 }
 RECV_COLUMN = "recv_ts_ns"  # the fallback where a row's time column is null
 
+# Cross-venue tables, partitioned by day x underlying (``BTC``, ``ETH``) instead of by market:
+# ``<lake>/derived/<asset>/underlying=<BASE>/date=<YYYY-MM-DD>/*.parquet``. Their columns are
+# the core's (``mdpipe.core.crossvenue.BASIS_COLUMNS``, ``LEAD_LAG_COLUMNS``). Cross-venue
+# signals are per follower market, ``derived/cross_signals`` (the ``signals`` columns).
+UNDERLYING_TABLES = ("derived/basis", "derived/lead_lag")
+CROSS_SIGNALS_TABLE = "derived/cross_signals"
+
 GAP_KINDS = ("sequence_gap", "resync", "reconnect", "stale", "no_snapshot", "backfill")
 
 

@@ -36,7 +36,14 @@ from mdpipe.core.config import BacktestConfig
 from mdpipe.core.cv import check_no_leakage, make_cv_folds
 from mdpipe.core.labels import PricePath, TradePath, make_labels
 from mdpipe.core.metrics import evaluate
-from mdpipe.lake import NS_PER_DAY, Lake, day_start_ns, market_key, parse_market_key
+from mdpipe.lake import (
+    CROSS_SIGNALS_TABLE,
+    NS_PER_DAY,
+    Lake,
+    day_start_ns,
+    market_key,
+    parse_market_key,
+)
 from mdpipe.pipeline.read import compute_partition
 from mdpipe.pipeline.reports import write_report, write_summary_report
 
@@ -559,6 +566,13 @@ def labels_step(lake: Lake, part: Part, config: BacktestConfig) -> LabelsOutput:
     """Triple-barrier labels of the partition's signals and of the regular grid."""
     t0 = time.perf_counter()
     signals = _read(lake, derived("signals"), part)
+    # cross-venue signals of this market (written by the cross-venue step) are labelled,
+    # cross-validated and evaluated with the others
+    cross = _read(lake, CROSS_SIGNALS_TABLE, part)
+    if cross.height:
+        signals = pl.concat([signals, cross], how="diagonal_relaxed").sort(
+            "ts_ns", maintain_order=True
+        )
     own, _ = price_path(lake, part, with_next=False)
     full, how = price_path(lake, part)
     trades = trade_path(lake, part, config)

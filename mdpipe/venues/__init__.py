@@ -89,6 +89,22 @@ def get(name: str) -> Venue:
         raise UnknownVenue(f"unknown venue {name!r}; known: {', '.join(sorted(_VENUES))}") from None
 
 
+def underlying(venue: str, symbol: str) -> str:
+    """The underlying asset a market of ``venue`` trades (``BTC`` for ``BTC/USDT``,
+    ``BTC/USDT:USDT``, ``BTC/USD:BTC``): the venue's own ``underlying(symbol)`` when it has
+    one, else the base of the unified symbol (ccxt's ``BASE/QUOTE[:SETTLE]``)."""
+    v = _VENUES.get(venue) if _BUILTINS_LOADED[0] else None
+    if v is None and venue in names():
+        v = _VENUES[venue]
+    own = getattr(v, "underlying", None)
+    if callable(own):
+        return str(own(symbol))
+    base, sep, _ = symbol.partition("/")
+    if not sep or not base:
+        raise ValueError(f"{venue}:{symbol} is not a unified symbol BASE/QUOTE[:SETTLE]")
+    return base
+
+
 def read_head(path: Path, lines: int = HEAD_LINES) -> list[bytes]:
     """The first ``lines`` lines of a journal (gzip or plain); a damaged file gives what could be
     read (the full read reports the damage with its line number)."""
@@ -213,5 +229,6 @@ __all__ = [
     "read_head",
     "recognise",
     "register",
+    "underlying",
     "unregister",
 ]

@@ -40,6 +40,14 @@ class BinanceVenue:
     def unified_symbol(self, market_id: str) -> str:
         return common.unified_symbol(market_id, self.name)
 
+    def underlying(self, symbol: str) -> str:
+        """The asset a market trades, for pairing venues: the base of its unified symbol
+        (``BTC/USDT``, ``BTC/USDT:USDT`` and the inverse ``BTC/USD:BTC`` all trade ``BTC``)."""
+        base, sep, _ = symbol.partition("/")
+        if not sep or not base:
+            raise ValueError(f"{self.name}: {symbol!r} is not a unified symbol BASE/QUOTE")
+        return base
+
     def normalizer(self) -> Normalizer:
         from mdpipe.venues.binance.normalizer import BinanceNormalizer
 
