@@ -761,7 +761,7 @@ class CrossVenueEngine:
         settings_id: str,
         leader: int = NO_LEADER,
         lead_window_ns: int | None = None,
-        max_wait_ms: float = 2000.0,
+        max_wait_ms: float = 10_000.0,
     ) -> None:
         if not (isinstance(max_wait_ms, int | float) and max_wait_ms >= 0):
             raise ValueError(f"max_wait_ms must be a number >= 0, got {max_wait_ms!r}")
