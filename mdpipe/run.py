@@ -149,6 +149,9 @@ def execute(
     out = RunOutcome()
     feature_keys = [dg.AssetKey("features"), dg.AssetKey("signals")]
     for stage, keys in (("features", feature_keys), ("labels", LABEL_STAGE_KEYS)):
+        if stage == "labels":
+            # cross-venue signals are labelled with the others: their stage comes first
+            run_cross_venue(defs, lake, parts, instance, run_config, out, on_step)
         for part in sorted(parts, key=lambda p: (p.date, p.market)):
             if on_step:
                 on_step(stage, part.label)
@@ -183,6 +186,39 @@ def execute(
     out.summary_report = str(summary) if summary.exists() else None
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def run_cross_venue(
+    defs: Any,
+    lake: Lake,
+    parts: Sequence[Any],
+    instance: Any,
+    run_config: dict[str, Any],
+    out: RunOutcome,
+    on_step: Any = None,
+) -> None:
+    """basis, lead_lag and cross_venue_signals of every day x underlying of `parts` with two
+    or more markets (registered as `underlying` partitions first)."""
+    from mdpipe.defs.crossvenue import UNDERLYING_DIMENSION
+    from mdpipe.pipeline.crossvenue import cross_parts
+
+    todo = cross_parts(lake, sorted({p.date for p in parts}))
+    known = set(instance.get_dynamic_partitions(UNDERLYING_DIMENSION))
+    new = sorted({c.underlying for c in todo} - known)
+    if new:
+        instance.add_dynamic_partitions(UNDERLYING_DIMENSION, new)
+    job = defs.resolve_job_def("cross_venue_job")
+    for cp in todo:
+        if on_step:
+            on_step("cross", cp.label)
+        res = job.execute_in_process(
+            run_config=run_config, instance=instance, partition_key=cp.label,
+            raise_on_error=False, tags={"mdpipe/stage": "cross_venue"},
+        )  # fmt: skip
+        out.runs.append(("cross_venue", cp.label, res.success))
+        rep = lake.underlying_dir("derived/basis", cp.underlying, cp.date) / "report.html"
+        if rep.exists():
+            out.reports[f"cross {cp.label}"] = str(rep)
 
 
 def run_pipeline(
