@@ -45,6 +45,7 @@ from mdpipe.lake.store import (
     PartitionWriter,
 )
 from mdpipe.lake.tables import (
+    ADDED_COLUMNS,
     GAP_KINDS,
     NS_PER_DAY,
     ROW_KEYS,
@@ -57,9 +58,11 @@ from mdpipe.lake.tables import (
     row_time,
     split_by_date,
     time_column,
+    with_added_columns,
 )
 
 __all__ = [
+    "ADDED_COLUMNS",
     "CATALOG_NAME",
     "COMPACT_READ_FILES",
     "DEFAULT_LAKE",
@@ -102,4 +105,5 @@ __all__ = [
     "symbol_to_path",
     "time_column",
     "tmp_path_for",
+    "with_added_columns",
 ]

@@ -30,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import polars as pl
 
-from mdpipe.lake import SCHEMAS, empty_frame
+from mdpipe.lake import SCHEMAS, empty_frame, with_added_columns
 
 # Kinds a stream can carry. `snapshot` is a REST depth snapshot the capture journal wraps as a
 # stream of its own; `control` is an answer to our own request (subscribe acknowledgements).
@@ -72,7 +72,7 @@ class Batch:
     def add(self, table: str, df: pl.DataFrame) -> None:
         if df.height == 0:
             return
-        df = df.select(list(SCHEMAS[table]))
+        df = with_added_columns(table, df).select(list(SCHEMAS[table]))
         prev = self.tables.get(table)
         self.tables[table] = df if prev is None else pl.concat([prev, df], how="vertical")
 
