@@ -309,6 +309,11 @@ class Normalizer(Protocol):
         """``trades`` rows from the venue's REST trade list, normalized as stream trades."""
         ...
 
+    def set_contract_size(self, symbol: str, size: float) -> None:
+        """Inverse markets only (capture calls it when ccxt's market has ``inverse`` set): the
+        quote amount of one contract, from the market's metadata, for ``base_qty``."""
+        ...
+
 
 @dataclass(frozen=True)
 class Snapshot:
