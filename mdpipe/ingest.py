@@ -123,7 +123,7 @@ class _Sink:
         self.lake = lake
         self.writers: dict[Partition, PartitionWriter] = {}
         self.gaps: list[pl.DataFrame] = []
-        self.offsets: list[pl.DataFrame] = []  # venue, symbol, offset_ms (Int32: 4 bytes a row)
+        self.offsets: list[pl.DataFrame] = []  # venue, symbol, offset_ms
 
     def write(self, batch: Batch) -> None:
         for table, df in batch.tables.items():
@@ -134,9 +134,8 @@ class _Sink:
                     df.select(
                         "venue",
                         "symbol",
-                        offset_ms=((pl.col("recv_ts_ns") - pl.col("exch_ts_ns")) // 1_000_000).cast(
-                            pl.Int32
-                        ),
+                        # whole ms, Int64: a REST backfill may arrive hours after its trade
+                        offset_ms=(pl.col("recv_ts_ns") - pl.col("exch_ts_ns")) // 1_000_000,
                     ).drop_nulls("offset_ms")
                 )
             for (venue, symbol), g in df.group_by("venue", "symbol", maintain_order=True):

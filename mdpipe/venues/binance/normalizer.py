@@ -42,7 +42,7 @@ from typing import Any
 
 import polars as pl
 
-from mdpipe.lake import SCHEMAS, day_start_ns, empty_frame, split_by_date
+from mdpipe.lake import SCHEMAS, day_start_ns, empty_frame, split_by_date, with_added_columns
 from mdpipe.venues.base import Batch, BookSync, LineError, RawLines, UnknownStream, gap_rows
 from mdpipe.venues.binance.common import (
     COINM,
@@ -226,7 +226,8 @@ class BinanceNormalizer:
                 "recv": pl.Int64,
             },
         )
-        return self._with_base_qty(self._trade_rows(g)).select(list(SCHEMAS["trades"]))
+        rows = with_added_columns("trades", self._with_base_qty(self._trade_rows(g)))
+        return rows.select(list(SCHEMAS["trades"]))
 
     def is_synced(self, symbol: str) -> bool:
         st = self._symbols.get(symbol)
