@@ -193,3 +193,47 @@ def test_one_online_engine_sees_every_venue(captured: dict) -> None:  # type: ig
     assert sorted(live.engines) == sorted(MARKETS.items())
     for (venue, sym), eng in live.engines.items():
         assert eng.get_stats()["events"] > 100, (venue, sym)
+
+
+def test_markets_flag_old_flags_and_bad_markets() -> None:
+    import argparse
+
+    from mdpipe.capture.cli import add_capture_args, build_config
+    from mdpipe.capture.daemon import Capture
+
+    p = argparse.ArgumentParser()
+    add_capture_args(p)
+    c = build_config(
+        p.parse_args(
+            [
+                "--markets",
+                "binance:BTC/USDT,binanceusdm:BTC/USDT:USDT,binancecoinm:BTC/USD:BTC,"
+                "binance:ETH/USDT",
+                "--ws-url",
+                "ws://127.0.0.1:9/{venue}/stream",
+            ]
+        ),
+        {},
+    )
+    assert c.by_venue() == {
+        "binance": ("BTC/USDT", "ETH/USDT"),
+        "binanceusdm": ("BTC/USDT:USDT",),
+        "binancecoinm": ("BTC/USD:BTC",),
+    }
+    one = c.for_venue("binancecoinm")
+    assert one.symbols == ("BTC/USD:BTC",) and one.ws_url == "ws://127.0.0.1:9/binancecoinm/stream"
+    assert isinstance(make_capture(c), MultiCapture)
+    # the old form keeps working, and one venue given as --markets is a plain Capture
+    old = build_config(p.parse_args(["--venue", "binanceusdm", "--symbols", "ETH/USDT:USDT"]), {})
+    assert old.by_venue() == {"binanceusdm": ("ETH/USDT:USDT",)}
+    assert type(make_capture(old)) is Capture
+    single = build_config(p.parse_args(["--markets", "binancecoinm:ETH/USD:ETH"]), {})
+    cap = make_capture(single)
+    assert type(cap) is Capture and cap.venue == "binancecoinm"
+    for bad, why in (
+        ("binance-BTC/USDT", "markets are venue:SYMBOL"),
+        ("binance:BTCUSDT", "markets are venue:SYMBOL"),
+        ("binance:BTC/USDT,binance:BTC/USDT", "listed twice"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            build_config(p.parse_args(["--markets", bad]), {})
