@@ -254,3 +254,17 @@ def test_spot_has_no_mark_price_stream(tmp_path: Path) -> None:
     assert report.errors and all(
         "unknown binance stream 'btcusdt@markPrice@1s'" in e.message for e in report.errors
     )
+
+
+def test_mdpipe_import_prints_the_clock_offset_per_market(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mdpipe.cli import main
+
+    rc = main(["import", str(MULTI / "usdm_btcusdt_20240718.gz"), "--lake", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("clock binanceusdm BTC/USDT:USDT"))
+    # "clock binanceusdm BTC/USDT:USDT: receive - exchange time median -1,5xx ms (...)"
+    median = int(line.split("median ")[1].split(" ms")[0].replace(",", ""))
+    assert -1600 < median < -1450, line
