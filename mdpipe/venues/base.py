@@ -32,8 +32,9 @@ import polars as pl
 
 from mdpipe.lake import SCHEMAS, empty_frame, with_added_columns
 
-# Kinds a stream can carry (`mark`: futures mark price and funding). `snapshot` is a REST depth snapshot the capture journal wraps as a
-# stream of its own; `control` is an answer to our own request (subscribe acknowledgements).
+# Kinds a stream can carry. `mark` is futures mark price and funding; `snapshot` is a REST depth
+# snapshot the capture journal wraps as a stream of its own; `control` is an answer to our own
+# request (subscribe acknowledgements).
 STREAM_KINDS = ("depth", "trade", "agg_trade", "bbo", "mark", "snapshot", "control")
 
 # The `detail` of a `sequence_gap` row for a trade-id hole starts with this; capture backfills
