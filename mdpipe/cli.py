@@ -67,6 +67,12 @@ def print_import_report(report: ImportReport, lake: Lake) -> None:
                     else ""
                 )
             )
+    for (venue, sym), off in report.clock.items():
+        # never hidden: a host clock off by a second moves every recv-time-based number
+        console.print(
+            f"clock {venue} {sym}: receive - exchange time median {off.median_ms:+,.0f} ms "
+            f"(5%..95%: {off.p05_ms:+,.0f}..{off.p95_ms:+,.0f} ms, {off.rows:,} rows)"
+        )
     gaps = report.gaps
     if gaps is not None and gaps.height:
         console.print(f"[yellow]{gaps.height} gap(s) recorded:[/yellow]")

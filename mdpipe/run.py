@@ -43,6 +43,7 @@ class RunOutcome:
     runs: list[tuple[str, str, bool]] = field(default_factory=list)  # (stage, partition, ok)
     failed_checks: list[str] = field(default_factory=list)  # ERROR severity
     warnings: list[str] = field(default_factory=list)  # WARN severity
+    notes: list[str] = field(default_factory=list)  # what a partition lacks (e.g. no book)
     reports: dict[str, str] = field(default_factory=dict)
     summary_report: str | None = None
     seconds: float = 0.0
@@ -165,6 +166,9 @@ def execute(
             )
             out.runs.append((stage, part.label, res.success))
             for ev in res.get_asset_check_evaluations():
+                missing = ev.metadata.get("missing")
+                if missing is not None:
+                    out.notes.append(f"{part.label}: {getattr(missing, 'value', missing)}")
                 if ev.passed:
                     continue
                 name = f"{part.label} {ev.asset_key.to_user_string()}.{ev.check_name}"
@@ -396,6 +400,8 @@ def print_outcome(console: Console, lake: Lake, outcome: RunOutcome) -> None:
         console.print(f"report {label}: {path}", soft_wrap=True)
     if outcome.summary_report:
         console.print(f"[bold]summary report:[/bold] {outcome.summary_report}", soft_wrap=True)
+    for note in outcome.notes:
+        console.print(f"[cyan]note:[/cyan] {note}", soft_wrap=True)
     for w in outcome.warnings:
         console.print(f"[yellow]check warning:[/yellow] {w}")
     for f in outcome.failed_checks:

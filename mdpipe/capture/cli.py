@@ -27,6 +27,7 @@ ENV_PREFIX = "MDPIPE_CAPTURE_"
 _FLAG_FIELDS = (
     "venue",
     "symbols",
+    "markets",
     "channels",
     "lake",
     "ws_url",
@@ -68,7 +69,7 @@ def build_config(
     for name in _FLAG_FIELDS:
         v = getattr(args, name, None)
         if v is not None:
-            flags[name] = _split_list(v) if name in ("symbols", "channels") else v
+            flags[name] = _split_list(v) if name in ("symbols", "channels", "markets") else v
     return settings.capture_config(**flags)
 
 
@@ -76,10 +77,19 @@ def add_capture_args(p: argparse.ArgumentParser) -> None:
     from mdpipe.settings import add_settings_args
 
     p.add_argument(
-        "--venue", default=None, help="a registered venue (ccxt id): binance (default), binanceusdm"
+        "--venue",
+        default=None,
+        help="a registered venue (ccxt id): binance (default), binanceusdm, binancecoinm",
     )
     p.add_argument(
         "--symbols", default=None, help="comma-separated unified symbols, BTC/USDT,ETH/USDT"
+    )
+    p.add_argument(
+        "--markets",
+        default=None,
+        help="several venues at once: venue:SYMBOL,... e.g. binance:BTC/USDT,"
+        "binanceusdm:BTC/USDT:USDT,binancecoinm:BTC/USD:BTC (replaces --venue/--symbols; "
+        "'{venue}' in --ws-url/--rest-url becomes each venue's name)",
     )
     p.add_argument("--lake", default=None, help="lake directory (default: $MDPIPE_LAKE or ./lake)")
     p.add_argument(
@@ -173,7 +183,7 @@ def add_capture_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from mdpipe.capture.daemon import Capture
+    from mdpipe.capture.multi import make_capture
 
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -187,7 +197,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cap = Capture(config)
+    cap = make_capture(config)
     if not getattr(args, "no_live_signals", False):
         from mdpipe.capture.live_signals import attach_live_signals
 

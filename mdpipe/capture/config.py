@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+VENUE_PLACEHOLDER = "{venue}"  # in ws_url / rest_url: replaced by each venue's name
 
 
 @dataclass(frozen=True)
@@ -10,14 +13,23 @@ class CaptureConfig:
     """Everything `mdpipe capture` can be told (the `[capture]` section of mdpipe.toml);
     validated on construction.
 
-    venue                   ccxt venue id: binance (spot) or binanceusdm (USD-M futures).
+    venue                   ccxt venue id: binance (spot), binanceusdm (USD-M futures) or
+                            binancecoinm (COIN-M futures).
     symbols                 unified symbols to record, e.g. ["BTC/USDT", "ETH/USDT"].
+    markets                 several venues in one capture: ["binance:BTC/USDT",
+                            "binancecoinm:BTC/USD:BTC"] (venue:symbol); set, it replaces venue
+                            and symbols. Each venue gets its own connection, sync, gaps and
+                            health; one online engine sees them all. A "{venue}" in ws_url or
+                            rest_url becomes each venue's name.
     lake                    lake directory (unset: $MDPIPE_LAKE, else ./lake).
     ws_url, rest_url        websocket and REST base URLs (unset: the venue's; set them for a
                             proxy, a testnet or `mdpipe exchange-sim`).
     metrics_port            serve /metrics, /health and /stats on this port (unset: off).
     metrics_host            address the metrics server binds.
-    channels                stream channels per symbol (empty: depth@100ms, trade, bookTicker).
+    channels                stream channels per symbol (empty: the venue's own, e.g.
+                            depth@100ms, trade, bookTicker (+ markPrice@1s for futures)); a
+                            "venue:channel" entry applies to that venue only, and a venue with
+                            such entries gets exactly those (e.g. "binanceusdm:depth@0ms").
     flush_interval_s        seconds between journal + Parquet publishes.
     batch_interval_s        seconds between normalized batches handed to the online engine.
     reconnect_initial_s     first reconnect delay (doubles, jittered).
@@ -34,6 +46,7 @@ class CaptureConfig:
 
     venue: str = "binance"
     symbols: tuple[str, ...] = ()
+    markets: tuple[str, ...] = ()
     lake: str | None = None
     ws_url: str | None = None
     rest_url: str | None = None
@@ -58,7 +71,8 @@ class CaptureConfig:
     backfill_max_trades: int = 100_000
 
     def __post_init__(self) -> None:
-        if not self.symbols:
+        self.by_venue()  # validates markets
+        if not self.symbols and not self.markets:
             raise ValueError("capture needs at least one symbol, e.g. symbols=('BTC/USDT',)")
         if any("/" not in s for s in self.symbols):
             raise ValueError(
@@ -94,3 +108,42 @@ class CaptureConfig:
             )
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be 0..65535, got {self.metrics_port}")
+
+    def by_venue(self) -> dict[str, tuple[str, ...]]:
+        """The symbols to record per venue: from `markets` when set, else {venue: symbols}."""
+        if not self.markets:
+            return {self.venue: self.symbols}
+        out: dict[str, list[str]] = {}
+        for m in self.markets:
+            venue, sep, symbol = m.partition(":")
+            if not sep or not venue or "/" not in symbol:
+                raise ValueError(
+                    f"markets are venue:SYMBOL with a ccxt unified symbol, e.g. "
+                    f"'binancecoinm:BTC/USD:BTC', got {m!r}"
+                )
+            if symbol in out.setdefault(venue, []):
+                raise ValueError(f"market {m!r} is listed twice")
+            out[venue].append(symbol)
+        return {v: tuple(s) for v, s in out.items()}
+
+    def for_venue(self, venue: str) -> CaptureConfig:
+        """The one-venue configuration of `venue` (its symbols; URLs with "{venue}" filled in;
+        no metrics server of its own: a multi-venue capture serves one for all)."""
+        symbols = self.by_venue()[venue]
+        multi = len(self.by_venue()) > 1
+
+        def url(u: str | None) -> str | None:
+            return None if u is None else u.replace(VENUE_PLACEHOLDER, venue)
+
+        own = tuple(c.partition(":")[2] for c in self.channels if c.startswith(venue + ":"))
+        shared = tuple(c for c in self.channels if ":" not in c)
+        return dataclasses.replace(
+            self,
+            venue=venue,
+            symbols=symbols,
+            markets=(),
+            channels=own or shared,
+            ws_url=url(self.ws_url),
+            rest_url=url(self.rest_url),
+            metrics_port=None if multi else self.metrics_port,
+        )

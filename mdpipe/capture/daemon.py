@@ -182,6 +182,11 @@ class Capture:
             m = self._ex.market(s)
             self._markets[s] = m
             self._market_keys[s] = self.transport.market_key(m)
+            size = m.get("contractSize")
+            if m.get("inverse") and size:
+                # inverse contracts: sizes are contracts of `contractSize` USD (COIN-M); the
+                # market's own metadata, so a new listing needs no table entry
+                self.normalizer.set_contract_size(s, float(size))
         self.absorber.set_markets(self._market_keys)
         self.connection.streams = [
             n for s in self.config.symbols for n in self.transport.stream_names(self._markets[s])

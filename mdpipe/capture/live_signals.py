@@ -74,7 +74,8 @@ class LiveSignals:
         # the receive-time clock: live, receive stamps are the wall clock; a replay injects
         # its own so held events are released exactly as they would have been live
         self.clock = clock
-        self.engines: dict[str, Any] = {}
+        # one engine per market; a multi-venue capture feeds every venue's batches here
+        self.engines: dict[tuple[str, str], Any] = {}
         self.metrics = SignalMetrics(registry) if registry is not None else None
         if registry is not None and export_alert_metrics:
             # deliveries happen in short-lived Dagster runs; the long-lived capture process
@@ -94,22 +95,23 @@ class LiveSignals:
         t0 = time.perf_counter()
         book = batch.get("book")
         trades = batch.get("trades")
-        symbols: set[str] = set()
+        markets: set[tuple[str, str]] = set()
         for df in (book, trades):
             if df.height:
-                symbols.update(df["symbol"].unique().to_list())
+                markets.update(df.select("venue", "symbol").unique().iter_rows())
         out: list[pl.DataFrame] = []
-        for sym in sorted(symbols):
-            eng = self._engine(sym)
+        for venue, sym in sorted(markets):
+            eng = self._engine(venue, sym)
+            mine = (pl.col("venue") == venue) & (pl.col("symbol") == sym)
             res = eng.feed(
-                book=book.filter(pl.col("symbol") == sym) if book.height else None,
-                trades=trades.filter(pl.col("symbol") == sym) if trades.height else None,
+                book=book.filter(mine) if book.height else None,
+                trades=trades.filter(mine) if trades.height else None,
             )
-            self._count_events(sym, res.features)
+            self._count_events(venue, sym, res.features)
             if res.signals.height:
                 out.append(_with_receive_time(res.signals, res.features))
         out.extend(self._poll_all(self.clock()))
-        if self.metrics is not None and symbols:
+        if self.metrics is not None and markets:
             self.metrics.batch_seconds.labels(self.venue).observe(time.perf_counter() - t0)
         if out:
             self._publish(pl.concat(out, how="diagonal_relaxed"))
@@ -125,38 +127,40 @@ class LiveSignals:
             "events_processed": self.events_processed,
             "signals_published": self.signals_published,
             "files_published": len(self.files_published),
-            "engines": {s: e.get_stats() for s, e in self.engines.items()},
+            "engines": {f"{v}:{s}": e.get_stats() for (v, s), e in self.engines.items()},
         }
 
     # ---- internals ---------------------------------------------------------------------------
-    def _engine(self, symbol: str) -> Any:
-        eng = self.engines.get(symbol)
+    def _engine(self, venue: str, symbol: str) -> Any:
+        eng = self.engines.get((venue, symbol))
         if eng is None:
-            kw: dict[str, Any] = {"venue": self.venue, "symbol": symbol}
+            kw: dict[str, Any] = {"venue": venue, "symbol": symbol}
             if self.detector_config is not None:
                 kw["detector_config"] = self.detector_config
             if self.feature_config is not None:
                 kw["feature_config"] = self.feature_config
-            eng = self.engines[symbol] = self._engine_cls(max_wait_ms=self.max_wait_ms, **kw)
+            eng = self.engines[(venue, symbol)] = self._engine_cls(
+                max_wait_ms=self.max_wait_ms, **kw
+            )
         return eng
 
     def _poll_all(self, now_ns: int) -> list[pl.DataFrame]:
         out = []
-        for sym, eng in self.engines.items():
+        for (venue, sym), eng in self.engines.items():
             sigs = eng.poll(now_ns)
             feats = eng.drain_features()  # poll parks released rows there; keep memory flat
-            self._count_events(sym, feats)
+            self._count_events(venue, sym, feats)
             if sigs:
                 df = pl.DataFrame([s.as_dict() for s in sigs])
                 out.append(_with_receive_time(df, feats, context=True))
         return out
 
-    def _count_events(self, symbol: str, features: pl.DataFrame) -> None:
+    def _count_events(self, venue: str, symbol: str, features: pl.DataFrame) -> None:
         n = features.height
         if n:
             self.events_processed += n
             if self.metrics is not None:
-                self.metrics.events.labels(self.venue, symbol).inc(n)
+                self.metrics.events.labels(venue, symbol).inc(n)
 
     def _publish(self, signals: pl.DataFrame) -> None:
         now = time.time_ns()
@@ -168,10 +172,10 @@ class LiveSignals:
             )
         )
         for date, day in split_by_date(signals, TABLE).items():
-            for (sym,), part in day.group_by("symbol", maintain_order=True):
+            for (venue, sym), part in day.group_by("venue", "symbol", maintain_order=True):
                 self._file_seq += 1
                 name = f"sig-{now:019d}-{symbol_to_path(str(sym))}-{self._file_seq}.parquet"
-                path = self.lake.publish(TABLE, self.venue, str(sym), date, part, name=name)
+                path = self.lake.publish(TABLE, str(venue), str(sym), date, part, name=name)
                 self.files_published.append(str(path))
         published = time.time_ns()
         self.signals_published += signals.height
@@ -179,10 +183,12 @@ class LiveSignals:
             log.info("live signal %s %s %s score %.2f", row[0], row[1], row[3], row[2])
         if self.metrics is not None:
             m = self.metrics
-            for sym, st, score in signals.select("symbol", "signal_type", "score").iter_rows():
-                m.signals.labels(self.venue, sym, st).inc()
-                m.active.add(self.venue, sym, st, published)
-                m.score.labels(self.venue, st).observe(float(score))
+            for venue, sym, st, score in signals.select(
+                "venue", "symbol", "signal_type", "score"
+            ).iter_rows():
+                m.signals.labels(venue, sym, st).inc()
+                m.active.add(venue, sym, st, published)
+                m.score.labels(venue, st).observe(float(score))
             recv = signals["recv_ts_ns"].drop_nulls().to_numpy()
             for lat in (published - recv) / 1e9:
                 m.publish_latency.labels(self.venue).observe(float(lat))

@@ -33,7 +33,7 @@ from mdpipe.venues import Batch
 
 log = logging.getLogger("mdpipe.capture")
 
-TABLES = ("trades", "book", "gaps", "bbo", "agg_trades")
+TABLES = ("trades", "book", "gaps", "bbo", "agg_trades", "mark")
 FILE_PREFIX = "cap-"  # capture's sequence-named files: cap-YYYYMMDDTHH-<19-digit ns>.parquet
 HOUR_NS = 3600 * 1_000_000_000
 

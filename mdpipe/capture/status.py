@@ -100,12 +100,19 @@ class Events:
     def __init__(self) -> None:
         self._event: asyncio.Event | None = None
         self.changes = 0
+        self._forward: list[Events] = []
+
+    def forward_to(self, other: Events) -> None:
+        """Wake `other`'s waiters too (a multi-venue capture waits on all its venues)."""
+        self._forward.append(other)
 
     def notify(self) -> None:
         self.changes += 1
         if self._event is not None:
             self._event.set()
             self._event = None
+        for other in self._forward:
+            other.notify()
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float | None = 120.0) -> None:
         """Return once `predicate()` is true; TimeoutError after `timeout` seconds (a deadlock

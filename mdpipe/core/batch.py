@@ -21,6 +21,7 @@ from mdpipe.core.detectors.ensemble import DetectorConfig
 from mdpipe.core.features import FeatureConfig, MicropriceModel, book_event_step, trade_add
 from mdpipe.core.kernel import (
     FEATURE_COLUMNS,
+    FEATURE_NAMES,
     SIGNAL_COLUMNS,
     SIGNAL_CONTEXT,
     BookRows,
@@ -294,15 +295,109 @@ def compute_features_and_signals(
     return run.result()
 
 
+# ---- markets without a book -------------------------------------------------------------------
+
+# Feature columns a trades-only run fills (the rest describe a book and stay NaN); among them,
+# those that need a book price too (`vwap_distance_bps` is measured from the mid).
+TRADE_FEATURES: tuple[str, ...] = FEATURE_NAMES[FEATURE_NAMES.index("trade_imbalance_1s") :]
+BOOK_PRICED_TRADE_FEATURES: tuple[str, ...] = ("vwap_distance_bps",)
+
+
+@njit(cache=True)
+def trades_only_chunk(
+    state: MarketState,
+    trades: TradeRows,
+    trade_ids: np.ndarray,
+    warmup_ns: np.int64,
+    out: Outputs,
+    scratch: Scratch,
+) -> tuple[int, int]:
+    """A market without a book: one event per distinct trade time (all trades at that time
+    folded in first), running the same trade features and detectors as a book event
+    (`finish_event`), with every book feature NaN. Returns (rows, signals) written."""
+    trade_state, detector = state.trades, state.detector
+    t_ts, t_px, t_qty, t_buy, t_recv = (
+        trades.exch_ts, trades.price, trades.qty, trades.is_buy, trades.recv_ts
+    )  # fmt: skip
+    features, meta, signals = out.features, out.meta, out.signals
+    x, detection = scratch.x, scratch.detection
+    nt = t_ts.shape[0]
+    nr = 0
+    ns = 0
+    tp = 0
+    first = t_ts[0] if nt else np.int64(0)
+    while tp < nt:
+        ts = t_ts[tp]
+        while tp < nt and t_ts[tp] == ts:
+            trade_add(trade_state, t_ts[tp], t_px[tp], t_qty[tp], t_buy[tp])
+            tp += 1
+        row = features[nr]
+        row[:] = np.nan
+        warm = ts - first < warmup_ns
+        finish_event(trade_state, detector, ts, False, warm, row, x, detection)
+        # the last trade id at that time keys the row (one row per distinct trade time)
+        write_meta(meta, nr, trade_ids[tp - 1], ts, ts, t_recv[tp - 1], False, warm)
+        ns = write_signals(detection, nr, signals, ns)
+        nr += 1
+    return nr, ns
+
+
+def compute_trade_features_and_signals(
+    trades: pl.DataFrame,
+    *,
+    venue: str | None = None,
+    symbol: str | None = None,
+    feature_config: FeatureConfig | None = None,
+    detector_config: DetectorConfig | None = None,
+    stats: dict[str, Any] | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Features and signals of a partition with trades and no book (a trade dump, a recording
+    whose snapshot never came): one row per distinct trade time, `update_id` the last trade
+    id at that time. The trade columns (:data:`TRADE_FEATURES`) and the detectors are the
+    book path's own kernels; book columns are NaN, so only trade-driven signals (bursts) can
+    fire. Same columns as :func:`compute_features_and_signals`."""
+    venue, symbol = _market(trades, venue, symbol)
+    fcfg = feature_config or FeatureConfig()
+    dcfg = detector_config or DetectorConfig()
+    cols = [*TRADE_INPUT_COLUMNS, "recv_ts_ns"]
+    ordered = trades.select(cols).sort(["exch_ts_ns", "trade_id"], maintain_order=True)
+    rows = trade_rows(ordered)
+    n_events = int(ordered["exch_ts_ns"].n_unique()) if ordered.height else 0
+    state = new_market_state(fcfg, dcfg)
+    out = new_outputs(n_events)
+    nr, ns = trades_only_chunk(
+        state,
+        rows,
+        ordered["trade_id"].to_numpy().astype(np.int64),
+        np.int64(round(fcfg.warmup_seconds * 1e9)),
+        out,
+        new_scratch(),
+    )
+    assert nr == n_events
+    if stats is not None:
+        stats.update(market_stats(state))
+    feats = features_frame(venue, symbol, out.features[:nr], out.meta[:nr])
+    sid = settings_id(fcfg, dcfg)
+    sigs = (
+        signals_frame(venue, symbol, out.signals[:ns], out.features, out.meta, settings_id=sid)
+        if ns
+        else empty_signals()
+    )
+    return feats, sigs
+
+
 __all__ = [
     "BOOK_INPUT_COLUMNS",
+    "BOOK_PRICED_TRADE_FEATURES",
     "FEATURE_COLUMNS",
     "SIGNAL_COLUMNS",
     "SIGNAL_CONTEXT",
+    "TRADE_FEATURES",
     "TRADE_INPUT_COLUMNS",
     "BatchRun",
     "batch_trade_rows",
     "compute_features_and_signals",
+    "compute_trade_features_and_signals",
     "empty_features",
     "empty_signals",
     "event_starts",

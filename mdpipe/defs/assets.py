@@ -169,7 +169,8 @@ FEATURE_CHECKS = {
     "the book is resynced after each); count and longest gap in update ids.",
     "no_crossed_book": "Best bid below best ask after every applied book event.",
     "clock_offset": f"|exchange - receive time| within {steps.MAX_CLOCK_OFFSET_S} s (WARN).",
-    "rows_present": "The partition has book rows and produced feature rows.",
+    "rows_present": "The partition has book rows and produced feature rows; a partition with "
+    "trades and no book passes with trade features only and a `missing` note.",
     "features_finite_after_warmup": "Every feature is finite after warm-up, except snapshot "
     "rows and `microprice` (NaN without a model).",
 }
@@ -224,6 +225,7 @@ def features_and_signals(
             **common,
             "path": dg.MetadataValue.path(str(out.paths["features"])),
             "ticks": dg.MetadataValue.json(_clean(out.quality.as_metadata(), wrap=False)),
+            **({"missing": dg.MetadataValue.text(out.missing)} if out.missing else {}),
         },
     )
     det = out.stats.get("detections", {})

@@ -45,6 +45,7 @@ from mdpipe.lake.store import (
     PartitionWriter,
 )
 from mdpipe.lake.tables import (
+    ADDED_COLUMNS,
     CROSS_SIGNALS_TABLE,
     GAP_KINDS,
     NS_PER_DAY,
@@ -59,13 +60,14 @@ from mdpipe.lake.tables import (
     row_time,
     split_by_date,
     time_column,
+    with_added_columns,
 )
 
 __all__ = [
+    "ADDED_COLUMNS",
     "CATALOG_NAME",
-    "CROSS_SIGNALS_TABLE",
-    "UNDERLYING_TABLES",
     "COMPACT_READ_FILES",
+    "CROSS_SIGNALS_TABLE",
     "DEFAULT_LAKE",
     "GAP_KINDS",
     "LAKE_ENV",
@@ -75,12 +77,11 @@ __all__ = [
     "SCHEMAS",
     "TIME_COLUMNS",
     "TMP_PREFIX",
+    "UNDERLYING_TABLES",
     "JournalError",
     "JournalProblem",
     "JournalReader",
     "JournalWriter",
-    "epoch_ns",
-    "epoch_ns_expr",
     "Lake",
     "LakeLocationError",
     "Partition",
@@ -92,6 +93,8 @@ __all__ = [
     "date_of_ns",
     "day_start_ns",
     "empty_frame",
+    "epoch_ns",
+    "epoch_ns_expr",
     "iter_journal_lines",
     "local_root",
     "market_key",
@@ -106,4 +109,5 @@ __all__ = [
     "symbol_to_path",
     "time_column",
     "tmp_path_for",
+    "with_added_columns",
 ]

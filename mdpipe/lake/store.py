@@ -163,7 +163,7 @@ class Lake:
         if not files:
             schema = SCHEMAS.get(table, {})
             return pl.LazyFrame(schema=schema)
-        return pl.scan_parquet(files, hive_partitioning=False, missing_columns="insert")
+        return scan_files(files, table)
 
     def read(
         self,
@@ -306,11 +306,7 @@ class Lake:
         try:
             for i in range(0, len(ordered), COMPACT_READ_FILES):
                 chunk = ordered[i : i + COMPACT_READ_FILES]
-                w.write(
-                    pl.scan_parquet(
-                        chunk, hive_partitioning=False, missing_columns="insert"
-                    ).collect()
-                )
+                w.write(scan_files(chunk, part.table).collect())
             final, _ = w.publish(name, dedup=False)
         except BaseException:
             w.abort()
@@ -397,6 +393,24 @@ class Lake:
                 con.close()
                 tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
         return self.catalog_path
+
+
+def scan_files(files: Sequence[Path], table: str | None = None) -> pl.LazyFrame:
+    """Parquet files of one table as one frame, in the order given. Columns of the table's
+    schema a file lacks (written before :data:`~mdpipe.lake.tables.ADDED_COLUMNS` existed)
+    read as null, whichever file comes first; extra columns are those of the first file."""
+    schema = None
+    if table in SCHEMAS and files:
+        canonical = SCHEMAS[table]
+        first = pl.read_parquet_schema(files[0])
+        schema = {**canonical, **{c: t for c, t in first.items() if c not in canonical}}
+    return pl.scan_parquet(
+        list(files),
+        hive_partitioning=False,
+        schema=schema,
+        missing_columns="insert",
+        extra_columns="ignore",
+    )
 
 
 def _sql_str(s: str) -> str:
@@ -488,7 +502,7 @@ class PartitionWriter:
         keys = ROW_KEYS.get(self.part.table)
         if dedup and others and keys:
             new = pl.read_parquet(self.tmp)
-            seen = pl.scan_parquet(others, missing_columns="insert").select(keys).unique().collect()
+            seen = scan_files(others, self.part.table).select(keys).unique().collect()
             kept = new.join(
                 seen, on=list(keys), how="anti", nulls_equal=True, maintain_order="left"
             )

@@ -24,8 +24,11 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "recv_ts_ns": pl.Int64(),
         "trade_id": pl.Int64(),
         "price": pl.Float64(),
-        "qty": pl.Float64(),
+        "qty": pl.Float64(),  # as the exchange sends it: contracts for inverse (COIN-M) markets
         "side": pl.String(),  # taker side: 'buy' | 'sell'
+        # base-currency equivalent of `qty` for inverse contracts (contracts x contract size /
+        # price); null on linear and spot venues, whose `qty` is already in the base currency
+        "base_qty": pl.Float64(),
     },
     "agg_trades": {
         "venue": pl.String(),
@@ -49,6 +52,7 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "price": pl.Float64(),
         "qty": pl.Float64(),  # absolute size; 0 removes the level
         "is_snapshot": pl.Boolean(),
+        "base_qty": pl.Float64(),  # as in `trades`: inverse contracts only, else null
     },
     "bbo": {
         "venue": pl.String(),
@@ -70,6 +74,26 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
         "prev_update_id": pl.Int64(),
         "next_update_id": pl.Int64(),
     },
+    # Binance futures `markPrice@1s`: mark and index price, funding (perpetuals only)
+    "mark": {
+        "venue": pl.String(),
+        "symbol": pl.String(),
+        "exch_ts_ns": pl.Int64(),  # the event time E
+        "recv_ts_ns": pl.Int64(),
+        "mark_price": pl.Float64(),
+        "index_price": pl.Float64(),
+        "funding_rate": pl.Float64(),  # null for delivery contracts (no funding)
+        "next_funding_ts_ns": pl.Int64(),  # null for delivery contracts
+        "estimated_settle_price": pl.Float64(),
+    },
+}
+
+# Columns added to a table after files were written without them. Readers see them as null in
+# older files (``Lake.scan`` inserts missing columns); writers fill them with null when a source
+# has no value (:func:`conform`), so every new file has the full schema.
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "trades": ("base_qty",),
+    "book": ("base_qty",),
 }
 
 # Columns identifying a row, used to keep imports idempotent across overlapping inputs.
@@ -79,6 +103,7 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
     "book": ("update_id", "is_snapshot", "side", "price"),
     "bbo": ("update_id",),
     "gaps": ("ts_ns", "kind", "prev_update_id", "next_update_id"),
+    "mark": ("exch_ts_ns",),
 }
 
 # The column whose UTC day chooses a row's date partition, for every table whose rows are split
@@ -89,6 +114,7 @@ TIME_COLUMNS: dict[str, str] = {
     "book": "exch_ts_ns",
     "bbo": "exch_ts_ns",
     "gaps": "ts_ns",
+    "mark": "exch_ts_ns",
     "live/signals": "ts_ns",
 }
 RECV_COLUMN = "recv_ts_ns"  # the fallback where a row's time column is null
@@ -164,11 +190,21 @@ def empty_frame(table: str) -> pl.DataFrame:
     return pl.DataFrame(schema=SCHEMAS[table])
 
 
+def with_added_columns(table: str, df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` with the table's :data:`ADDED_COLUMNS` it lacks, as typed nulls."""
+    absent = [c for c in ADDED_COLUMNS.get(table, ()) if c not in df.columns]
+    if not absent:
+        return df
+    return df.with_columns(pl.lit(None, SCHEMAS[table][c]).alias(c) for c in absent)
+
+
 def conform(table: str, df: pl.DataFrame) -> pl.DataFrame:
-    """Cast to the table's schema, in its column order (extra columns kept after)."""
+    """Cast to the table's schema, in its column order (extra columns kept after); columns of
+    :data:`ADDED_COLUMNS` a source lacks become nulls."""
     schema = SCHEMAS.get(table)
     if schema is None:
         return df
+    df = with_added_columns(table, df)
     missing = [c for c in schema if c not in df.columns]
     if missing:
         raise ValueError(f"{table}: missing columns {missing}")

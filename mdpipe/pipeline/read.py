@@ -21,6 +21,7 @@ from mdpipe.core.detectors.ensemble import DetectorConfig
 from mdpipe.core.features import FeatureConfig, MicropriceModel
 from mdpipe.core.kernel import BookRows
 from mdpipe.lake import Lake
+from mdpipe.lake.store import scan_files
 
 BOOK_READ_COLUMNS = ("update_id", "exch_ts_ns", "recv_ts_ns", "side", "price", "qty",
                      "is_snapshot")  # fmt: skip
@@ -60,7 +61,7 @@ def compute_partition(
         files = book_files_in_order(lake, venue, symbol, prev_date)
         full_from = -(2**63)
         if warmup_minutes is not None and files:
-            last = pl.scan_parquet(files).select(pl.col("exch_ts_ns").max()).collect().item()
+            last = scan_files(files, "book").select(pl.col("exch_ts_ns").max()).collect().item()
             full_from = int(last) - round(warmup_minutes * 60e9)
         stream_book(run, files, batch_rows, emit=False, full_from_ts=full_from)
     stream_book(run, book_files_in_order(lake, venue, symbol, date), batch_rows, emit=True)

@@ -31,7 +31,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
-from mdpipe.core.batch import compute_features_and_signals, empty_features, empty_signals
+from mdpipe.core.batch import (
+    BOOK_PRICED_TRADE_FEATURES,
+    TRADE_FEATURES,
+    compute_features_and_signals,
+    compute_trade_features_and_signals,
+    empty_features,
+    empty_signals,
+)
 from mdpipe.core.config import BacktestConfig
 from mdpipe.core.cv import check_no_leakage, make_cv_folds
 from mdpipe.core.labels import PricePath, TradePath, make_labels
@@ -317,6 +324,19 @@ class FeaturesOutput:
     warmup_from: str | None  # the previous day replayed for warm-up, if any
     seconds: float
     paths: dict[str, Path] = field(default_factory=dict)
+    missing: str | None = None  # what the partition lacks and what was computed without it
+
+    @property
+    def trades_only(self) -> bool:
+        return self.missing is not None and self.quality.book_rows == 0
+
+
+TRADES_ONLY_NOTE = (
+    "no book rows in this partition (a trade dump, or a recording whose depth snapshot never "
+    "came): features are one row per trade time with the trade columns only (book columns "
+    "best_bid, mid, spread, imbalance, OFI, BOCPD ... are NaN); only detectors fed by trade "
+    "features (volume and volatility bursts, taker-imbalance drift) can fire; labels use trade prices (no spread: bid = ask = last trade price)"
+)
 
 
 def compute_features_signals(
@@ -380,11 +400,19 @@ def features_step(
     prev = part.shifted(-1)
     warm = warmup and has_data(lake, "book", prev)
     stats: dict[str, Any] = {}
+    missing = None
     if has_data(lake, "book", part):
         features, signals = compute_features_signals(
             lake, part, prev if warm else None, warmup_seconds, stats,
             feature_config=feature_config, detector_config=detector_config,
         )  # fmt: skip
+    elif has_data(lake, "trades", part):
+        warm = False  # no book to warm up from; the trade windows start cold
+        features, signals = compute_trade_features_and_signals(
+            read_trades(lake, part), venue=part.venue, symbol=part.symbol,
+            feature_config=feature_config, detector_config=detector_config, stats=stats,
+        )  # fmt: skip
+        missing = TRADES_ONLY_NOTE
     else:
         features = empty_features(part.venue, part.symbol)
         signals = empty_signals()
@@ -405,6 +433,7 @@ def features_step(
         warmup_from=prev.date if warm else None,
         seconds=time.perf_counter() - t0,
         paths=paths,
+        missing=missing,
     )
 
 
@@ -461,23 +490,33 @@ def feature_checks(out: FeaturesOutput) -> list[Check]:
             warn_only=True,
         )
     )
+    rows_meta: dict[str, Any] = {
+        "book_rows": q.book_rows,
+        "trade_rows": q.trade_rows,
+        "feature_rows": f.height,
+    }
+    if out.trades_only:
+        # what trades allow was computed: a note of what is missing, not a failed run
+        rows_meta["missing"] = out.missing
     checks.append(
         Check(
             "rows_present",
-            q.book_rows > 0 and f.height > 0,
-            {"book_rows": q.book_rows, "trade_rows": q.trade_rows, "feature_rows": f.height},
+            f.height > 0 and (q.book_rows > 0 or (out.trades_only and q.trade_rows > 0)),
+            rows_meta,
         )
     )
-    checks.append(_finite_check(f))
+    checks.append(_finite_check(f, trades_only=out.trades_only))
     return checks
 
 
-def _finite_check(f: pl.DataFrame) -> Check:
+def _finite_check(f: pl.DataFrame, *, trades_only: bool = False) -> Check:
     cols = [
         c
         for c, t in f.schema.items()
         if t == pl.Float64 and c not in NOT_REQUIRED_FINITE and c not in ("venue", "symbol")
     ]
+    if trades_only:  # book columns are NaN by construction without a book
+        cols = [c for c in cols if c in TRADE_FEATURES and c not in BOOK_PRICED_TRADE_FEATURES]
     # A snapshot replaces the whole book, so the return across it (`mid_return_bps`) is
     # undefined by construction: snapshot rows (the day-boundary checkpoint, resyncs) are not
     # held to finiteness.
@@ -519,11 +558,20 @@ def _top_of_book(features: pl.DataFrame) -> pl.DataFrame:
     cols = {"ts_ns": pl.Int64, "best_bid": pl.Float64, "best_ask": pl.Float64, "mid": pl.Float64}
     if features.height == 0 or not set(cols) <= set(features.columns):
         return pl.DataFrame(schema=cols)
-    return (
+    top = (
         features.select(list(cols))
         .filter(~pl.col("best_bid").is_nan())
         .sort("ts_ns", maintain_order=True)
     )
+    if top.height == 0 and "last_trade_price" in features.columns:
+        # a partition without a book (trades only): the last trade price is the only price
+        px = pl.col("last_trade_price")
+        top = (
+            features.filter(px.is_finite())
+            .select("ts_ns", best_bid=px, best_ask=px, mid=px)
+            .sort("ts_ns", maintain_order=True)
+        )
+    return top
 
 
 def price_path(lake: Lake, part: Part, *, with_next: bool = True) -> tuple[PricePath, str]:

@@ -6,7 +6,7 @@ Capture and import know venues only through here::
     venue = mdpipe.venues.detect(path)            # which venue reads this file (content / name)
     mdpipe.venues.register(MyVenue())             # a new venue: one folder, one register call
 
-The built-in venues (Binance spot ``binance`` and USD-M ``binanceusdm``, in
+The built-in venues (Binance spot ``binance``, USD-M ``binanceusdm`` and COIN-M ``binancecoinm``, in
 ``mdpipe/venues/binance/``) register themselves the first time the registry is asked.
 """
 
@@ -46,7 +46,7 @@ class UnknownVenue(ValueError):
 def _load_builtins() -> None:
     if not _BUILTINS_LOADED[0]:
         _BUILTINS_LOADED[0] = True
-        import mdpipe.venues.binance  # noqa: F401  (registers binance, binanceusdm)
+        import mdpipe.venues.binance  # noqa: F401  (registers binance, binanceusdm, binancecoinm)
 
 
 def register(venue: Venue, *, replace: bool = False) -> Venue:

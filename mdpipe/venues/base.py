@@ -30,11 +30,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import polars as pl
 
-from mdpipe.lake import SCHEMAS, empty_frame
+from mdpipe.lake import SCHEMAS, empty_frame, with_added_columns
 
-# Kinds a stream can carry. `snapshot` is a REST depth snapshot the capture journal wraps as a
-# stream of its own; `control` is an answer to our own request (subscribe acknowledgements).
-STREAM_KINDS = ("depth", "trade", "agg_trade", "bbo", "snapshot", "control")
+# Kinds a stream can carry. `mark` is futures mark price and funding; `snapshot` is a REST depth
+# snapshot the capture journal wraps as a stream of its own; `control` is an answer to our own
+# request (subscribe acknowledgements).
+STREAM_KINDS = ("depth", "trade", "agg_trade", "bbo", "mark", "snapshot", "control")
 
 # The `detail` of a `sequence_gap` row for a trade-id hole starts with this; capture backfills
 # exactly those holes (`prev_update_id` + 1 .. `next_update_id` - 1 over REST).
@@ -72,7 +73,7 @@ class Batch:
     def add(self, table: str, df: pl.DataFrame) -> None:
         if df.height == 0:
             return
-        df = df.select(list(SCHEMAS[table]))
+        df = with_added_columns(table, df).select(list(SCHEMAS[table]))
         prev = self.tables.get(table)
         self.tables[table] = df if prev is None else pl.concat([prev, df], how="vertical")
 
@@ -307,6 +308,11 @@ class Normalizer(Protocol):
         self, symbol: str, trades: Sequence[Mapping[str, Any]], recv_ts_ns: int
     ) -> pl.DataFrame:
         """``trades`` rows from the venue's REST trade list, normalized as stream trades."""
+        ...
+
+    def set_contract_size(self, symbol: str, size: float) -> None:
+        """Inverse markets only (capture calls it when ccxt's market has ``inverse`` set): the
+        quote amount of one contract, from the market's metadata, for ``base_qty``."""
         ...
 
 

@@ -38,8 +38,9 @@ def ccxt_client(sim: ExchangeSim) -> Any:
 def test_load_recording_orders_events_and_seeds_snapshot() -> None:
     events, states = load_recording(BTC)
     assert [e.recv_ns for e in events] == sorted(e.recv_ns for e in events)
-    assert states["btcusdt"].snapshot_id == 50093239218
-    assert len(states["btcusdt"].bids) == 1000
+    # markets are keyed <venue>:<exchange id> (the simulator serves several venues)
+    assert states["binance:btcusdt"].snapshot_id == 50093239218
+    assert len(states["binance:btcusdt"].bids) == 1000
     kinds = {e.kind for e in events}
     assert kinds == {"depth", "trade", "bookTicker"}
     # REST snapshot lines are not streamed

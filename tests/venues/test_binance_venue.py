@@ -17,10 +17,14 @@ from mdpipe.venues.base import BookSync, StreamRoute
 from tests.conftest import BTC_FILES
 
 SPOT, USDM = venues.get("binance"), venues.get("binanceusdm")
+COINM = venues.get("binancecoinm")
 MARKET = {"id": "BTCUSDT", "lowercaseId": "btcusdt", "symbol": "BTC/USDT"}
+COINM_MARKET = {"id": "BTCUSD_PERP", "lowercaseId": "btcusd_perp", "symbol": "BTC/USD:BTC"}
 
 
-@pytest.mark.parametrize("venue", [SPOT, USDM], ids=["binance", "binanceusdm"])
+@pytest.mark.parametrize(
+    "venue", [SPOT, USDM, COINM], ids=["binance", "binanceusdm", "binancecoinm"]
+)
 def test_protocol_conformance(venue: Venue) -> None:
     assert isinstance(venue, Venue)
     assert venue.name in venues.names()
@@ -32,16 +36,25 @@ def test_protocol_conformance(venue: Venue) -> None:
     t = venue.transport("ws://127.0.0.1:1/stream", "http://127.0.0.1:1")
     assert t.venue == venue.name and issubclass(t.ccxt_class, ccxtpro.Exchange)
     # every stream the transport subscribes to is routed back to this market
-    names = t.stream_names(MARKET)
-    assert [venue.route(n) for n in names] == [
-        StreamRoute("depth", "btcusdt"),
-        StreamRoute("trade", "btcusdt"),
-        StreamRoute("bbo", "btcusdt"),
-    ]
-    assert t.market_key(MARKET) == "btcusdt"
-    assert venue.unified_symbol("BTCUSDT") == (
-        "BTC/USDT:USDT" if venue.name == "binanceusdm" else "BTC/USDT"
+    market = COINM_MARKET if venue is COINM else MARKET
+    key = str(market["lowercaseId"])
+    names = t.stream_names(market)
+    # futures also subscribe to mark price and funding
+    kinds = ["depth", "trade", "bbo"] + (["mark"] if venue is not SPOT else [])
+    assert [venue.route(n) for n in names] == [StreamRoute(k, key) for k in kinds]
+    assert t.market_key(market) == key
+    assert (
+        venue.unified_symbol(str(market["id"]))
+        == {
+            "binance": "BTC/USDT",
+            "binanceusdm": "BTC/USDT:USDT",
+            "binancecoinm": "BTC/USD:BTC",
+        }[venue.name]
     )
+    if venue is COINM:
+        assert venue.unified_symbol("ETHUSD_240927") == "ETH/USD:ETH-240927"
+        with pytest.raises(ValueError, match="expected <BASE>USD_PERP or <BASE>USD_YYMMDD"):
+            venue.unified_symbol("BTCUSDT")
 
 
 def test_subscribe_messages_and_answers() -> None:

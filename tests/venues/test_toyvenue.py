@@ -124,7 +124,7 @@ def test_an_unknown_stream_is_an_error_with_file_line_and_stream(toy: None, tmp_
 def test_forcing_an_unknown_venue_names_the_known_ones(toy: None, tmp_path: Path) -> None:
     path = _journal(tmp_path / "toy.jsonl")
     assert cli_main(["import", str(path), "--venue", "kraken", "--lake", str(tmp_path)]) == 2
-    with pytest.raises(venues.UnknownVenue, match="unknown venue 'kraken'; known: binance, "
+    with pytest.raises(venues.UnknownVenue, match="unknown venue 'kraken'; known: binance, binancecoinm, "
                        "binanceusdm, toyvenue"):  # fmt: skip
         venues.get("kraken")
 
@@ -135,7 +135,7 @@ def test_a_journal_no_venue_recognises_is_reported_not_guessed(tmp_path: Path) -
 
     report = import_paths([path], Lake(tmp_path / "lake"))
     assert [str(e) for e in report.errors] == [
-        f"{path}:1: no venue recognises this journal's messages (known: binance, binanceusdm); "
+        f"{path}:1: no venue recognises this journal's messages (known: binance, binancecoinm, binanceusdm); "
         "choose one with --venue"
     ]
     assert not report.written

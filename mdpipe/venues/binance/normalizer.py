@@ -1,4 +1,5 @@
-"""Binance spot (``binance``) and USD-M futures (``binanceusdm``) normalizer.
+"""Binance spot (``binance``), USD-M futures (``binanceusdm``) and COIN-M futures
+(``binancecoinm``) normalizer.
 
 Messages handled (combined-stream frames, bare events, and REST depth snapshots)::
 
@@ -14,6 +15,13 @@ Messages handled (combined-stream frames, bare events, and REST depth snapshots)
     {"lastUpdateId":id,"E":ms,"T":ms,"bids":...,"asks":...}     GET /fapi/v1/depth (futures)
     {"stream":"btcusdt@depthSnapshot","data":{<REST snapshot>}} the capture journal's wrapper,
                                                                 which names the snapshot's symbol
+    {"stream":"btcusdt@markPrice@1s","data":{"e":"markPriceUpdate","E":ms,"s":"BTCUSDT",
+        "p":"mark","i":"index","P":"estimated settle","r":"funding rate","T":next_funding_ms}}
+                                        futures only; delivery contracts send "r":"" and "T":0
+
+COIN-M frames are the USD-M ones with ``"s":"BTCUSD_PERP"`` and an extra ``"ps":"BTCUSD"``
+(pair); their sizes are contracts (see :mod:`mdpipe.venues.binance.contracts`): ``qty`` keeps
+them as sent and ``base_qty`` adds ``qty x contract size / price`` (null on the other venues).
 
 Book sync follows Binance's documented procedure. Spot: buffer diffs until the snapshot; drop
 diffs with ``u <= lastUpdateId``; the first applied diff has ``U <= lastUpdateId + 1 <= u``;
@@ -34,18 +42,20 @@ from typing import Any
 
 import polars as pl
 
-from mdpipe.lake import SCHEMAS, day_start_ns, empty_frame, split_by_date
+from mdpipe.lake import SCHEMAS, day_start_ns, empty_frame, split_by_date, with_added_columns
 from mdpipe.venues.base import Batch, BookSync, LineError, RawLines, UnknownStream, gap_rows
 from mdpipe.venues.binance.common import (
-    CHANNEL_KIND,
+    COINM,
     MS,
     SPOT,
     SPOT_RULES,
-    USDM,
     USDM_RULES,
+    VENUES,
+    channel_kinds,
     route,
     unified_symbol,
 )
+from mdpipe.venues.binance.contracts import contract_size
 
 _LEVELS = pl.List(pl.List(pl.String))
 DEPTH = pl.Struct(
@@ -64,17 +74,24 @@ BOOK_TICKER = pl.Struct(
     {"u": pl.Int64, "E": pl.Int64, "T": pl.Int64, "s": pl.String, "b": pl.String,
      "B": pl.String, "a": pl.String, "A": pl.String}
 )  # fmt: skip
+MARK_PRICE = pl.Struct(
+    {"E": pl.Int64, "s": pl.String, "p": pl.String, "i": pl.String, "P": pl.String,
+     "r": pl.String, "T": pl.Int64}
+)  # fmt: skip
 SNAPSHOT = pl.Struct(
     {"lastUpdateId": pl.Int64, "E": pl.Int64, "T": pl.Int64, "bids": _LEVELS, "asks": _LEVELS}
 )
 
-_SPOT_BOOK_TICKER = (
-    r'^\{"u":(?<u>\d+),"s":"(?<s>[A-Z0-9]+)","b":"(?<b>[0-9.]+)","B":"(?<B>[0-9.]+)",'
-    r'"a":"(?<a>[0-9.]+)","A":"(?<A>[0-9.]+)"\}$'
+# bookTicker in the three shapes Binance sends: spot {"u","s","b","B","a","A"}, USD-M
+# {"e","u","s",...,"T","E"} and COIN-M {"u","e","s","ps",...,"T","E"}
+_BOOK_TICKER = (
+    r'^\{(?:"e":"bookTicker",)?"u":(?<u>\d+),(?:"e":"bookTicker",)?"s":"(?<s>[A-Z0-9_]+)",'
+    r'(?:"ps":"[A-Z0-9_]+",)?"b":"(?<b>[0-9.]+)","B":"(?<B>[0-9.]+)",'
+    r'"a":"(?<a>[0-9.]+)","A":"(?<A>[0-9.]+)"(?:,"T":(?<T>\d+),"E":(?<E>\d+))?\}$'
 )
 _DEPTH_HEAD = (
-    r'^\{"e":"depthUpdate","E":(?<E>\d+),(?:"T":(?<T>\d+),)?"s":"(?<s>[A-Z0-9]+)",'
-    r'"U":(?<U>\d+),"u":(?<u>\d+),(?:"pu":(?<pu>-?\d+),)?"b":\['
+    r'^\{"e":"depthUpdate","E":(?<E>\d+),(?:"T":(?<T>\d+),)?"s":"(?<s>[A-Z0-9_]+)",'
+    r'(?:"ps":"[A-Z0-9_]+",)?"U":(?<U>\d+),"u":(?<u>\d+),(?:"pu":(?<pu>-?\d+),)?"b":\['
 )
 _WRAPPED = r'^\{"stream":"([A-Za-z0-9_.-]+)@([A-Za-z0-9@]+)","data":'
 _EVENT_KIND = {
@@ -82,13 +99,16 @@ _EVENT_KIND = {
     "trade": "trade",
     "aggTrade": "agg_trade",
     "bookTicker": "bbo",
+    "markPriceUpdate": "mark",
 }
+_SPOT_EVENT_KIND = {e: k for e, k in _EVENT_KIND.items() if k != "mark"}
 _REQUIRED = {
     "depth": ("E", "s", "U", "u", "b", "a"),
     "trade": ("s", "t", "p", "q", "T", "m"),
     "agg_trade": ("s", "a", "p", "q", "f", "l", "T", "m"),
     "bbo": ("u", "s", "b", "B", "a", "A"),
     "snapshot": ("lastUpdateId", "bids", "asks"),
+    "mark": ("E", "s", "p", "i"),
 }
 _DTYPES = {
     "depth": DEPTH,
@@ -96,10 +116,11 @@ _DTYPES = {
     "agg_trade": AGG_TRADE,
     "bbo": BOOK_TICKER,
     "snapshot": SNAPSHOT,
+    "mark": MARK_PRICE,
 }
 EXPECTED = (
-    "expected a Binance combined-stream frame (depth, trade, aggTrade, bookTicker), a bare "
-    "event of those kinds, or a REST depth snapshot"
+    "expected a Binance combined-stream frame (depth, trade, aggTrade, bookTicker, markPrice), "
+    "a bare event of those kinds, or a REST depth snapshot"
 )
 
 
@@ -133,14 +154,22 @@ class BinanceNormalizer:
     """Stateful, streaming: feed slices of lines in arrival order, then call :meth:`finish`."""
 
     def __init__(self, venue: str = SPOT) -> None:
-        if venue not in (SPOT, USDM):
-            raise ValueError(
-                f"BinanceNormalizer handles 'binance' and 'binanceusdm', not {venue!r}"
-            )
+        if venue not in VENUES:
+            raise ValueError(f"BinanceNormalizer handles {', '.join(VENUES)}, not {venue!r}")
         self.venue = venue
-        self.futures = venue == USDM
+        self.futures = venue != SPOT
+        self.inverse = venue == COINM
         self._symbols: dict[str, _SymbolState] = {}
         self._next_ev = 0
+        # unified symbol -> USD per contract (inverse markets only; None: unknown)
+        self._contract_size: dict[str, float | None] = {}
+
+    def set_contract_size(self, symbol: str, size: float) -> None:
+        """USD per contract of an inverse market, from the market's metadata (capture: ccxt's
+        ``market["contractSize"]``); it wins over :mod:`~mdpipe.venues.binance.contracts`."""
+        if not size > 0:
+            raise ValueError(f"contract size of {symbol} must be > 0, got {size!r}")
+        self._contract_size[symbol] = float(size)
 
     # -- public -------------------------------------------------------------------------------
     def awaiting_snapshot(self) -> list[str]:
@@ -200,7 +229,8 @@ class BinanceNormalizer:
                 "recv": pl.Int64,
             },
         )
-        return self._trade_rows(g).select(list(SCHEMAS["trades"]))
+        rows = with_added_columns("trades", self._with_base_qty(self._trade_rows(g)))
+        return rows.select(list(SCHEMAS["trades"]))
 
     def is_synced(self, symbol: str) -> bool:
         st = self._symbols.get(symbol)
@@ -240,7 +270,7 @@ class BinanceNormalizer:
             }
         ).with_columns(ev=pl.int_range(self._next_ev, self._next_ev + n, dtype=pl.Int64))
         self._next_ev += n
-        df = _classify(df)
+        df = _classify(df, self.venue)
         bad = df.filter(pl.col("kind").is_null())
         for row in bad.iter_rows(named=True):
             batch.errors.append(
@@ -250,7 +280,7 @@ class BinanceNormalizer:
             )
         batch.count("control", df.filter(pl.col("kind") == "control").height)
         decoded: dict[str, pl.DataFrame] = {}
-        for kind in ("depth", "trade", "agg_trade", "bbo", "snapshot"):
+        for kind in ("depth", "trade", "agg_trade", "bbo", "snapshot", "mark"):
             part = df.filter(pl.col("kind") == kind)
             if part.height:
                 decoded[kind] = self._decode(kind, part, lines, batch)
@@ -261,6 +291,8 @@ class BinanceNormalizer:
             self._agg_trades(decoded["agg_trade"], batch)
         if "bbo" in decoded:
             self._bbo(decoded["bbo"], batch)
+        if "mark" in decoded:
+            self._mark(decoded["mark"], batch)
         self._book(decoded.get("depth"), decoded.get("snapshot"), lines, batch)
         return batch
 
@@ -303,17 +335,13 @@ class BinanceNormalizer:
 
     def _decode(self, kind: str, part: pl.DataFrame, lines: RawLines, batch: Batch) -> pl.DataFrame:
         if kind == "bbo":
-            # Spot bookTicker is most of the stream and has one fixed shape: a regex reads it
+            # bookTicker is most of the stream and has a fixed shape per venue: a regex reads it
             # about 3x faster than the JSON decoder; anything else takes the general path.
-            fast = part["data"].str.extract_groups(_SPOT_BOOK_TICKER)
+            fast = part["data"].str.extract_groups(_BOOK_TICKER)
             hit = fast.struct.field("u").is_not_null()
             if hit.all():
                 return part.drop("data").with_columns(
-                    fast.struct.unnest().with_columns(
-                        pl.col("u").cast(pl.Int64),
-                        E=pl.lit(None, pl.Int64),
-                        T=pl.lit(None, pl.Int64),
-                    )
+                    fast.struct.unnest().with_columns(pl.col("u", "E", "T").cast(pl.Int64))
                 )
         if kind == "depth":
             # Depth diffs carry nested [["px","qty"],...] lists that the JSON decoder reads
@@ -370,7 +398,23 @@ class BinanceNormalizer:
     def _symbol_col(self, df: pl.DataFrame) -> pl.DataFrame:
         raws = df["s"].unique().to_list()
         mapping = {r: unified_symbol(r, self.venue) for r in raws}
+        if self.inverse:
+            for r, sym in mapping.items():
+                if sym not in self._contract_size:
+                    self._contract_size[sym] = contract_size(r)
         return df.with_columns(symbol=pl.col("s").replace_strict(mapping, return_dtype=pl.String))
+
+    def _with_base_qty(self, rows: pl.DataFrame, batch: Batch | None = None) -> pl.DataFrame:
+        """``base_qty`` of inverse-contract rows (``symbol``, ``price``, ``qty``): contracts x
+        USD per contract / price; null where the contract size is unknown (and counted)."""
+        if not self.inverse or rows.height == 0:
+            return rows
+        sizes = {s: self._contract_size.get(s) for s in rows["symbol"].unique().to_list()}
+        usd = pl.col("symbol").replace_strict(sizes, default=None, return_dtype=pl.Float64)
+        out = rows.with_columns(base_qty=pl.col("qty") * usd / pl.col("price"))
+        if batch is not None and any(v is None for v in sizes.values()):
+            batch.count("contract_size_unknown", int(out["base_qty"].null_count()))
+        return out
 
     def _trades(self, t: pl.DataFrame, batch: Batch) -> None:
         t = self._symbol_col(t)
@@ -398,7 +442,7 @@ class BinanceNormalizer:
             g = g.filter(fresh)
             if g.height:
                 st.last_trade_id = int(g["t"].max())  # type: ignore[arg-type]
-            batch.add("trades", self._trade_rows(g))
+            batch.add("trades", self._with_base_qty(self._trade_rows(g), batch))
 
     def _trade_rows(self, g: pl.DataFrame) -> pl.DataFrame:
         """`trades` rows from decoded trades (symbol, t, p, q, T, m, recv): one implementation
@@ -446,6 +490,27 @@ class BinanceNormalizer:
                 bid_qty=pl.col("B").cast(pl.Float64),
                 ask=pl.col("a").cast(pl.Float64),
                 ask_qty=pl.col("A").cast(pl.Float64),
+            ),
+        )
+
+    def _mark(self, m: pl.DataFrame, batch: Batch) -> None:
+        m = self._symbol_col(m)
+        batch.add(
+            "mark",
+            m.select(
+                venue=pl.lit(self.venue),
+                symbol=pl.col("symbol"),
+                # in a markPrice frame `T` is the next funding time, not a trade time
+                exch_ts_ns=pl.col("E") * MS,
+                recv_ts_ns=pl.col("recv"),
+                mark_price=pl.col("p").cast(pl.Float64),
+                index_price=pl.col("i").cast(pl.Float64),
+                # delivery contracts have no funding: "r":"" and "T":0
+                funding_rate=pl.when(pl.col("r") != "").then(pl.col("r")).cast(pl.Float64),
+                next_funding_ts_ns=pl.when(pl.col("T") > 0).then(pl.col("T") * MS),
+                estimated_settle_price=pl.when(pl.col("P") != "")
+                .then(pl.col("P"))
+                .cast(pl.Float64),
             ),
         )
 
@@ -647,7 +712,8 @@ class BinanceNormalizer:
         if segment_starts and segment_starts[-1] == len(pos):
             st.book = None
         for f in out_frames:
-            batch.add("book", f.with_columns(venue=pl.lit(self.venue), symbol=pl.lit(sym)))
+            f = f.with_columns(venue=pl.lit(self.venue), symbol=pl.lit(sym))
+            batch.add("book", self._with_base_qty(f, batch))
 
     def _with_checkpoints(self, sym: str, st: _SymbolState, seg: pl.DataFrame) -> pl.DataFrame:
         """Insert a snapshot of the synced book at each UTC day boundary the segment crosses, so
@@ -735,7 +801,7 @@ def _why_unknown(text: str, venue: str) -> str:
     return f"unknown message: {EXPECTED}"
 
 
-def _classify(df: pl.DataFrame) -> pl.DataFrame:
+def _classify(df: pl.DataFrame, venue: str) -> pl.DataFrame:
     """Find each line's kind, symbol (lower case) and data JSON text, without parsing it."""
     wrapped = df["text"].str.extract_groups(_WRAPPED)
     df = df.with_columns(
@@ -746,7 +812,7 @@ def _classify(df: pl.DataFrame) -> pl.DataFrame:
     prefix_len = pl.col("stream_symbol").str.len_bytes() + pl.col("channel").str.len_bytes() + 21
     inner = pl.col("text").str.slice(prefix_len, pl.col("text").str.len_chars() - prefix_len - 1)
     channel_kind = pl.col("channel").replace_strict(
-        CHANNEL_KIND, default=None, return_dtype=pl.String
+        channel_kinds(venue), default=None, return_dtype=pl.String
     )
     if df["channel"].null_count() == 0:  # a combined-stream journal: skip the bare-message tests
         return df.with_columns(data=inner, kind=channel_kind)
@@ -756,7 +822,13 @@ def _classify(df: pl.DataFrame) -> pl.DataFrame:
         pl.when(is_wrapped)
         .then(channel_kind)
         .when(event.is_not_null())
-        .then(event.replace_strict(_EVENT_KIND, default=None, return_dtype=pl.String))
+        .then(
+            event.replace_strict(
+                _EVENT_KIND if venue != SPOT else _SPOT_EVENT_KIND,
+                default=None,
+                return_dtype=pl.String,
+            )
+        )
         .when(pl.col("text").str.starts_with('{"lastUpdateId":'))
         .then(pl.lit("snapshot"))
         .when(pl.col("text").str.contains(r'^\{"u":\d+,"s":"'))

@@ -1,5 +1,12 @@
 """A local Binance on 127.0.0.1: replays raw journals over Binance's websocket and REST protocol.
 
+Spot, USD-M and COIN-M at once: each recording file is one venue's (recognised by content, as
+import does: `pu` chaining is futures, a ``btcusd_perp`` market is COIN-M), served under that
+venue's REST prefix (spot ``/api/v3``, USD-M ``/fapi/v1``, COIN-M ``/dapi/v1``) and on its own
+websocket path ``/<venue>/stream`` (``/stream`` and ``/ws`` serve every venue's streams, as one
+venue's recording always did). A recording of a single venue is also served under the other
+prefixes, as before.
+
 What a real `ccxt.pro.binance` client needs, and nothing pretends beyond it:
 
 - REST `GET /api/v3/ping`, `/api/v3/time`, `/api/v3/exchangeInfo` (only the recorded symbols),
@@ -43,7 +50,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from mdpipe.lake import iter_journal_lines
-from mdpipe.venues.binance.common import split_symbol
+from mdpipe.venues.binance import sniff
+from mdpipe.venues.binance.common import COINM, SPOT, USDM, split_symbol, unified_symbol
+from mdpipe.venues.binance.contracts import contract_size
 
 log = logging.getLogger("mdpipe.venues.binance.simulator")
 
@@ -61,6 +70,11 @@ PRINTED_TRADES_KEPT = 1_000_000  # per symbol, for historicalTrades (older ones 
 # `speed` is not a fault but travels the same control path: {"kind": "speed", "speed": 5}
 
 
+# the REST prefix of each venue, and the venue of each prefix
+REST_PREFIX = {SPOT: "/api/v3", USDM: "/fapi/v1", COINM: "/dapi/v1"}
+_MARKET_VENUE = {"spot": SPOT, "usdm": USDM, "coinm": COINM}
+
+
 @dataclass(slots=True)
 class _Event:
     recv_ns: int
@@ -69,11 +83,18 @@ class _Event:
     kind: str  # 'depth' | 'trade' | 'bookTicker' | 'other'
     frame: str  # the recorded combined-stream frame text
     data: dict[str, Any] | None = None  # parsed payload, only for depth diffs and trades
+    venue: str = SPOT
+
+    @property
+    def key(self) -> str:
+        """The market's key in `ExchangeSim.markets`: ``<venue>:<exchange id>``."""
+        return f"{self.venue}:{self.sym}"
 
 
 @dataclass
 class _SymbolState:
     sym: str
+    venue: str = SPOT
     snapshot_id: int | None = None
     snapshot_recv_ns: int | None = None  # where the recorder took its REST snapshot
     snapshot_served: bool = False
@@ -132,6 +153,7 @@ class _Conn:
     wrapped: bool
     streams: set[str] = field(default_factory=set)
     sent: int = 0
+    venue: str | None = None  # None: every venue's streams (`/stream`, `/ws`)
 
 
 _CACHE: dict[tuple[tuple[str, int, int], ...], tuple[list[_Event], dict[str, _SymbolState]]] = {}
@@ -150,8 +172,9 @@ def load_recording_cached(
         _CACHE[key] = load_recording(paths)
     events, states = _CACHE[key]
     fresh = {
-        sym: _SymbolState(
-            sym,
+        key: _SymbolState(
+            st.sym,
+            st.venue,
             snapshot_id=st.snapshot_id,
             snapshot_recv_ns=st.snapshot_recv_ns,
             bids=dict(st.bids),
@@ -159,7 +182,7 @@ def load_recording_cached(
             first_bids=st.bids,
             first_asks=st.asks,
         )
-        for sym, st in states.items()
+        for key, st in states.items()
     }
     return list(events), fresh
 
@@ -168,7 +191,9 @@ def load_recording(paths: Sequence[str | Path]) -> tuple[list[_Event], dict[str,
     """Parse journals into one receive-time-ordered event list plus each symbol's first snapshot.
 
     Several files of one symbol are read in the order given as one stream; REST snapshot lines
-    (bare `{"lastUpdateId":..}`) seed the simulator's book and are not streamed.
+    (bare `{"lastUpdateId":..}`) seed the simulator's book and are not streamed. Each file is
+    one venue's, recognised from its first lines as import recognises it. States are keyed
+    ``<venue>:<exchange id>``.
     """
     events: list[_Event] = []
     states: dict[str, _SymbolState] = {}
@@ -176,7 +201,10 @@ def load_recording(paths: Sequence[str | Path]) -> tuple[list[_Event], dict[str,
         file_sym: str | None = None
         pending_snapshot: dict[str, Any] | None = None
         snapshot_ns = 0
-        for recv_ns, text, line_no in iter_journal_lines(path):
+        lines = list(iter_journal_lines(path))
+        head = sniff.sniff_head([t.encode() for _, t, _ in lines[:2000]])
+        venue = _MARKET_VENUE[head.market_type]
+        for recv_ns, text, line_no in lines:
             if text.startswith('{"stream":"'):
                 stream = text[11 : text.index('"', 11)]
                 sym, _, rest = stream.partition("@")
@@ -190,14 +218,15 @@ def load_recording(paths: Sequence[str | Path]) -> tuple[list[_Event], dict[str,
                 else:
                     kind = "other"
                 data = json.loads(text)["data"] if kind in ("depth", "trade") else None
-                events.append(_Event(recv_ns, sym, stream, kind, text, data))
+                events.append(_Event(recv_ns, sym, stream, kind, text, data, venue))
             elif text.startswith('{"lastUpdateId"'):
                 pending_snapshot = json.loads(text)
                 snapshot_ns = recv_ns
             else:
                 raise ValueError(f"{path}:{line_no}: not a combined-stream frame or REST snapshot")
             if pending_snapshot is not None and file_sym is not None:
-                st = states.setdefault(file_sym, _SymbolState(file_sym))
+                key = f"{venue}:{file_sym}"
+                st = states.setdefault(key, _SymbolState(file_sym, venue))
                 if st.snapshot_id is None:
                     st.snapshot_id = int(pending_snapshot["lastUpdateId"])
                     st.snapshot_recv_ns = snapshot_ns
@@ -205,7 +234,7 @@ def load_recording(paths: Sequence[str | Path]) -> tuple[list[_Event], dict[str,
                     st.asks = {p: q for p, q in pending_snapshot["asks"]}
                 pending_snapshot = None
         if file_sym is not None:
-            states.setdefault(file_sym, _SymbolState(file_sym))
+            states.setdefault(f"{venue}:{file_sym}", _SymbolState(file_sym, venue))
     # stable: equal receive times keep file order
     events.sort(key=lambda e: e.recv_ns)
     return events, states
@@ -253,6 +282,46 @@ def _exchange_info_symbol(sym_upper: str) -> dict[str, Any]:
         "permissionSets": [["SPOT", "MARGIN"]],
         "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
         "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+    }
+
+
+def _exchange_info_futures_symbol(sym_upper: str, venue: str) -> dict[str, Any]:
+    """One symbol of ``/fapi/v1/exchangeInfo`` (USD-M) or ``/dapi/v1/exchangeInfo`` (COIN-M:
+    ``BTCUSD_PERP``, pair ``BTCUSD``, margined in the base asset, ``contractSize`` in USD)."""
+    if venue == COINM:
+        pair, _, expiry = sym_upper.partition("_")
+        base, quote = split_symbol(pair)
+        size = contract_size(sym_upper)
+        perpetual = expiry == "PERP"
+        extra: dict[str, Any] = {
+            "pair": pair,
+            "contractType": "PERPETUAL" if perpetual else "CURRENT_QUARTER",
+            "contractStatus": "TRADING",
+            "marginAsset": base,
+            "contractSize": int(size) if size is not None else 10,
+        }
+        spot = _exchange_info_symbol(pair)
+    else:
+        spot = _exchange_info_symbol(sym_upper)
+        base, quote = spot["baseAsset"], spot["quoteAsset"]
+        extra = {"pair": sym_upper, "contractType": "PERPETUAL", "marginAsset": quote}
+    return {
+        "symbol": sym_upper,
+        "deliveryDate": 4133404800000,
+        "onboardDate": 1569398400000,
+        "status": "TRADING",
+        "baseAsset": base,
+        "quoteAsset": quote,
+        "pricePrecision": 2,
+        "quantityPrecision": 3,
+        "baseAssetPrecision": 8,
+        "quotePrecision": 8,
+        "underlyingType": "COIN",
+        "triggerProtect": "0.0500",
+        "filters": spot["filters"],
+        "orderTypes": ["LIMIT", "MARKET"],
+        "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
+        **extra,
     }
 
 
@@ -304,10 +373,11 @@ class ExchangeSim:
         self.keep_running = keep_running
         self.history_error: tuple[int, int, float | None] | None = None  # status, count, retry
         self.history_requests = 0
-        self.events, self.symbols = load_recording_cached(self.recordings)
+        self.events, self.markets = load_recording_cached(self.recordings)
         if limit_events is not None:
             self.events = self.events[:limit_events]
-        self.all_streams = {e.stream for e in self.events}
+        self.venues = sorted({st.venue for st in self.markets.values()})
+        self.all_streams = {(e.venue, e.stream) for e in self.events}
         self._spans = _lap_spans(self.events)
         offsets = sorted(
             int(e.data["E"]) - e.recv_ns // 1_000_000
@@ -352,23 +422,39 @@ class ExchangeSim:
         return f"ws://{self.host}:{self.port}/stream"
 
     @property
-    def futures(self) -> bool:
-        """True for a USD-M futures recording (its depth diffs chain with `pu`)."""
-        return any(e.kind == "depth" and e.data and "pu" in e.data for e in self.events[:2000])
+    def symbols(self) -> dict[str, _SymbolState]:
+        """Markets by exchange id (``btcusdt``); an id that two venues share appears once per
+        venue as ``<venue>:<id>`` only (see `markets`)."""
+        ids = [st.sym for st in self.markets.values()]
+        return {(st.sym if ids.count(st.sym) == 1 else key): st for key, st in self.markets.items()}
 
-    def unified_symbols(self) -> list[str]:
-        out = []
-        for sym in sorted(self.symbols):
-            info = _exchange_info_symbol(sym.upper())
-            base, quote = info["baseAsset"], info["quoteAsset"]
-            out.append(f"{base}/{quote}:{quote}" if self.futures else f"{base}/{quote}")
-        return out
+    @property
+    def futures(self) -> bool:
+        """True when every recorded market is a futures one (USD-M or COIN-M)."""
+        return SPOT not in self.venues
+
+    def unified_symbols(self, venue: str | None = None) -> list[str]:
+        return [
+            unified_symbol(st.sym.upper(), st.venue)
+            for st in sorted(self.markets.values(), key=lambda st: (st.venue, st.sym))
+            if venue is None or st.venue == venue
+        ]
+
+    def ws_url_of(self, venue: str) -> str:
+        """The websocket URL that serves one venue's streams only."""
+        return f"ws://{self.host}:{self.port}/{venue}/stream"
 
     def capture_command(self) -> str:
-        venue = "binanceusdm" if self.futures else "binance"
+        if len(self.venues) == 1:
+            venue = self.venues[0]
+            return (
+                f"mdpipe capture --venue {venue} --symbols {','.join(self.unified_symbols())} "
+                f"--ws-url {self.ws_url} --rest-url {self.rest_url}"
+            )
+        markets = ",".join(f"{v}:{s}" for v in self.venues for s in self.unified_symbols(v))
         return (
-            f"mdpipe capture --venue {venue} --symbols {','.join(self.unified_symbols())} "
-            f"--ws-url {self.ws_url} --rest-url {self.rest_url}"
+            f"mdpipe capture --markets {markets} "
+            f"--ws-url ws://{self.host}:{self.port}/{{venue}}/stream --rest-url {self.rest_url}"
         )
 
     async def start(self) -> None:
@@ -387,10 +473,20 @@ class ExchangeSim:
         app.router.add_get("/fapi/v1/depth", self._depth_futures)
         app.router.add_get("/fapi/v1/trades", self._trades)
         app.router.add_get("/fapi/v1/historicalTrades", self._historical_trades)
+        # COIN-M futures under /dapi
+        app.router.add_get("/dapi/v1/ping", self._ping)
+        app.router.add_get("/dapi/v1/time", self._time)
+        app.router.add_get("/dapi/v1/exchangeInfo", self._exchange_info_futures)
+        app.router.add_get("/dapi/v1/depth", self._depth_futures)
+        app.router.add_get("/dapi/v1/trades", self._trades)
+        app.router.add_get("/dapi/v1/historicalTrades", self._historical_trades)
         app.router.add_post("/_sim/fault", self._fault_http)
         app.router.add_get("/_sim/status", self._status_http)
         for path in ("/ws", "/ws/{tail:.*}", "/stream", "/stream/{tail:.*}"):
             app.router.add_get(path, self._ws)
+        for venue in REST_PREFIX:  # one venue's streams only, as each has its own host
+            for path in ("ws", "ws/{tail:.*}", "stream", "stream/{tail:.*}"):
+                app.router.add_get(f"/{venue}/{path}", self._ws)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -429,7 +525,7 @@ class ExchangeSim:
                 self.keep_running = True
             await self._close_all(abort=bool(kw.get("abort", True)))
         elif kind == "skip":
-            st = self._sym_state(kw["symbol"])
+            st = self._sym_state(kw["symbol"], kw.get("venue"))
             st.skip_diffs += int(kw.get("count", 1))
         elif kind == "silence":
             self._silent_until = now + float(kw.get("seconds", 1.0))
@@ -440,7 +536,11 @@ class ExchangeSim:
         elif kind in ("snapshot_429", "snapshot_418"):
             status = 429 if kind == "snapshot_429" else 418
             retry = float(kw.get("retry_after", 1.0))
-            targets = [self._sym_state(kw["symbol"])] if kw.get("symbol") else self.symbols.values()
+            targets = (
+                [self._sym_state(kw["symbol"], kw.get("venue"))]
+                if kw.get("symbol")
+                else self.markets.values()
+            )
             for st in targets:
                 st.snapshot_error = (status, retry)
         elif kind == "history_error":
@@ -502,11 +602,41 @@ class ExchangeSim:
         self.speed = speed
         self._reanchor = True
 
-    def _sym_state(self, symbol: str) -> _SymbolState:
+    def _sym_state(self, symbol: str, venue: str | None = None) -> _SymbolState:
+        """A market by unified symbol (``BTC/USD:BTC``), exchange id, or ``BTC/USDT`` for
+        ``btcusdt`` (the old spelling); ``venue`` picks one where several venues list it."""
         sym = symbol.replace("/", "").replace("-", "").lower()
-        if sym not in self.symbols:
-            raise ValueError(f"symbol {symbol!r} is not in the recording ({sorted(self.symbols)})")
-        return self.symbols[sym]
+        hits = [
+            st
+            for st in self.markets.values()
+            if (venue is None or st.venue == venue)
+            and (st.sym == sym or unified_symbol(st.sym.upper(), st.venue) == symbol)
+        ]
+        if len(hits) != 1:
+            known = sorted(self.markets)
+            why = "is not in the recording" if not hits else "is listed by several venues"
+            raise ValueError(f"symbol {symbol!r} {why} ({known}); name the venue")
+        return hits[0]
+
+    def _venue_of(self, request: web.Request) -> str:
+        for venue, prefix in REST_PREFIX.items():
+            if request.path.startswith(prefix + "/"):
+                return venue
+        return SPOT
+
+    def _venue_markets(self, venue: str) -> list[_SymbolState]:
+        """The markets a venue's REST prefix serves; a single-venue recording is served under
+        every prefix (what the simulator always did)."""
+        if len(self.venues) == 1:
+            return list(self.markets.values())
+        return [st for st in self.markets.values() if st.venue == venue]
+
+    def _market_of(self, request: web.Request) -> _SymbolState | None:
+        sym = request.query.get("symbol", "").lower()
+        for st in self._venue_markets(self._venue_of(request)):
+            if st.sym == sym:
+                return st
+        return None
 
     # ---- REST ------------------------------------------------------------------------------
 
@@ -546,38 +676,20 @@ class ExchangeSim:
                 }
             ],
             "exchangeFilters": [],
-            "symbols": [_exchange_info_symbol(s.upper()) for s in sorted(self.symbols)],
+            "symbols": [
+                _exchange_info_symbol(st.sym.upper())
+                for st in sorted(self._venue_markets(SPOT), key=lambda st: st.sym)
+            ],
         }
         return web.json_response(body)
 
     async def _exchange_info_futures(self, request: web.Request) -> web.Response:
         if self._down():
             return self._unavailable()
+        venue = self._venue_of(request)
         symbols = []
-        for sym in sorted(self.symbols):
-            spot = _exchange_info_symbol(sym.upper())
-            symbols.append(
-                {
-                    "symbol": spot["symbol"],
-                    "pair": spot["symbol"],
-                    "contractType": "PERPETUAL",
-                    "deliveryDate": 4133404800000,
-                    "onboardDate": 1569398400000,
-                    "status": "TRADING",
-                    "baseAsset": spot["baseAsset"],
-                    "quoteAsset": spot["quoteAsset"],
-                    "marginAsset": spot["quoteAsset"],
-                    "pricePrecision": 2,
-                    "quantityPrecision": 3,
-                    "baseAssetPrecision": 8,
-                    "quotePrecision": 8,
-                    "underlyingType": "COIN",
-                    "triggerProtect": "0.0500",
-                    "filters": spot["filters"],
-                    "orderTypes": ["LIMIT", "MARKET"],
-                    "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
-                }
-            )
+        for st in sorted(self._venue_markets(venue), key=lambda st: st.sym):
+            symbols.append(_exchange_info_futures_symbol(st.sym.upper(), venue))
         return web.json_response(
             {
                 "timezone": "UTC",
@@ -594,13 +706,19 @@ class ExchangeSim:
         if resp.status != 200 or resp.body is None:
             return resp
         body = json.loads(bytes(resp.body))  # type: ignore[arg-type]
-        # futures snapshots carry the message and transaction times
+        # futures snapshots carry the message and transaction times; COIN-M's also name the
+        # symbol and pair
         t = self.server_time_ms()
+        extra = {}
+        if self._venue_of(request) == COINM:
+            sym = request.query.get("symbol", "").upper()
+            extra = {"symbol": sym, "pair": sym.partition("_")[0]}
         return web.json_response(
             {
                 "lastUpdateId": body["lastUpdateId"],
                 "E": t,
                 "T": t,
+                **extra,
                 "bids": body["bids"],
                 "asks": body["asks"],
             }
@@ -612,8 +730,7 @@ class ExchangeSim:
     async def _depth(self, request: web.Request) -> web.Response:
         if self._down():
             return self._unavailable()
-        sym = request.query.get("symbol", "").lower()
-        st = self.symbols.get(sym)
+        st = self._market_of(request)
         if st is None:
             return self._bad_symbol()
         self.snapshot_requests += 1
@@ -637,7 +754,7 @@ class ExchangeSim:
     async def _trades(self, request: web.Request) -> web.Response:
         if self._down():
             return self._unavailable()
-        st = self.symbols.get(request.query.get("symbol", "").lower())
+        st = self._market_of(request)
         if st is None:
             return self._bad_symbol()
         limit = min(int(request.query.get("limit", "500")), 1000)
@@ -662,7 +779,7 @@ class ExchangeSim:
         from `fromId` on (without it: the most recent), oldest first."""
         if self._down():
             return self._unavailable()
-        st = self.symbols.get(request.query.get("symbol", "").lower())
+        st = self._market_of(request)
         if st is None:
             return self._bad_symbol()
         self.history_requests += 1
@@ -693,7 +810,7 @@ class ExchangeSim:
                     "quoteQty": f"{float(t['p']) * float(t['q']):.8f}",
                     "time": t["T"],
                     "isBuyerMaker": t["m"],
-                    **({} if self.futures else {"isBestMatch": t.get("M", True)}),
+                    **({} if st.venue != SPOT else {"isBestMatch": t.get("M", True)}),
                 }
                 for t in page
             ]
@@ -731,6 +848,7 @@ class ExchangeSim:
                 }
                 for s, st in self.symbols.items()
             },
+            "venues": self.venues,
         }
 
     # ---- websocket -------------------------------------------------------------------------
@@ -740,7 +858,10 @@ class ExchangeSim:
             return self._unavailable()
         ws = web.WebSocketResponse(autoping=True, max_msg_size=1 << 20)
         await ws.prepare(request)
-        conn = _Conn(ws=ws, wrapped=request.path.startswith("/stream"))
+        first = request.path.strip("/").split("/")[0]
+        venue = first if first in REST_PREFIX else None
+        rest_path = request.path.removeprefix(f"/{venue}") if venue else request.path
+        conn = _Conn(ws=ws, wrapped=rest_path.startswith("/stream"), venue=venue)
         tail = request.match_info.get("tail", "")
         if "@" in tail:  # raw single-stream path /ws/btcusdt@trade
             conn.streams.update(tail.split("/"))
@@ -788,10 +909,12 @@ class ExchangeSim:
             self._first_subscribe_at = time.monotonic()
         self._subscribed_event.set()
 
-    def _subscribed_streams(self) -> set[str]:
-        out: set[str] = set()
+    def _subscribed_streams(self) -> set[tuple[str, str]]:
+        """(venue, stream) pairs someone listens to (a `/stream` client: every venue's)."""
+        out: set[tuple[str, str]] = set()
         for c in self._conns:
-            out |= c.streams
+            for v in [c.venue] if c.venue else self.venues:
+                out |= {(v, s) for s in c.streams}
         return out
 
     # ---- replay ----------------------------------------------------------------------------
@@ -833,13 +956,13 @@ class ExchangeSim:
                 self.lap += 1
                 self._pos = 0
                 self._reanchor = True
-                for st in self.symbols.values():
+                for st in self.markets.values():
                     # each lap starts from the recorded snapshot again: the book then matches the
                     # lap's diffs; clients see the one-id hole at the seam and resync
                     if st.snapshot_id is not None and st.first_bids is not None:
                         st.bids, st.asks = dict(st.first_bids), dict(st.first_asks or {})
                         st.last_u = None
-                        st.snapshot_id_shift = self._spans[st.sym][1] * self.lap
+                        st.snapshot_id_shift = self._spans[f"{st.venue}:{st.sym}"][1] * self.lap
                 continue
             waited = await self._wait_ready()
             if self._hold_at is not None and self._pos >= self._hold_at:
@@ -856,7 +979,7 @@ class ExchangeSim:
             if self._reanchor:
                 self._reanchor = False
                 rec0, wall0 = ev.recv_ns, time.monotonic()
-            st = self.symbols[ev.sym]
+            st = self.markets[ev.key]
             if (
                 self.hold_for_snapshot_s > 0
                 and not st.hold_done
@@ -899,12 +1022,12 @@ class ExchangeSim:
         log.info("replay finished: %d events, %d frames sent", len(events), self.frames_sent)
 
     async def _emit(self, ev: _Event, silent: bool) -> None:
-        st = self.symbols[ev.sym]
+        st = self.markets[ev.key]
         lap = self.lap
         dt_ms, du, dt = (0, 0, 0)
         frame = ev.frame
         if lap:
-            span_ms, upd, trd = self._spans[ev.sym]
+            span_ms, upd, trd = self._spans[ev.key]
             dt_ms, du, dt = lap * span_ms, lap * upd, lap * trd
         if self.retime:
             # exchange times move to "now", keeping each event's recorded E - receive time
@@ -931,7 +1054,7 @@ class ExchangeSim:
             return
         delivered = False
         for c in list(self._conns):
-            if ev.stream in c.streams:
+            if ev.stream in c.streams and (c.venue is None or c.venue == ev.venue):
                 delivered = await self._send(c, frame, as_recorded=c.wrapped) or delivered
         if delivered:
             if ev.kind == "trade":
@@ -970,14 +1093,14 @@ def _lap_spans(events: list[_Event]) -> dict[str, tuple[int, int, int]]:
         return {}
     span_ms = (events[-1].recv_ns - events[0].recv_ns) // 1_000_000 + 100
     out: dict[str, tuple[int, int, int]] = {}
-    for sym in {e.sym for e in events}:
-        depth = [e.data for e in events if e.sym == sym and e.kind == "depth" and e.data]
-        trades = [int(e.data["t"]) for e in events if e.sym == sym and e.kind == "trade" and e.data]
+    for key in {e.key for e in events}:
+        depth = [e.data for e in events if e.key == key and e.kind == "depth" and e.data]
+        trades = [int(e.data["t"]) for e in events if e.key == key and e.kind == "trade" and e.data]
         # +2, not +1: one update id is left out at each seam, so a client sees an honest
         # sequence gap there (the book restarts from the recorded snapshot) and resyncs
         upd = (int(depth[-1]["u"]) - int(depth[0]["U"]) + 2) if depth else 0
         trd = (max(trades) - min(trades) + 1) if trades else 0
-        out[sym] = (span_ms, upd, trd)
+        out[key] = (span_ms, upd, trd)
     return out
 
 

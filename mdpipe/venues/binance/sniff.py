@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import polars as pl
 
 _STREAM = re.compile(rb'^\{"stream":"([A-Za-z0-9_.-]+)@')
-_BARE_SYMBOL = re.compile(rb'"s":"([A-Z0-9]+)"')
+_BARE_SYMBOL = re.compile(rb'"s":"([A-Z0-9_]+)"')
+_COINM_ID = re.compile(rb"^[a-z0-9]+usd_(?:perp|\d{6})$")
 _BARE = re.compile(rb'^\{"(?:e":"[A-Za-z]+"|u":\d+,"s":"|lastUpdateId":)')
 _ANSWER = re.compile(rb'^\{"(?:result|id|error|code)"')
 CONTROL_PREFIXES = ('{"result"', '{"id"', '{"error"', '{"code"')
@@ -23,18 +24,28 @@ CONTROL_PREFIXES = ('{"result"', '{"id"', '{"error"', '{"code"')
 
 @dataclass(frozen=True)
 class BinanceHead:
-    """What the first lines of a file say: Binance messages or not, USD-M or spot, which market."""
+    """What the first lines of a file say: Binance messages or not, which API (spot, USD-M,
+    COIN-M), which market."""
 
     binance: bool
     futures: bool
     symbol: str | None
+    coinm: bool = False
+
+    @property
+    def market_type(self) -> str:
+        """``spot``, ``usdm`` or ``coinm`` (as :func:`mdpipe.venues.binance.common.market_type`)."""
+        return "coinm" if self.coinm else "usdm" if self.futures else "spot"
 
 
 def sniff_head(messages: Sequence[bytes]) -> BinanceHead:
-    """A file is Binance's when its first market-data message is a Binance frame; it is USD-M
-    when any diff carries ``pu`` or a REST snapshot carries ``E`` (``/fapi/v1/depth``)."""
+    """A file is Binance's when its first market-data message is a Binance frame. It is
+    COIN-M when its market id is one (``btcusd_perp``, ``ethusd_240927``: ``<base>usd_``) or a
+    frame names its pair (``"ps":``, COIN-M only); else USD-M when any diff carries ``pu``, a
+    REST snapshot carries ``E`` (``/fapi/v1/depth``) or a frame is a ``markPriceUpdate``."""
     sym = None
     futures = False
+    coinm = False
     first: bool | None = None  # whether the first market-data message is a Binance frame
     for msg in messages:
         if not msg or _ANSWER.match(msg):
@@ -51,9 +62,17 @@ def sniff_head(messages: Sequence[bytes]) -> BinanceHead:
                     sym = b.group(1).decode().lower()
         elif first is None and msg.startswith(b"{"):
             first = False
-        if b'"pu":' in msg or (msg.startswith(b'{"lastUpdateId"') and b'"E":' in msg):
+        if (
+            b'"pu":' in msg
+            or (msg.startswith(b'{"lastUpdateId"') and b'"E":' in msg)
+            or b'"markPriceUpdate"' in msg
+        ):
             futures = True
-    return BinanceHead(bool(first), futures, sym)
+        if b'"ps":"' in msg:
+            coinm = True
+    if sym is not None and _COINM_ID.match(sym.encode()):
+        coinm = True
+    return BinanceHead(bool(first), futures or coinm, sym, coinm)
 
 
 def stream_labels(text: pl.Series) -> pl.Series:
@@ -64,7 +83,7 @@ def stream_labels(text: pl.Series) -> pl.Series:
         t.str.extract(r'^\{"stream":"([^"]+)"', 1)
         .fill_null(
             pl.concat_str(
-                t.str.extract(r'"s":"([A-Za-z0-9]+)"', 1).str.to_lowercase(),
+                t.str.extract(r'"s":"([A-Za-z0-9_]+)"', 1).str.to_lowercase(),
                 pl.lit("@"),
                 t.str.extract(r'^\{"e":"([A-Za-z]+)"', 1).fill_null("bookTicker"),
             )

@@ -3,7 +3,8 @@
 Spot: websocket ``<ws>/<n>`` with ``SUBSCRIBE`` of ``<sym>@depth@100ms``, ``<sym>@trade``,
 ``<sym>@bookTicker``; answers ``{"result":null,"id":N}`` or ``{"error":{...},"id":N}``;
 REST ``GET /api/v3/depth``, ``/api/v3/historicalTrades``, ``/api/v3/time``. USD-M: the same
-streams, REST under ``/fapi/v1``.
+streams plus ``<sym>@markPrice@1s``, REST under ``/fapi/v1``. COIN-M: as USD-M, REST under
+``/dapi/v1``, websocket on ccxt's ``inverse`` URL (``dstream``), markets ``btcusd_perp``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import ccxt
 import ccxt.pro as ccxtpro
 
 from mdpipe.venues.base import ControlAnswer, Snapshot, SubscribeRequest, TradesPage
-from mdpipe.venues.binance.common import DEFAULT_CHANNELS, SPOT, USDM
+from mdpipe.venues.binance.common import COINM, DEFAULT_CHANNELS, FUTURES_CHANNELS, SPOT, USDM
 from mdpipe.venues.binance.sniff import CONTROL_PREFIXES
 
 
@@ -132,6 +133,7 @@ class BinanceUsdmTransport(BinanceTransport):
     ccxt_class = ccxtpro.binanceusdm
     market_type = "swap"
     ws_type = "linear"
+    channels: tuple[str, ...] = FUTURES_CHANNELS
     time_path = "fapiPublic"
     history_api = "fapiPublic"  # GET /fapi/v1/historicalTrades
 
@@ -147,3 +149,35 @@ class BinanceUsdmTransport(BinanceTransport):
     async def fetch_snapshot(self, ex: Any, market: Mapping[str, Any]) -> Snapshot:
         await ex.fapiPublicGetDepth({"symbol": market["id"], "limit": self.snapshot_limit})
         return Snapshot(time.time_ns(), str(ex.last_http_response))
+
+
+class BinanceCoinmTransport(BinanceTransport):
+    """Binance COIN-M futures: USD-M's streams and `pu` chaining, REST `/dapi/v1/depth`."""
+
+    venue = COINM
+    ccxt_class = ccxtpro.binancecoinm
+    market_type = "swap"
+    ws_type = "inverse"
+    channels: tuple[str, ...] = FUTURES_CHANNELS
+    time_path = "dapiPublic"
+    history_api = "dapiPublic"  # GET /dapi/v1/historicalTrades
+
+    def ccxt_config(self) -> dict[str, Any]:
+        return {"enableRateLimit": True, "options": {"fetchMarkets": {"types": ["inverse"]}}}
+
+    def apply_urls(self, ex: Any) -> None:
+        if self.rest_url:
+            ex.urls["api"]["dapiPublic"] = self.rest_url.rstrip("/") + "/dapi/v1"
+        if self.ws_url:
+            ex.urls["api"]["ws"]["inverse"] = self.ws_url.rstrip("/")
+
+    async def fetch_snapshot(self, ex: Any, market: Mapping[str, Any]) -> Snapshot:
+        await ex.dapiPublicGetDepth({"symbol": market["id"], "limit": self.snapshot_limit})
+        return Snapshot(time.time_ns(), str(ex.last_http_response))
+
+
+TRANSPORTS: dict[str, type[BinanceTransport]] = {
+    SPOT: BinanceTransport,
+    USDM: BinanceUsdmTransport,
+    COINM: BinanceCoinmTransport,
+}

@@ -1,7 +1,8 @@
-"""The two Binance venues as :class:`mdpipe.venues.base.Venue` objects: spot (``binance``) and
-USD-M futures (``binanceusdm``). They share message shapes, stream names and the dump format;
-they differ in symbols (``BTC/USDT`` vs ``BTC/USDT:USDT``), sequence rules (ids vs ``pu``
-chaining) and REST paths."""
+"""The three Binance venues as :class:`mdpipe.venues.base.Venue` objects: spot (``binance``),
+USD-M futures (``binanceusdm``) and COIN-M futures (``binancecoinm``). They share message
+shapes, stream names and the dump format; they differ in symbols (``BTC/USDT``,
+``BTC/USDT:USDT``, ``BTC/USD:BTC``), sequence rules (ids vs ``pu`` chaining), sizes (COIN-M:
+inverse contracts) and REST paths (``/api/v3``, ``/fapi/v1``, ``/dapi/v1``)."""
 
 from __future__ import annotations
 
@@ -26,12 +27,19 @@ class BinanceVenue:
     default_channels: tuple[str, ...] = common.DEFAULT_CHANNELS
 
     def __init__(self, name: str) -> None:
-        if name not in (common.SPOT, common.USDM):
-            raise ValueError(f"BinanceVenue is {common.SPOT!r} or {common.USDM!r}, not {name!r}")
+        self.market_type = common.market_type(name)  # raises for a name that is not Binance's
         self.name = name
-        self.futures = name == common.USDM
-        self.rules: SequenceRules = common.USDM_RULES if self.futures else common.SPOT_RULES
-        # USD-M dumps have other columns (no is_best_match); only spot dumps are read
+        self.futures = name != common.SPOT
+        self.rules: SequenceRules = (
+            common.COINM_RULES
+            if name == common.COINM
+            else common.USDM_RULES
+            if self.futures
+            else common.SPOT_RULES
+        )
+        if self.futures:
+            self.default_channels = common.FUTURES_CHANNELS
+        # futures dumps have other columns (no is_best_match); only spot dumps are read
         self.dump_names = "" if self.futures else dumps.DUMP_NAMES
 
     def __repr__(self) -> str:
@@ -57,10 +65,9 @@ class BinanceVenue:
         self, ws_url: str | None, rest_url: str | None, channels: tuple[str, ...] = ()
     ) -> Transport:
         # imported here: ccxt.pro is heavy and only capture needs it
-        from mdpipe.venues.binance.transport import BinanceTransport, BinanceUsdmTransport
+        from mdpipe.venues.binance.transport import TRANSPORTS
 
-        cls = BinanceUsdmTransport if self.futures else BinanceTransport
-        return cls(ws_url, rest_url, channels)
+        return TRANSPORTS[self.name](ws_url, rest_url, channels)
 
     def route(self, stream: str) -> StreamRoute:
         return common.route(self.name, stream)
@@ -73,7 +80,7 @@ class BinanceVenue:
 
     def sniff(self, messages: Sequence[bytes]) -> JournalHead:
         head = sniff.sniff_head(messages)
-        return JournalHead(head.binance and head.futures == self.futures, head.symbol)
+        return JournalHead(head.binance and head.market_type == self.market_type, head.symbol)
 
     def dump_of(self, path: Path) -> DumpFile | None:
         return None if self.futures else dumps.dump_of(path)
@@ -84,3 +91,4 @@ class BinanceVenue:
 
 SPOT_VENUE = BinanceVenue(common.SPOT)
 USDM_VENUE = BinanceVenue(common.USDM)
+COINM_VENUE = BinanceVenue(common.COINM)
