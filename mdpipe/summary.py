@@ -13,6 +13,7 @@ def lake_summary(lake: Lake) -> list[dict[str, object]]:
     """One row per market with the headline figures (computed by DuckDB over the Parquet files)."""
     out = []
     con = duckdb.connect()
+    lake.register(con)  # s3:// lakes: DuckDB reads through the lake's fsspec filesystem
     for venue, symbol in lake.markets():
         trades = [str(f) for f in lake.files("trades", venue, symbol)]
         book = [str(f) for f in lake.files("book", venue, symbol)]

@@ -42,25 +42,44 @@ class LakeLocationError(ValueError):
     """A ``--lake`` / ``$MDPIPE_LAKE`` value this version cannot use."""
 
 
-def local_root(location: str | os.PathLike[str]) -> Path:
-    """The absolute local folder of a lake location; a URL (``s3://bucket/prefix``, ``gs://``,
-    any ``scheme://``) raises :class:`LakeLocationError` instead of becoming a folder named
-    ``s3:`` under the working directory."""
+def object_store_url(location: str | os.PathLike[str]) -> str | None:
+    """``s3://bucket/prefix`` (normalised) when ``location`` names an object-store lake, None
+    for a local folder. Other URLs (``gs://``, ``file://``, ``http://``) raise
+    :class:`LakeLocationError` instead of becoming a folder named ``gs:``."""
     text = os.fspath(location)
     if not text:
-        raise LakeLocationError("the lake location is empty: give a local folder")
-    m = _URL.match(text)
-    if m is not None:
-        scheme = m["scheme"].lower()
-        if scheme == "file":
-            raise LakeLocationError(
-                f"lake locations are local folders, not URLs: {text} "
-                f"(give the folder itself, e.g. {text[len('file://') :] or '/'})"
-            )
         raise LakeLocationError(
-            f"object-store lakes are not supported yet: {text} "
-            f"(--lake / ${LAKE_ENV} must be a local folder)"
+            "the lake location is empty: give a local folder or s3://bucket/prefix"
         )
+    m = _URL.match(text)
+    if m is None:
+        return None
+    scheme = m["scheme"].lower()
+    if scheme == "file":
+        raise LakeLocationError(
+            f"lake locations are local folders or s3:// URLs, not file:// URLs: {text} "
+            f"(give the folder itself, e.g. {text[len('file://') :] or '/'})"
+        )
+    if scheme != "s3":
+        raise LakeLocationError(
+            f"object-store lakes must be s3:// URLs: {text} (--lake / ${LAKE_ENV} takes a local "
+            "folder or s3://bucket/prefix; GCS, R2 and MinIO are reached through their S3 "
+            "interface with AWS_ENDPOINT_URL)"
+        )
+    rest = text[m.end() :].rstrip("/")
+    bucket = rest.split("/", 1)[0]
+    if not bucket:
+        raise LakeLocationError(f"the lake URL names no bucket: {text} (s3://bucket/prefix)")
+    return f"s3://{rest}"
+
+
+def local_root(location: str | os.PathLike[str]) -> Path:
+    """The absolute local folder of a lake location; any URL raises
+    :class:`LakeLocationError` (callers that accept object stores use
+    :func:`object_store_url` first)."""
+    text = os.fspath(location)
+    if object_store_url(text) is not None:
+        raise LakeLocationError(f"a local folder is needed here, not an object-store URL: {text}")
     return Path(text).absolute()
 
 

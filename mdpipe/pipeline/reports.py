@@ -16,9 +16,15 @@ from mdpipe.core.report import render_report, render_summary_report
 from mdpipe.lake import atomic_write_bytes
 
 
+def _dir(out_dir: str | os.PathLike[str]) -> Path:
+    """A lake path stays what it is (a local Path or an object-store path); text becomes a
+    local Path."""
+    return out_dir if isinstance(out_dir, Path) or not isinstance(out_dir, str) else Path(out_dir)  # type: ignore[return-value]
+
+
 def publish(files: Mapping[str, bytes], out_dir: str | os.PathLike[str]) -> list[Path]:
     """Write every file under `out_dir` atomically, in the given order; returns the paths."""
-    out = Path(out_dir)
+    out = _dir(out_dir)
     paths = []
     for name, data in files.items():
         atomic_write_bytes(out / name, data)
@@ -43,7 +49,7 @@ def write_report(
         file_name=file_name,
     )  # fmt: skip
     publish(files, out_dir)
-    return Path(out_dir) / file_name
+    return _dir(out_dir) / file_name
 
 
 def write_summary_report(
@@ -59,4 +65,4 @@ def write_summary_report(
         metrics, title=title, report_links=report_links, file_name=file_name
     )
     publish(files, out_dir)
-    return Path(out_dir) / file_name
+    return _dir(out_dir) / file_name
