@@ -53,7 +53,7 @@ def core_defs(lake_path: str = "", settings: Settings | None = None) -> dg.Defin
     from mdpipe.defs.schedules import daily_pipeline_schedule, summary_schedule
     from mdpipe.defs.sensors import market_sensor, relabel_sensor
 
-    return dg.Definitions(
+    defs = dg.Definitions(
         assets=[ticks, *PARTITIONED_ASSETS, evaluation_summary],
         jobs=[pipeline_job, summary_job],
         schedules=[daily_pipeline_schedule, summary_schedule],
@@ -61,6 +61,19 @@ def core_defs(lake_path: str = "", settings: Settings | None = None) -> dg.Defin
         # `features`, `detectors`, `backtest`: defaults are the discovered settings file's (or
         # the core's); every field can be set per run (launchpad, run config)
         resources={"lake": LakeResource(path=lake_path), **pipeline_resources(settings)},
+    )
+    return dg.Definitions.merge(defs, compaction_defs(lake_path))
+
+
+def compaction_defs(lake_path: str = "") -> dg.Definitions:
+    """The compaction job and its hourly schedule (off by default), `mdpipe/defs/compaction.py`."""
+    from mdpipe.defs.compaction import compaction_job, compaction_schedule
+    from mdpipe.defs.resources import LakeResource
+
+    return dg.Definitions(
+        jobs=[compaction_job],
+        schedules=[compaction_schedule],
+        resources={"lake": LakeResource(path=lake_path)},
     )
 
 

@@ -139,23 +139,31 @@ def rollup_name(prefix: str, first_ns: int, last_ns: int) -> str:
 
 
 def covered_files(paths: Iterable[Path]) -> set[Path]:
-    """The files among ``paths`` that a roll-up among ``paths`` (same directory) covers."""
+    """The files among ``paths`` that a roll-up among ``paths`` (same directory) covers: the
+    sequence files in its range, and a roll-up lying inside a wider one of the same prefix (two
+    compactions racing on one partition; the wider one holds every row of the narrower)."""
     paths = list(paths)
-    ranges: dict[tuple[Path, str], list[tuple[int, int]]] = {}
+    ranges: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for p in paths:
         if "-to-" in p.name:
             r = parse_rollup_name(p.name)
             if r is not None:
-                ranges.setdefault((p.parent, r[0]), []).append((r[1], r[2]))
+                ranges.setdefault((str(p.parent), r[0]), []).append((r[1], r[2]))
     if not ranges:
         return set()
     out: set[Path] = set()
     for p in paths:
         seq = parse_sequence_name(p.name)
-        if seq is None:
+        if seq is not None:
+            for first, last in ranges.get((str(p.parent), seq[0]), ()):
+                if first <= seq[1] <= last:
+                    out.add(p)
+                    break
             continue
-        for first, last in ranges.get((p.parent, seq[0]), ()):
-            if first <= seq[1] <= last:
-                out.add(p)
-                break
+        r = parse_rollup_name(p.name)
+        if r is not None:
+            for first, last in ranges.get((str(p.parent), r[0]), ()):
+                if first <= r[1] and r[2] <= last and (first, last) != (r[1], r[2]):
+                    out.add(p)
+                    break
     return out
