@@ -48,32 +48,20 @@ warnings.filterwarnings("ignore", message="Parameter `owners`", category=dg.Beta
 
 def core_defs(lake_path: str = "", settings: Settings | None = None) -> dg.Definitions:
     from mdpipe.defs.assets import PARTITIONED_ASSETS, evaluation_summary, ticks
+    from mdpipe.defs.compaction import compaction_job, compaction_schedule
     from mdpipe.defs.jobs import pipeline_job, summary_job
     from mdpipe.defs.resources import LakeResource, pipeline_resources
     from mdpipe.defs.schedules import daily_pipeline_schedule, summary_schedule
     from mdpipe.defs.sensors import market_sensor, relabel_sensor
 
-    defs = dg.Definitions(
+    return dg.Definitions(
         assets=[ticks, *PARTITIONED_ASSETS, evaluation_summary],
-        jobs=[pipeline_job, summary_job],
-        schedules=[daily_pipeline_schedule, summary_schedule],
+        jobs=[pipeline_job, summary_job, compaction_job],
+        schedules=[daily_pipeline_schedule, summary_schedule, compaction_schedule],
         sensors=[market_sensor, relabel_sensor],
         # `features`, `detectors`, `backtest`: defaults are the discovered settings file's (or
         # the core's); every field can be set per run (launchpad, run config)
         resources={"lake": LakeResource(path=lake_path), **pipeline_resources(settings)},
-    )
-    return dg.Definitions.merge(defs, compaction_defs(lake_path))
-
-
-def compaction_defs(lake_path: str = "") -> dg.Definitions:
-    """The compaction job and its hourly schedule (off by default), `mdpipe/defs/compaction.py`."""
-    from mdpipe.defs.compaction import compaction_job, compaction_schedule
-    from mdpipe.defs.resources import LakeResource
-
-    return dg.Definitions(
-        jobs=[compaction_job],
-        schedules=[compaction_schedule],
-        resources={"lake": LakeResource(path=lake_path)},
     )
 
 
