@@ -9,6 +9,11 @@ Data path (one asyncio loop, one flush thread)::
       every flush_interval_s:  journal member (gzip, fsync) then Parquet publish (atomic)
       once an hour is over:    roll-up of each partition's files of that hour into one file
                                                                           [publisher.py]
+      after each flush (s3://): finished spool files -> one PUT each, oldest first [uploader.py]
+
+A lake at ``s3://bucket/prefix`` is written through a local spool (``<spool>/<writer id>/``,
+itself a local lake) that `uploader.Uploader` empties; roll-ups of such a lake belong to the
+Dagster compaction job (mdpipe/defs/compaction.py), not to capture.
 
 `Capture` composes the parts and owns only start/stop, the batch loop and the seeding from the
 lake: `connection.Connection` (subscribe, watchdog, reconnect backoff, make-before-break),
@@ -314,7 +319,8 @@ class Capture:
 
     def is_idle(self, *, synced: bool = True, published: bool = False) -> bool:
         """Nothing received waits for the normalizer, no snapshot is in flight, no backfill runs,
-        and (`synced`) every book is synced, (`published`) everything is on disk."""
+        and (`synced`) every book is synced, (`published`) everything is on disk (for an
+        object-store lake: in the spool; `uploader.state` says what still waits for upload)."""
         return (
             not self.absorber.pending
             and not self.rest.snapshot_tasks

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mdpipe.capture.status import Status
-from mdpipe.lake import TMP_PREFIX, JournalWriter, Lake, parse_rollup_name, parse_sequence_name
+from mdpipe.lake import JournalWriter, Lake, parse_rollup_name, parse_sequence_name
 from mdpipe.lake.objstore import upload
 
 log = logging.getLogger("mdpipe.capture")
@@ -55,22 +55,16 @@ class Uploader:
 
     def waiting(self) -> list[Path]:
         """Finished spool files in upload order (publish ns; journal files by name)."""
-        root = self.spool.root
-        if not root.is_dir():
-            return []
-        listed = [
-            p
-            for p in root.rglob("*")
-            if p.is_file() and not p.name.startswith(TMP_PREFIX) and not p.name.endswith(".wal")
-        ]
+        # lake data only (the spool root also holds local state, e.g. the alert ledger)
+        listed = self.spool.data_files()
         # read after listing: a journal file opened since is either not listed or current now
         current = self.journal.current_path
         return sorted((p for p in listed if p != current), key=_upload_order)
 
     def measure(self) -> SpoolState:
-        """Spool size and the age of its oldest file (every file, the current journal too)."""
-        root = self.spool.root
-        files = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
+        """Spool size and the age of its oldest file (lake data waiting, the journal file being
+        appended too)."""
+        files = self.spool.data_files()
         now = time.time()
         st = SpoolState()
         for p in files:

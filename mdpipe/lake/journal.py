@@ -36,7 +36,7 @@ from pathlib import Path
 import polars as pl
 from zlib_ng import zlib_ng  # zlib-compatible, ~4x faster inflate (a ccxt dependency too)
 
-from mdpipe.lake.paths import raw_dir
+from mdpipe.lake.paths import JOURNAL_SUFFIX, raw_dir
 
 log = logging.getLogger(__name__)
 
@@ -309,13 +309,13 @@ class JournalWriter:
         d = raw_dir(self.root, self.venue, date)
         d.mkdir(parents=True, exist_ok=True)
         seq = 0
-        for p in d.glob(f"{hour}-*.jsonl.gz"):
+        for p in d.glob(f"{hour}-*{JOURNAL_SUFFIX}"):
             try:
                 seq = max(seq, int(p.name.split("-", 1)[1].split(".", 1)[0]) + 1)
             except ValueError:
                 continue
         while True:
-            path = d / f"{hour}-{seq:04d}{self.suffix}.jsonl.gz"
+            path = d / f"{hour}-{seq:04d}{self.suffix}{JOURNAL_SUFFIX}"
             try:
                 # O_EXCL: two writers racing for one name must not share a file
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -27,6 +27,7 @@ LAKE_ENV = "MDPIPE_LAKE"
 DEFAULT_LAKE = "lake"
 CATALOG_NAME = "mdpipe.duckdb"
 RAW_DIR = "raw"
+JOURNAL_SUFFIX = ".jsonl.gz"  # capture's journal files: <hour>-<seq>[.<writer>].jsonl.gz
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.=-]+$")
 # a URL scheme as RFC 3986 spells it, followed by "://": s3://, gs://, abfs://, file://, http://

@@ -34,7 +34,9 @@ from mdpipe.lake.objstore import S3Config, delete, filesystem, key, open_root
 from mdpipe.lake.paths import (
     CATALOG_NAME,
     DEFAULT_LAKE,
+    JOURNAL_SUFFIX,
     LAKE_ENV,
+    RAW_DIR,
     SAFE_NAME,
     covered_files,
     local_root,
@@ -336,6 +338,19 @@ class Lake:
         if covered and not self.remote:
             fsync_dir(d)
         return len(covered)
+
+    def data_files(self) -> list[Path]:
+        """Every published data file of a local lake: Parquet files of every table (``live/``
+        and ``derived/`` included) and raw journal files; never temporary files nor what else
+        sits in the root (the catalog, a ledger). What a spool uploads."""
+        if self.remote or not self.root.is_dir():
+            return []
+        return [
+            p
+            for pattern in ("*/**/*.parquet", f"{RAW_DIR}/**/*{JOURNAL_SUFFIX}")
+            for p in self.root.glob(pattern)
+            if not p.name.startswith(TMP_PREFIX) and p.is_file()
+        ]
 
     def remove_stale_tmp(self) -> int:
         """Delete temporary files left by crashed writers; returns how many (always 0 on an
