@@ -101,9 +101,9 @@ def open_root(url: str, config: S3Config | None = None) -> Path:
     return cast(Path, UPath(url.rstrip("/"), **cfg.s3fs_options()))
 
 
-def is_remote(path: Path) -> bool:
+def is_remote(path: object) -> bool:
     """True for an object-store path (a UPath that is not a local ``pathlib.Path``)."""
-    return not isinstance(path, Path)
+    return not isinstance(path, str | Path) and hasattr(path, "fs")
 
 
 def filesystem(path: Path) -> Any:
@@ -122,6 +122,25 @@ def upload(local: Path, final: Path) -> None:
     filesystem(final).put_file(str(local), key(final))
 
 
+def find_with_mtimes(base: Path, suffix: str) -> list[tuple[Path, int]]:
+    """Every object under ``base`` whose name ends with ``suffix``, with its modification time
+    (ns; when its upload completed), from one listing: object stores keep no folder times."""
+    fs = filesystem(base)
+    prefix = key(base)
+    try:
+        found = fs.find(prefix, detail=True)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name, info in found.items():
+        if not name.endswith(suffix):
+            continue
+        modified = info.get("LastModified")
+        ns = int(modified.timestamp() * 1_000_000_000) if modified is not None else 0
+        out.append((base / name[len(prefix) :].lstrip("/"), ns))
+    return out
+
+
 def delete(paths: list[Path]) -> None:
     """Delete objects in one batched request per thousand keys."""
     if paths:
@@ -133,6 +152,7 @@ __all__ = [
     "S3Config",
     "delete",
     "filesystem",
+    "find_with_mtimes",
     "is_remote",
     "key",
     "open_root",
