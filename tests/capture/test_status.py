@@ -119,3 +119,21 @@ def test_spool_gauges_are_exported_only_with_a_spool_and_health_names_the_outage
     _, body = st.health(10.0)
     assert not any(r.startswith("object store") for r in body["reasons"])
     assert all(e.resolved_ns is not None for e in st.episodes)
+
+
+def test_the_spool_alert_rules_are_valid_and_use_exported_metrics() -> None:
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from mdpipe.capture.metrics import SPOOL_METRIC_NAMES
+
+    rules = Path(__file__).resolve().parents[2] / "config" / "prometheus" / "alerts.yml"
+    used = set(re.findall(r"mdpipe_capture_[a-z_]+", rules.read_text()))
+    assert used and used <= set(METRIC_NAMES) | set(SPOOL_METRIC_NAMES)
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    proc = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
