@@ -2,7 +2,7 @@
 
 Layout (DESIGN.md, a contract)::
 
-    <lake>/raw/venue=<venue>/date=<YYYY-MM-DD>/<hour>-<seq>.jsonl.gz
+    <lake>/raw/venue=<venue>/date=<YYYY-MM-DD>/<hour>-<seq>[.<writer id>].jsonl.gz
     <lake>/<table>/venue=<venue>/symbol=<BASE-QUOTE>/date=<YYYY-MM-DD>/*.parquet
     <lake>/derived/<asset>/venue=.../symbol=.../date=.../*.parquet
     <lake>/live/signals/venue=.../symbol=.../date=.../*.parquet
@@ -13,7 +13,12 @@ Roll-ups. A writer that publishes often (capture, every few seconds) names its f
 of them into one *roll-up* ``<prefix>-<first ns>-to-<last ns>.parquet``
 (:meth:`mdpipe.lake.Lake.compact`), which sorts exactly where the first merged file did. A
 roll-up *covers* every file of its directory with the same prefix and an ns in
-``[first, last]``.
+``[first, last]``, and a roll-up of the same prefix lying inside its range (two compactions
+that raced). Several writers keep apart by a writer id in the prefix
+(``cap-<writer id>-YYYYMMDDTHH``).
+
+The location is a local folder or ``s3://bucket/prefix`` (:func:`object_store_url`,
+:mod:`mdpipe.lake.objstore`).
 """
 
 from __future__ import annotations

@@ -7,19 +7,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import polars as pl
 
 from mdpipe.core.labels import PricePath
 from mdpipe.core.metrics import Evaluation
 from mdpipe.core.report import render_report, render_summary_report
-from mdpipe.lake import atomic_write_bytes
+from mdpipe.lake import atomic_write_bytes, is_remote
 
 
 def _dir(out_dir: str | os.PathLike[str]) -> Path:
-    """A lake path stays what it is (a local Path or an object-store path); text becomes a
-    local Path."""
-    return out_dir if isinstance(out_dir, Path) or not isinstance(out_dir, str) else Path(out_dir)  # type: ignore[return-value]
+    """An object-store lake path stays what it is (a UPath, pathlib's API); anything else is
+    a local Path."""
+    return cast(Path, out_dir) if is_remote(out_dir) else Path(out_dir)
 
 
 def publish(files: Mapping[str, bytes], out_dir: str | os.PathLike[str]) -> list[Path]:
