@@ -109,7 +109,7 @@ class Lake:
     ) -> list[Path]:
         """Published Parquet files of a table, optionally narrowed to a market and dates."""
         base = self.root / table
-        if not base.is_dir():
+        if not self._maybe_dir(base):
             return []
         v = f"venue={venue}" if venue else "venue=*"
         s = f"symbol={symbol_to_path(symbol)}" if symbol else "symbol=*"
@@ -128,7 +128,7 @@ class Lake:
         """Every partition directory of a table (with or without files), from the directory
         tree alone: cheaper than :meth:`partitions` when partitions hold many files."""
         base = self.root / table
-        if not base.is_dir():
+        if not self._maybe_dir(base):
             return []
         v = f"venue={venue}" if venue else "venue=*"
         s = f"symbol={symbol_to_path(symbol)}" if symbol else "symbol=*"
@@ -169,6 +169,12 @@ class Lake:
             if p.venue == venue and p.symbol == symbol
         }
         return sorted(found)
+
+    def _maybe_dir(self, d: Path) -> bool:
+        """Whether folder ``d`` may hold files. On an object store there are no folders, only
+        key prefixes: a listing of a missing prefix is empty anyway, so skip the extra request
+        (one LIST per call, which is most of the listing cost on a remote lake)."""
+        return self.remote or d.is_dir()
 
     # ---- reading -----------------------------------------------------------------------
     def scan(
@@ -266,7 +272,7 @@ class Lake:
         """The partition's sequence-named files no roll-up covers, as (path, prefix, ns), in
         name order."""
         d = self.partition_dir(part.table, part.venue, part.symbol, part.date)
-        if not d.is_dir():
+        if not self._maybe_dir(d):
             return []
         names = [p for p in d.glob("*.parquet") if not p.name.startswith(TMP_PREFIX)]
         covered = covered_files(names)
@@ -281,7 +287,7 @@ class Lake:
         """The largest ns in the partition's sequence and roll-up names (0 when none)."""
         d = self.partition_dir(part.table, part.venue, part.symbol, part.date)
         best = 0
-        for p in d.glob("*.parquet") if d.is_dir() else ():
+        for p in d.glob("*.parquet") if self._maybe_dir(d) else ():
             seq = parse_sequence_name(p.name)
             r = parse_rollup_name(p.name) if seq is None else None
             best = max(best, seq[1] if seq else r[2] if r else 0)
@@ -331,7 +337,7 @@ class Lake:
         """Delete files a roll-up covers (left by a crash between a roll-up's publish and its
         unlinks); returns how many."""
         d = self.partition_dir(part.table, part.venue, part.symbol, part.date)
-        if not d.is_dir():
+        if not self._maybe_dir(d):
             return 0
         covered = covered_files(d.glob("*.parquet"))
         self.delete(covered)

@@ -109,7 +109,8 @@ def test_reimport_into_s3_changes_nothing(both_lakes: dict[str, Any]) -> None:
 
 def test_duckdb_reads_the_s3_lake_through_fsspec(both_lakes: dict[str, Any]) -> None:
     local, s3 = both_lakes["lakes"]["local"], both_lakes["lakes"]["s3"]
-    sql = "select count(*), sum(qty), min(exch_ts_ns) from trades"
+    # float sums depend on the order DuckDB's threads add them in: compare them rounded
+    sql = "select count(*), round(sum(qty), 6), min(exch_ts_ns), max(trade_id) from trades"
     with local.connect() as lc, s3.connect() as sc:
         assert sc.sql(sql).fetchall() == lc.sql(sql).fetchall()
         assert sc.sql("select count(*) from signals").fetchall()[0][0] > 0
