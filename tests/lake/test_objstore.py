@@ -119,10 +119,18 @@ def test_duckdb_reads_the_s3_lake_through_fsspec(both_lakes: dict[str, Any]) -> 
 
 
 def test_mdpipe_import_cli_writes_into_the_bucket(
-    s3_lake_url: str, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_lake_url: str,
+    s3_server: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
     assert cli_main(["import", str(BTC_FILES[0]), "--lake", s3_lake_url]) == 0
     assert list(tmp_path.iterdir()) == []  # no local folder named "s3:"
     keys = object_keys(s3_server, s3_lake_url)
     assert any(k.startswith("lake/trades/venue=binance/symbol=BTC-USDT/") for k in keys)
+    capsys.readouterr()
+    assert cli_main(["summary", "--lake", s3_lake_url]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert f"Lake('{s3_lake_url}').connect()" in out and "httpfs" in out
