@@ -289,8 +289,8 @@ def run_pipeline(
 def headline_frame(lake: Lake, labels: Sequence[str] | None = None) -> pl.DataFrame:
     """Per partition: detector (all signals, and out-of-sample with fitted thresholds), the
     mean in-sample and out-of-sample fold figures, and the two baselines."""
-    files = Lake(lake.root).files("derived/evaluation")
-    frames = [pl.read_parquet(f) for f in files]
+    files = lake.files("derived/evaluation")
+    frames = [lake.read_file(f) for f in files]
     frames = [f for f in frames if "fold" in f.columns]
     if not frames:
         return pl.DataFrame()

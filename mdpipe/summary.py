@@ -13,6 +13,7 @@ def lake_summary(lake: Lake) -> list[dict[str, object]]:
     """One row per market with the headline figures (computed by DuckDB over the Parquet files)."""
     out = []
     con = duckdb.connect()
+    lake.register(con)  # s3:// lakes: DuckDB reads through the lake's fsspec filesystem
     for venue, symbol in lake.markets():
         trades = [str(f) for f in lake.files("trades", venue, symbol)]
         book = [str(f) for f in lake.files("book", venue, symbol)]
@@ -78,6 +79,17 @@ def print_summary(lake: Lake, console: Console) -> None:
     console.print(t)
     cat = lake.catalog_path
     console.print("Query it with DuckDB (views: trades, book, bbo, gaps, and every derived table):")
+    if lake.remote:
+        # DuckDB reads s3:// through the lake's fsspec filesystem; its CLI needs httpfs
+        console.print(
+            f"  python -c \"from mdpipe.lake import Lake; print(Lake('{lake.url}').connect()"
+            ".sql('select * from gaps'))\""
+        )
+        console.print(
+            "  the DuckDB CLI needs the httpfs extension (INSTALL httpfs; LOAD httpfs; and an "
+            "S3 secret) to read the objects: see the README's object-storage section"
+        )
+        return
     console.print(
         f'  duckdb {cat} "select symbol, count(*) trades, sum(qty*price) notional '
         'from trades group by all"'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +29,71 @@ def lake_with_recordings(tmp_path_factory: pytest.TempPathFactory) -> Lake:
     report = import_paths(RECORDINGS, lake)
     assert report.ok, report.errors
     return lake
+
+
+# ---- an S3-compatible server on loopback (moto), for lakes at s3://bucket/prefix ----------
+
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1 in this process. ``stop()`` makes the store unreachable
+    (connections refused) and ``start()`` brings it back on the same port with its objects:
+    moto keeps them in the process, not in the server thread."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._cls = ThreadedMotoServer
+        self.port = 0
+        self._server: ThreadedMotoServer | None = None
+
+    def start(self) -> None:
+        import logging
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request
+        self._server = self._cls(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        self.port = self._server.get_host_and_port()[1]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "mdpipe-test",
+            "AWS_SECRET_ACCESS_KEY": "mdpipe-test-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto[server] on 127.0.0.1 (skipped with the reason when moto is not installed)."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (pip: dev extra)")
+    server = S3Server()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_lake_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket on the loopback S3 server, the AWS variables pointing at it, and the URL
+    ``s3://<bucket>/lake`` of an empty lake in it."""
+    import uuid
+
+    import boto3
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    bucket = f"mdpipe-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server.endpoint).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/lake"

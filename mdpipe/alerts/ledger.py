@@ -63,7 +63,15 @@ CREATE TABLE IF NOT EXISTS channel_state (
 
 def default_ledger_path(lake_root: str | os.PathLike[str]) -> Path:
     env = os.environ.get(LEDGER_ENV)
-    return Path(env) if env else Path(lake_root) / DEFAULT_NAME
+    if env:
+        return Path(env)
+    if not isinstance(lake_root, str | Path):
+        # an object-store lake (mdpipe.lake.objstore): SQLite needs a local file
+        raise ValueError(
+            f"the alert ledger is a local SQLite file and the lake is on an object store "
+            f"({lake_root}): set ${LEDGER_ENV} (or alerts.ledger_path) to a local path"
+        )
+    return Path(lake_root) / DEFAULT_NAME
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,13 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import polars as pl
 
 from mdpipe.alerts.message import AlertSignal
-from mdpipe.lake import TMP_PREFIX
+from mdpipe.lake import TMP_PREFIX, Lake, is_remote
+from mdpipe.lake.objstore import find_with_mtimes
 
 SIGNALS_TABLE = "live/signals"
 
@@ -80,14 +82,21 @@ def scan_new_files(
     Without a cursor (the sensor's first tick) files older than `initial_lookback_s` are history,
     not alerts: turning the sensor on must not replay a week of signals into a chat.
     """
-    root = Path(lake_root)
+    remote = is_remote(lake_root)
+    # an object-store root is a UPath, which has pathlib's API (see mdpipe.lake.objstore)
+    root = cast(Path, lake_root) if remote else Path(lake_root)
     now = now_ns or time.time_ns()
     lb = int(lookback_s * 1e9)
     if cursor is None:
         cursor = SignalCursor(watermark_ns=now - int(initial_lookback_s * 1e9))
     floor = cursor.watermark_ns - lb
     seen: list[tuple[int, str]] = []
-    for d in _date_dirs(root / SIGNALS_TABLE, floor):
+    if remote:
+        # an object-store lake: one listing with every object's time (no folder times there)
+        for f, m in find_with_mtimes(root / SIGNALS_TABLE, ".parquet"):
+            if m > floor and not f.name.startswith(TMP_PREFIX):
+                seen.append((m, f.relative_to(root).as_posix()))
+    for d in [] if remote else _date_dirs(root / SIGNALS_TABLE, floor):
         for f in d.iterdir():
             if f.suffix != ".parquet" or f.name.startswith(TMP_PREFIX):
                 continue
@@ -106,6 +115,16 @@ def scan_new_files(
 
 def read_signals(lake_root: str | os.PathLike[str], files: Iterable[str]) -> list[AlertSignal]:
     """Signals of the given files, oldest first, each signal_id once."""
+    if is_remote(lake_root):
+        lake = Lake(str(lake_root))  # s3://bucket/prefix
+        frames = []
+        for rel in files:
+            if ".." in rel.split("/") or rel.startswith("/"):
+                raise ValueError(f"signal file {rel!r} is outside the lake {lake.root}")
+            p = lake.root / rel
+            if p.exists():
+                frames.append(lake.read_file(p))
+        return _signals(frames)
     root = Path(lake_root)
     frames = []
     for rel in files:
@@ -114,6 +133,10 @@ def read_signals(lake_root: str | os.PathLike[str], files: Iterable[str]) -> lis
             raise ValueError(f"signal file {rel!r} is outside the lake {root}")
         if p.exists():
             frames.append(pl.read_parquet(p))
+    return _signals(frames)
+
+
+def _signals(frames: list[pl.DataFrame]) -> list[AlertSignal]:
     if not frames:
         return []
     df = pl.concat(frames, how="diagonal_relaxed").unique("signal_id", keep="first")

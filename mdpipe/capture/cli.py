@@ -44,6 +44,8 @@ _FLAG_FIELDS = (
     "backfill_max_trades",
     "compact_hourly",
     "backfill_trades",
+    "writer_id",
+    "spool",
 )
 
 
@@ -171,6 +173,19 @@ def add_capture_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="at most this many trades fetched per hole (default 100000)",
+    )
+    p.add_argument(
+        "--writer-id",
+        dest="writer_id",
+        default=None,
+        help="this capture's name in file names, so several captures write one lake "
+        "(default: none for a local lake, host + markets for s3://)",
+    )
+    p.add_argument(
+        "--spool",
+        dest="spool",
+        default=None,
+        help="local folder where an s3:// lake's files wait for upload (default ./spool)",
     )
     add_settings_args(p)
     p.add_argument("--log-level", default="INFO")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import re
+import socket
 from dataclasses import dataclass
 
 VENUE_PLACEHOLDER = "{venue}"  # in ws_url / rest_url: replaced by each venue's name
@@ -22,6 +25,8 @@ class CaptureConfig:
                             health; one online engine sees them all. A "{venue}" in ws_url or
                             rest_url becomes each venue's name.
     lake                    lake directory (unset: $MDPIPE_LAKE, else ./lake).
+    lake                    lake directory or s3://bucket/prefix (unset: $MDPIPE_LAKE, else
+                            ./lake).
     ws_url, rest_url        websocket and REST base URLs (unset: the venue's; set them for a
                             proxy, a testnet or `mdpipe exchange-sim`).
     metrics_port            serve /metrics, /health and /stats on this port (unset: off).
@@ -42,6 +47,11 @@ class CaptureConfig:
     compact_hourly          merge each partition's files of an hour into one once it is over.
     backfill_trades         fetch the trades of a trade-id hole over REST (historicalTrades).
     backfill_max_trades     at most this many trades fetched per hole.
+    writer_id               this capture's name in file names (letters, digits, '_', '.'), so
+                            several captures write one lake without conflicts; empty: none for a
+                            local lake, host + markets for an object-store lake.
+    spool                   local folder an object-store lake's files wait in before upload
+                            (default ./spool); one subfolder per writer_id.
     """
 
     venue: str = "binance"
@@ -69,6 +79,10 @@ class CaptureConfig:
     # fetch the trades of a trade-id hole over REST (historicalTrades), at most this many a hole
     backfill_trades: bool = True
     backfill_max_trades: int = 100_000
+    # several captures, one lake: a writer id in every file name (see effective_writer_id)
+    writer_id: str = ""
+    # an object-store lake's files wait here (per writer id) until uploaded
+    spool: str = "spool"
 
     def __post_init__(self) -> None:
         self.by_venue()  # validates markets
@@ -105,6 +119,10 @@ class CaptureConfig:
         ):
             raise ValueError(
                 f"backfill_max_trades must be a positive integer, got {self.backfill_max_trades!r}"
+            )
+        if self.writer_id and not _WRITER_ID.match(self.writer_id):
+            raise ValueError(
+                f"writer_id may hold letters, digits, '_' and '.', got {self.writer_id!r}"
             )
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be 0..65535, got {self.metrics_port}")
@@ -147,3 +165,17 @@ class CaptureConfig:
             rest_url=url(self.rest_url),
             metrics_port=None if multi else self.metrics_port,
         )
+
+
+_WRITER_ID = re.compile(r"^[A-Za-z0-9_.]{1,64}$")
+
+
+def effective_writer_id(config: CaptureConfig, remote: bool) -> str:
+    """``writer_id`` if set; else none for a local lake (names as before) and, for an
+    object-store lake, the host name and a short hash of the venue and symbols: stable across
+    restarts (the spool is found again) and distinct for captures of other markets."""
+    if config.writer_id or not remote:
+        return config.writer_id
+    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:40] or "host"
+    markets = ",".join([config.venue, *sorted(config.symbols)]).encode()
+    return f"{host}.{hashlib.sha1(markets).hexdigest()[:8]}"

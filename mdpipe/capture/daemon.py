@@ -9,6 +9,11 @@ Data path (one asyncio loop, one flush thread)::
       every flush_interval_s:  journal member (gzip, fsync) then Parquet publish (atomic)
       once an hour is over:    roll-up of each partition's files of that hour into one file
                                                                           [publisher.py]
+      after each flush (s3://): finished spool files -> one PUT each, oldest first [uploader.py]
+
+A lake at ``s3://bucket/prefix`` is written through a local spool (``<spool>/<writer id>/``,
+itself a local lake) that `uploader.Uploader` empties; roll-ups of such a lake belong to the
+Dagster compaction job (mdpipe/defs/compaction.py), not to capture.
 
 `Capture` composes the parts and owns only start/stop, the batch loop and the seeding from the
 lake: `connection.Connection` (subscribe, watchdog, reconnect backoff, make-before-break),
@@ -36,19 +41,21 @@ import signal
 import time
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ccxt
 import polars as pl
 
 from mdpipe.capture.absorb import Absorber, BatchConsumer, BookCallback, BookView, TradeCallback
-from mdpipe.capture.config import CaptureConfig
+from mdpipe.capture.config import CaptureConfig, effective_writer_id
 from mdpipe.capture.connection import Connection
 from mdpipe.capture.http import serve_status
 from mdpipe.capture.publisher import Publisher
 from mdpipe.capture.rest import Rest
 from mdpipe.capture.status import Episode, Events, Status
 from mdpipe.capture.transport import make_exchange
+from mdpipe.capture.uploader import Uploader
 from mdpipe.lake import SCHEMAS, JournalWriter, Lake
 from mdpipe.venues import Batch, Normalizer, Transport
 from mdpipe.venues import get as get_venue
@@ -86,13 +93,32 @@ class Capture:
         self.transport = transport or self.plugin.transport(
             config.ws_url, config.rest_url, config.channels
         )
-        self.lake = Lake.resolve(config.lake)
+        # the lake the data is for; an object-store lake is written through a local spool
+        # (a local lake per writer id) that the uploader empties (uploader.py)
+        self.target = Lake.resolve(config.lake)
+        self.writer_id = effective_writer_id(config, self.target.remote)
+        self.lake = (
+            Lake(Path(config.spool).absolute() / self.writer_id)
+            if self.target.remote
+            else self.target
+        )
         self.normalizer: Normalizer = self.plugin.normalizer()
         self.status = Status(config.venue, config.symbols)
         self.status.queue_depth = lambda: self.absorber.pending + self.publisher.lines_waiting
         # wake-ups for callers waiting on the capture's state (see idle() and Events)
         self.events: Events = self.status.events
-        self.journal = JournalWriter(self.lake.root, config.venue, fsync=config.fsync)
+        self.journal = JournalWriter(
+            self.lake.root, config.venue, fsync=config.fsync, writer_id=self.writer_id
+        )
+        self.uploader = (
+            Uploader(self.lake, self.target, self.journal, self.status)
+            if self.target.remote
+            else None
+        )
+        self._upload_task: asyncio.Task[int] | None = None
+        if self.uploader is not None:
+            up = self.uploader
+            self.status.spool = lambda: (up.state.files, up.state.bytes, up.state.oldest_age_s)
         self._ex: Any = None
         self._markets: dict[str, dict[str, Any]] = {}
         self._market_keys: dict[str, str] = {}  # unified symbol -> the venue's stream key
@@ -104,6 +130,9 @@ class Capture:
         # absorber adds, the connection resets, the REST resync scheduler reads)
         depth_seen: set[str] = set()
         self.publisher = Publisher(config, self.lake, self.journal, self.status)
+        self.publisher.writer_id = self.writer_id
+        # roll-ups of an object-store lake belong to the Dagster compaction job, not capture
+        self.publisher.compact_hourly = config.compact_hourly and not self.target.remote
         self.absorber = Absorber(
             config,
             self.plugin,
@@ -195,6 +224,7 @@ class Capture:
         self._seed_from_lake()
         self.absorber.warm_up()
         self.publisher.start()
+        self._start_upload()  # what a previous run left in the spool goes first
         await self.rest.sync_clock()
         if self.config.metrics_port is not None:
             self._metrics_runner, self.metrics_port = await serve_status(
@@ -229,6 +259,13 @@ class Capture:
                 t.cancel()
             await asyncio.gather(*running, return_exceptions=True)
         await self.publisher.close()
+        if self.uploader is not None:
+            # the journal file being appended is finished now: one last pass uploads it too;
+            # with the store unreachable the files wait in the spool for the next start
+            self.journal.close()
+            if self._upload_task is not None:
+                await asyncio.gather(self._upload_task, return_exceptions=True)
+            await asyncio.to_thread(self.uploader.upload_pass)
         if self._ex is not None:
             with contextlib.suppress(Exception):
                 await self._ex.close()
@@ -287,7 +324,8 @@ class Capture:
 
     def is_idle(self, *, synced: bool = True, published: bool = False) -> bool:
         """Nothing received waits for the normalizer, no snapshot is in flight, no backfill runs,
-        and (`synced`) every book is synced, (`published`) everything is on disk."""
+        and (`synced`) every book is synced, (`published`) everything is on disk (for an
+        object-store lake: in the spool; `uploader.state` says what still waits for upload)."""
         return (
             not self.absorber.pending
             and not self.rest.snapshot_tasks
@@ -335,18 +373,24 @@ class Capture:
         ts = time.time_ns()
         rows = []
         for sym in self.config.symbols:
-            dates = self.lake.dates(self.venue, sym, "trades")
+            lake, dates = self.lake, self.lake.dates(self.venue, sym, "trades")
+            if not dates and self.target.remote:
+                # nothing in the spool: the object store has the previous run's data
+                try:
+                    lake, dates = self.target, self.target.dates(self.venue, sym, "trades")
+                except Exception as exc:  # unreachable: capture starts all the same
+                    log.warning("cannot read %s to seed %s (%s)", self.target.url, sym, exc)
             if not dates:
                 continue
             last_trade = (
-                self.lake.scan("trades", self.venue, sym, dates[-1])
+                lake.scan("trades", self.venue, sym, dates[-1])
                 .select(pl.col("trade_id").max())
                 .collect()
                 .item()
             )
-            bdates = self.lake.dates(self.venue, sym, "book")
+            bdates = lake.dates(self.venue, sym, "book")
             last_u = (
-                self.lake.scan("book", self.venue, sym, bdates[-1])
+                lake.scan("book", self.venue, sym, bdates[-1])
                 .select(pl.col("update_id").max())
                 .collect()
                 .item()
@@ -385,6 +429,16 @@ class Capture:
             if self.publisher.due():
                 await self.publisher.flush()
                 self.publisher.maybe_compact()
+                self._start_upload()
+
+    def _start_upload(self) -> None:
+        """One upload pass in a worker thread, unless one is running (never awaited by the
+        loop: an unreachable store must not hold up journaling and publishing)."""
+        if self.uploader is None or (self._upload_task and not self._upload_task.done()):
+            return
+        self._upload_task = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(self.uploader.upload_pass), name="capture-upload"
+        )
 
     def _connection_lost(self, reason: str, detail: str) -> None:
         """After an unplanned end of the connection (its lines already normalized): no snapshot

@@ -28,6 +28,11 @@ numbers; tests/capture check that the declarations and this list agree.
 | mdpipe_capture_backfilled_trades_total | counter | venue, symbol | trades of trade-id holes fetched over REST |
 | mdpipe_capture_backfill_failures_total | counter | venue, symbol | holes not fully backfilled (error, cap, stop) |
 | mdpipe_capture_backfill_request_errors_total | counter | venue, symbol, status | failed historicalTrades requests |
+| mdpipe_capture_objects_uploaded_total | counter | venue, table | spool files uploaded to an object-store lake |
+| mdpipe_capture_upload_errors_total | counter | venue | upload passes stopped by an error (files kept, retried) |
+| mdpipe_capture_spool_files | gauge | venue | files waiting in the spool (object-store lakes only) |
+| mdpipe_capture_spool_bytes | gauge | venue | bytes waiting in the spool |
+| mdpipe_capture_spool_age_seconds | gauge | venue | age of the oldest file waiting in the spool |
 """
 
 from __future__ import annotations
@@ -62,6 +67,14 @@ METRIC_NAMES = (
     "mdpipe_capture_backfilled_trades_total",
     "mdpipe_capture_backfill_failures_total",
     "mdpipe_capture_backfill_request_errors_total",
+    "mdpipe_capture_objects_uploaded_total",
+    "mdpipe_capture_upload_errors_total",
+)
+# exported only by a capture whose lake is on an object store (it has a spool)
+SPOOL_METRIC_NAMES = (
+    "mdpipe_capture_spool_files",
+    "mdpipe_capture_spool_bytes",
+    "mdpipe_capture_spool_age_seconds",
 )
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -74,6 +74,8 @@ class Publisher:
         self._compact_task: asyncio.Task[None] | None = None
         self._compact_stop = threading.Event()
         self.closing = False
+        self.compact_hourly = config.compact_hourly  # the daemon turns it off for object stores
+        self.writer_id = ""  # set by the daemon: in every file name when several captures write
 
     # ---- the outbox ----------------------------------------------------------------------
 
@@ -111,7 +113,7 @@ class Publisher:
     def start(self) -> None:
         """Name floor from the lake; with roll-ups on, one pass over the capture's partitions."""
         self._name_ns = max(self._name_ns, self._lake_name_floor())
-        if self.config.compact_hourly:
+        if self.compact_hourly:
             # finish interrupted roll-ups and roll up the hours a previous run left behind
             now = time.time_ns()
             parts = [
@@ -207,7 +209,8 @@ class Publisher:
         self._name_ns = ns
         t = time.gmtime(ns // 1_000_000_000)
         stamp = f"{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}T{t.tm_hour:02d}"
-        return f"{FILE_PREFIX}{stamp}-{ns:019d}.parquet", ns
+        writer = f"{self.writer_id}-" if self.writer_id else ""
+        return f"{FILE_PREFIX}{writer}{stamp}-{ns:019d}.parquet", ns
 
     def _flush_sync(
         self, ns: list[int], texts: list[str], acc: Batch
@@ -258,7 +261,7 @@ class Publisher:
 
     def maybe_compact(self) -> None:
         """Start a roll-up pass once a flush has taken the lock in a new roll period."""
-        if not self.config.compact_hourly or self._compact_task is not None or self.closing:
+        if not self.compact_hourly or self._compact_task is not None or self.closing:
             return
         cutoff = self._lock_ns - self._lock_ns % self._roll_ns
         if cutoff <= self.status.compacted_before_ns:

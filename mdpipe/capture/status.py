@@ -190,6 +190,15 @@ class Status:
             "symbol",
             "status",
         )
+        self.objects_uploaded = c(
+            "mdpipe_capture_objects_uploaded",
+            "Spool files uploaded to the object-store lake",
+            "table",
+        )
+        self.upload_errors = c(
+            "mdpipe_capture_upload_errors",
+            "Upload passes stopped by an error (the files stay in the spool, retried)",
+        )
         # ---- values: last or largest seen ----
         self.started_ns = 0
         self.last_flush_s = 0.0
@@ -206,6 +215,8 @@ class Status:
         self.stream_last_ns: dict[str, int] = {}
         self.stream_symbol: dict[str, str | None] = {}  # stream label -> its symbol, if any
         self.queue_depth: Callable[[], int] = lambda: 0
+        # (files, bytes, oldest age s) of the spool, when the lake is on an object store
+        self.spool: Callable[[], tuple[int, int, float]] | None = None
         self.episodes: deque[Episode] = deque(maxlen=200)
         self._open: dict[str, list[Episode]] = {}
         self.malformed_samples: deque[str] = deque(maxlen=20)
@@ -243,6 +254,20 @@ class Status:
         self.episodes.append(ep)
         return ep
 
+    def resolve_open(self, symbol: str, kind: str) -> None:
+        """Close the open episodes of one kind (e.g. ``store_unreachable`` once uploads work)."""
+        now = time.time_ns()
+        still = []
+        for ep in self._open.get(symbol, []):
+            if ep.kind == kind:
+                ep.resolved_ns = now
+            else:
+                still.append(ep)
+        if still:
+            self._open[symbol] = still
+        else:
+            self._open.pop(symbol, None)
+
     def set_synced(self, symbol: str, synced: bool) -> None:
         self.synced[symbol] = synced
         if synced and self._open.get(symbol):
@@ -273,6 +298,10 @@ class Status:
                 reasons.append(f"{sym}: silent for {(now - last) / 1e9:.1f} s")
             if not self.synced.get(sym, False):
                 reasons.append(f"{sym}: book not synced (waiting for a snapshot)")
+        for ep in self._open.get("*", []):
+            if ep.kind == "store_unreachable":
+                files = self.spool()[0] if self.spool else 0
+                reasons.append(f"object store unreachable: {files} file(s) waiting in the spool")
         body = {
             "status": "ok" if not reasons else "unhealthy",
             "reasons": reasons,
@@ -341,6 +370,15 @@ class Status:
             },
             "episodes": [e.as_dict() for e in self.episodes],
         }
+        if self.spool is not None:
+            files, size, age = self.spool()
+            out["spool"] = {
+                "files": files,
+                "bytes": size,
+                "oldest_age_s": age,
+                "uploaded": self.objects_uploaded.by("table"),
+                "upload_errors": self.upload_errors.total(),
+            }
         for key, value in (extra or {}).items():
             if isinstance(value, dict) and isinstance(out.get(key), dict):
                 out[key] = {**out[key], **value}
@@ -406,6 +444,28 @@ class _StatusCollector(Collector):
                 [([], 1.0 if st.connected else 0.0)],
             ),
         ]
+        if st.spool is not None:
+            files, size, age = st.spool()
+            gauges += [
+                (
+                    "mdpipe_capture_spool_files",
+                    "Files waiting in the spool",
+                    [],
+                    [([], float(files))],
+                ),
+                (
+                    "mdpipe_capture_spool_bytes",
+                    "Bytes waiting in the spool",
+                    [],
+                    [([], float(size))],
+                ),
+                (
+                    "mdpipe_capture_spool_age_seconds",
+                    "Age of the oldest file waiting in the spool (0 when empty)",
+                    [],
+                    [([], age)],
+                ),
+            ]
         for name, help, labels, samples in gauges:
             g = GaugeMetricFamily(name, help, labels=["venue", *labels])
             for values, v in samples:

@@ -48,6 +48,7 @@ warnings.filterwarnings("ignore", message="Parameter `owners`", category=dg.Beta
 
 def core_defs(lake_path: str = "", settings: Settings | None = None) -> dg.Definitions:
     from mdpipe.defs.assets import PARTITIONED_ASSETS, evaluation_summary, ticks
+    from mdpipe.defs.compaction import compaction_job, compaction_schedule
     from mdpipe.defs.crossvenue import cross_venue, cross_venue_job
     from mdpipe.defs.jobs import pipeline_job, summary_job
     from mdpipe.defs.resources import LakeResource, pipeline_resources
@@ -56,8 +57,8 @@ def core_defs(lake_path: str = "", settings: Settings | None = None) -> dg.Defin
 
     return dg.Definitions(
         assets=[ticks, *PARTITIONED_ASSETS, evaluation_summary, cross_venue],
-        jobs=[pipeline_job, summary_job, cross_venue_job],
-        schedules=[daily_pipeline_schedule, summary_schedule],
+        jobs=[pipeline_job, summary_job, cross_venue_job, compaction_job],
+        schedules=[daily_pipeline_schedule, summary_schedule, compaction_schedule],
         sensors=[market_sensor, relabel_sensor],
         # `features`, `detectors`, `backtest`: defaults are the discovered settings file's (or
         # the core's); every field can be set per run (launchpad, run config)

@@ -4,8 +4,9 @@ Each fact about the lake is stated once, in one module of this package, and impo
 
 - :mod:`~mdpipe.lake.tables`: table columns, row keys, the time column of each table and
   splitting rows by UTC day;
-- :mod:`~mdpipe.lake.paths`: the lake's location (local folders only), partition folders,
+- :mod:`~mdpipe.lake.paths`: the lake's location (a local folder or ``s3://bucket/prefix``), partition folders,
   market keys, sequence and roll-up file names;
+- :mod:`~mdpipe.lake.objstore`: lakes on S3-compatible object stores (configuration, PUTs);
 - :mod:`~mdpipe.lake.atomic`: the one atomic writer (temporary ``.tmp-*`` name, fsync, rename);
 - :mod:`~mdpipe.lake.journal`: the raw journal's format, its writer and its one reader;
 - :mod:`~mdpipe.lake.store`: :class:`Lake` (listing, reading, publishing, roll-ups, catalog).
@@ -22,6 +23,7 @@ from mdpipe.lake.journal import (
     iter_journal_lines,
     read_journal,
 )
+from mdpipe.lake.objstore import S3Config, is_remote
 from mdpipe.lake.paths import (
     CATALOG_NAME,
     DEFAULT_LAKE,
@@ -30,6 +32,7 @@ from mdpipe.lake.paths import (
     covered_files,
     local_root,
     market_key,
+    object_store_url,
     parse_market_key,
     parse_rollup_name,
     parse_sequence_name,
@@ -86,6 +89,7 @@ __all__ = [
     "LakeLocationError",
     "Partition",
     "PartitionWriter",
+    "S3Config",
     "atomic_target",
     "atomic_write_bytes",
     "conform",
@@ -95,9 +99,11 @@ __all__ = [
     "empty_frame",
     "epoch_ns",
     "epoch_ns_expr",
+    "is_remote",
     "iter_journal_lines",
     "local_root",
     "market_key",
+    "object_store_url",
     "parse_market_key",
     "parse_rollup_name",
     "parse_sequence_name",

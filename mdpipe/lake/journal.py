@@ -36,7 +36,7 @@ from pathlib import Path
 import polars as pl
 from zlib_ng import zlib_ng  # zlib-compatible, ~4x faster inflate (a ccxt dependency too)
 
-from mdpipe.lake.paths import raw_dir
+from mdpipe.lake.paths import JOURNAL_SUFFIX, raw_dir
 
 log = logging.getLogger(__name__)
 
@@ -286,9 +286,13 @@ class JournalWriter:
     and hour of their receive time.
     """
 
-    def __init__(self, lake_root: str | Path, venue: str, *, fsync: bool = True) -> None:
+    def __init__(
+        self, lake_root: str | Path, venue: str, *, fsync: bool = True, writer_id: str = ""
+    ) -> None:
         self.root = Path(lake_root)
         self.venue = venue
+        # several captures of one venue share its raw folder: <HH>-<seq>.<writer>.jsonl.gz
+        self.suffix = f".{writer_id}" if writer_id else ""
         self.fsync = fsync
         self._current: JournalFile | None = None
         self._current_key: tuple[str, str] | None = None
@@ -305,13 +309,13 @@ class JournalWriter:
         d = raw_dir(self.root, self.venue, date)
         d.mkdir(parents=True, exist_ok=True)
         seq = 0
-        for p in d.glob(f"{hour}-*.jsonl.gz"):
+        for p in d.glob(f"{hour}-*{JOURNAL_SUFFIX}"):
             try:
                 seq = max(seq, int(p.name.split("-", 1)[1].split(".", 1)[0]) + 1)
             except ValueError:
                 continue
         while True:
-            path = d / f"{hour}-{seq:04d}.jsonl.gz"
+            path = d / f"{hour}-{seq:04d}{self.suffix}{JOURNAL_SUFFIX}"
             try:
                 # O_EXCL: two writers racing for one name must not share a file
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -322,6 +326,16 @@ class JournalWriter:
             break
         self.files_written.append(path)
         return JournalFile(path=path, hour=hour)
+
+    @property
+    def current_path(self) -> Path | None:
+        """The file being appended to (None before the first line and after :meth:`close`)."""
+        return self._current.path if self._current is not None else None
+
+    def close(self) -> None:
+        """No more appends to the current file (the next line opens a new one)."""
+        self._current = None
+        self._current_key = None
 
     def write_lines(self, recv_ns: list[int], texts: list[str]) -> None:
         """Append (recv_ns, raw text) pairs; rolled by the hour of each line's receive time."""

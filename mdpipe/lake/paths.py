@@ -2,7 +2,7 @@
 
 Layout (DESIGN.md, a contract)::
 
-    <lake>/raw/venue=<venue>/date=<YYYY-MM-DD>/<hour>-<seq>.jsonl.gz
+    <lake>/raw/venue=<venue>/date=<YYYY-MM-DD>/<hour>-<seq>[.<writer id>].jsonl.gz
     <lake>/<table>/venue=<venue>/symbol=<BASE-QUOTE>/date=<YYYY-MM-DD>/*.parquet
     <lake>/derived/<asset>/venue=.../symbol=.../date=.../*.parquet
     <lake>/live/signals/venue=.../symbol=.../date=.../*.parquet
@@ -13,7 +13,12 @@ Roll-ups. A writer that publishes often (capture, every few seconds) names its f
 of them into one *roll-up* ``<prefix>-<first ns>-to-<last ns>.parquet``
 (:meth:`mdpipe.lake.Lake.compact`), which sorts exactly where the first merged file did. A
 roll-up *covers* every file of its directory with the same prefix and an ns in
-``[first, last]``.
+``[first, last]``, and a roll-up of the same prefix lying inside its range (two compactions
+that raced). Several writers keep apart by a writer id in the prefix
+(``cap-<writer id>-YYYYMMDDTHH``).
+
+The location is a local folder or ``s3://bucket/prefix`` (:func:`object_store_url`,
+:mod:`mdpipe.lake.objstore`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ LAKE_ENV = "MDPIPE_LAKE"
 DEFAULT_LAKE = "lake"
 CATALOG_NAME = "mdpipe.duckdb"
 RAW_DIR = "raw"
+JOURNAL_SUFFIX = ".jsonl.gz"  # capture's journal files: <hour>-<seq>[.<writer>].jsonl.gz
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_.=-]+$")
 # a URL scheme as RFC 3986 spells it, followed by "://": s3://, gs://, abfs://, file://, http://
@@ -42,25 +48,44 @@ class LakeLocationError(ValueError):
     """A ``--lake`` / ``$MDPIPE_LAKE`` value this version cannot use."""
 
 
-def local_root(location: str | os.PathLike[str]) -> Path:
-    """The absolute local folder of a lake location; a URL (``s3://bucket/prefix``, ``gs://``,
-    any ``scheme://``) raises :class:`LakeLocationError` instead of becoming a folder named
-    ``s3:`` under the working directory."""
+def object_store_url(location: str | os.PathLike[str]) -> str | None:
+    """``s3://bucket/prefix`` (normalised) when ``location`` names an object-store lake, None
+    for a local folder. Other URLs (``gs://``, ``file://``, ``http://``) raise
+    :class:`LakeLocationError` instead of becoming a folder named ``gs:``."""
     text = os.fspath(location)
     if not text:
-        raise LakeLocationError("the lake location is empty: give a local folder")
-    m = _URL.match(text)
-    if m is not None:
-        scheme = m["scheme"].lower()
-        if scheme == "file":
-            raise LakeLocationError(
-                f"lake locations are local folders, not URLs: {text} "
-                f"(give the folder itself, e.g. {text[len('file://') :] or '/'})"
-            )
         raise LakeLocationError(
-            f"object-store lakes are not supported yet: {text} "
-            f"(--lake / ${LAKE_ENV} must be a local folder)"
+            "the lake location is empty: give a local folder or s3://bucket/prefix"
         )
+    m = _URL.match(text)
+    if m is None:
+        return None
+    scheme = m["scheme"].lower()
+    if scheme == "file":
+        raise LakeLocationError(
+            f"lake locations are local folders or s3:// URLs, not file:// URLs: {text} "
+            f"(give the folder itself, e.g. {text[len('file://') :] or '/'})"
+        )
+    if scheme != "s3":
+        raise LakeLocationError(
+            f"object-store lakes must be s3:// URLs: {text} (--lake / ${LAKE_ENV} takes a local "
+            "folder or s3://bucket/prefix; GCS, R2 and MinIO are reached through their S3 "
+            "interface with AWS_ENDPOINT_URL)"
+        )
+    rest = text[m.end() :].rstrip("/")
+    bucket = rest.split("/", 1)[0]
+    if not bucket:
+        raise LakeLocationError(f"the lake URL names no bucket: {text} (s3://bucket/prefix)")
+    return f"s3://{rest}"
+
+
+def local_root(location: str | os.PathLike[str]) -> Path:
+    """The absolute local folder of a lake location; any URL raises
+    :class:`LakeLocationError` (callers that accept object stores use
+    :func:`object_store_url` first)."""
+    text = os.fspath(location)
+    if object_store_url(text) is not None:
+        raise LakeLocationError(f"a local folder is needed here, not an object-store URL: {text}")
     return Path(text).absolute()
 
 
@@ -127,23 +152,31 @@ def rollup_name(prefix: str, first_ns: int, last_ns: int) -> str:
 
 
 def covered_files(paths: Iterable[Path]) -> set[Path]:
-    """The files among ``paths`` that a roll-up among ``paths`` (same directory) covers."""
+    """The files among ``paths`` that a roll-up among ``paths`` (same directory) covers: the
+    sequence files in its range, and a roll-up lying inside a wider one of the same prefix (two
+    compactions racing on one partition; the wider one holds every row of the narrower)."""
     paths = list(paths)
-    ranges: dict[tuple[Path, str], list[tuple[int, int]]] = {}
+    ranges: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for p in paths:
         if "-to-" in p.name:
             r = parse_rollup_name(p.name)
             if r is not None:
-                ranges.setdefault((p.parent, r[0]), []).append((r[1], r[2]))
+                ranges.setdefault((str(p.parent), r[0]), []).append((r[1], r[2]))
     if not ranges:
         return set()
     out: set[Path] = set()
     for p in paths:
         seq = parse_sequence_name(p.name)
-        if seq is None:
+        if seq is not None:
+            for first, last in ranges.get((str(p.parent), seq[0]), ()):
+                if first <= seq[1] <= last:
+                    out.add(p)
+                    break
             continue
-        for first, last in ranges.get((p.parent, seq[0]), ()):
-            if first <= seq[1] <= last:
-                out.add(p)
-                break
+        r = parse_rollup_name(p.name)
+        if r is not None:
+            for first, last in ranges.get((str(p.parent), r[0]), ()):
+                if first <= r[1] and r[2] <= last and (first, last) != (r[1], r[2]):
+                    out.add(p)
+                    break
     return out

@@ -22,20 +22,25 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mdpipe.lake import paths
-from mdpipe.lake.atomic import TMP_PREFIX, atomic_target, commit, fsync_dir
+from mdpipe.lake.atomic import TMP_PREFIX, atomic_target, commit, fsync_dir, tmp_path_for
+from mdpipe.lake.objstore import S3Config, delete, filesystem, key, open_root
 from mdpipe.lake.paths import (
     CATALOG_NAME,
     DEFAULT_LAKE,
+    JOURNAL_SUFFIX,
     LAKE_ENV,
+    RAW_DIR,
     SAFE_NAME,
     covered_files,
     local_root,
+    object_store_url,
     parse_rollup_name,
     parse_sequence_name,
     path_to_symbol,
@@ -57,11 +62,24 @@ class Partition:
 
 
 class Lake:
-    """A lake rooted at a directory. Cheap to construct; holds no open files."""
+    """A lake rooted at a local directory or at ``s3://bucket/prefix`` on an S3-compatible
+    store (:mod:`mdpipe.lake.objstore`). Cheap to construct; holds no open files."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        # a URL (s3://...) raises LakeLocationError here, never becomes a folder named "s3:"
-        self.root = local_root(root)
+        # another URL (gs://, file://) raises LakeLocationError, never becomes a folder "gs:"
+        self.url = object_store_url(root)
+        self.s3 = S3Config.from_env() if self.url else None
+        self.root = open_root(self.url, self.s3) if self.url else local_root(root)
+
+    @property
+    def remote(self) -> bool:
+        """True when the lake is on an object store."""
+        return self.url is not None
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        """polars' ``storage_options`` for this lake's files (None for a local lake)."""
+        return self.s3.polars_options() if self.s3 else None
 
     @classmethod
     def resolve(cls, lake: str | os.PathLike[str] | None = None) -> Lake:
@@ -91,7 +109,7 @@ class Lake:
     ) -> list[Path]:
         """Published Parquet files of a table, optionally narrowed to a market and dates."""
         base = self.root / table
-        if not base.is_dir():
+        if not self._maybe_dir(base):
             return []
         v = f"venue={venue}" if venue else "venue=*"
         s = f"symbol={symbol_to_path(symbol)}" if symbol else "symbol=*"
@@ -102,7 +120,7 @@ class Lake:
             out.extend(base.glob(f"{v}/{s}/date={d}/*.parquet"))
         out = [p for p in out if not p.name.startswith(TMP_PREFIX)]
         covered = covered_files(out)  # left by a roll-up interrupted before its unlinks
-        return sorted(p for p in out if p not in covered)
+        return sorted((p for p in out if p not in covered), key=_order)
 
     def partition_dirs(
         self, table: str, venue: str | None = None, symbol: str | None = None
@@ -110,13 +128,14 @@ class Lake:
         """Every partition directory of a table (with or without files), from the directory
         tree alone: cheaper than :meth:`partitions` when partitions hold many files."""
         base = self.root / table
-        if not base.is_dir():
+        if not self._maybe_dir(base):
             return []
         v = f"venue={venue}" if venue else "venue=*"
         s = f"symbol={symbol_to_path(symbol)}" if symbol else "symbol=*"
         out = []
         for d in base.glob(f"{v}/{s}/date=*"):
-            if not d.is_dir():
+            # on an object store only folders hold "date=" in their last part: no stat needed
+            if not self.remote and not d.is_dir():
                 continue
             ven = d.parent.parent.name.removeprefix("venue=")
             sym = path_to_symbol(d.parent.name.removeprefix("symbol="), ven)
@@ -151,6 +170,12 @@ class Lake:
         }
         return sorted(found)
 
+    def _maybe_dir(self, d: Path) -> bool:
+        """Whether folder ``d`` may hold files. On an object store there are no folders, only
+        key prefixes: a listing of a missing prefix is empty anyway, so skip the extra request
+        (one LIST per call, which is most of the listing cost on a remote lake)."""
+        return self.remote or d.is_dir()
+
     # ---- reading -----------------------------------------------------------------------
     def scan(
         self,
@@ -163,7 +188,53 @@ class Lake:
         if not files:
             schema = SCHEMAS.get(table, {})
             return pl.LazyFrame(schema=schema)
-        return scan_files(files, table)
+        return self.scan_files(files, table)
+
+    def scan_files(self, files: Sequence[Path], table: str | None = None) -> pl.LazyFrame:
+        """The rows of these lake files (listed by :meth:`files`) as one frame, in file order.
+        Columns of `table`'s schema a file lacks (written before
+        :data:`~mdpipe.lake.tables.ADDED_COLUMNS` existed) read as null, whichever file comes
+        first; extra columns are those of the first file."""
+        opts: dict[str, Any] = {"storage_options": self.storage_options} if self.remote else {}
+        paths = [str(f) for f in files] if self.remote else list(files)
+        schema = None
+        if table in SCHEMAS and files:
+            canonical = SCHEMAS[table]
+            first = pl.scan_parquet(paths[0], hive_partitioning=False, **opts).collect_schema()
+            schema = {**canonical, **{c: t for c, t in first.items() if c not in canonical}}
+        return pl.scan_parquet(
+            paths,
+            hive_partitioning=False,
+            schema=schema,
+            missing_columns="insert",
+            extra_columns="ignore",
+            **opts,
+        )
+
+    def read_file(self, file: Path) -> pl.DataFrame:
+        """One lake file as a frame."""
+        return self.scan_files([file]).collect()
+
+    def parquet_file(self, file: Path) -> pq.ParquetFile:
+        """A lake file opened for row-group / record-batch reading (metadata, streaming)."""
+        if self.remote:
+            return pq.ParquetFile(filesystem(file).open(key(file), "rb", block_size=8 << 20))
+        return pq.ParquetFile(file)
+
+    def exists(self, path: Path) -> bool:
+        return path.exists()
+
+    def read_bytes(self, path: Path) -> bytes:
+        return path.read_bytes()
+
+    def delete(self, files: Iterable[Path]) -> None:
+        """Remove lake files (one batched request on an object store)."""
+        files = list(files)
+        if self.remote:
+            delete(files)
+        else:
+            for f in files:
+                f.unlink(missing_ok=True)
 
     def read(
         self,
@@ -203,9 +274,7 @@ class Lake:
         an instant, never an empty or half-written partition.
         """
         final = self.publish(table, venue, symbol, date, df, name="part-0.parquet")
-        for f in final.parent.glob("*.parquet"):
-            if f != final:
-                f.unlink(missing_ok=True)
+        self.delete(f for f in final.parent.glob("*.parquet") if str(f) != str(final))
         return final
 
     # ---- day x underlying partitions (tables.UNDERLYING_TABLES) ---------------------------
@@ -255,7 +324,7 @@ class Lake:
         """The partition's sequence-named files no roll-up covers, as (path, prefix, ns), in
         name order."""
         d = self.partition_dir(part.table, part.venue, part.symbol, part.date)
-        if not d.is_dir():
+        if not self._maybe_dir(d):
             return []
         names = [p for p in d.glob("*.parquet") if not p.name.startswith(TMP_PREFIX)]
         covered = covered_files(names)
@@ -270,7 +339,7 @@ class Lake:
         """The largest ns in the partition's sequence and roll-up names (0 when none)."""
         d = self.partition_dir(part.table, part.venue, part.symbol, part.date)
         best = 0
-        for p in d.glob("*.parquet") if d.is_dir() else ():
+        for p in d.glob("*.parquet") if self._maybe_dir(d) else ():
             seq = parse_sequence_name(p.name)
             r = parse_rollup_name(p.name) if seq is None else None
             best = max(best, seq[1] if seq else r[2] if r else 0)
@@ -291,7 +360,7 @@ class Lake:
         parsed = []
         for f in files:
             seq = parse_sequence_name(f.name)
-            if seq is None or f.parent != d:
+            if seq is None or str(f.parent) != str(d):
                 raise ValueError(f"{f} is not a sequence-named file of {d}")
             parsed.append((f.name, f, seq))
         if not parsed:
@@ -306,32 +375,47 @@ class Lake:
         try:
             for i in range(0, len(ordered), COMPACT_READ_FILES):
                 chunk = ordered[i : i + COMPACT_READ_FILES]
-                w.write(scan_files(chunk, part.table).collect())
+                w.write(self.scan_files(chunk, part.table).collect())
             final, _ = w.publish(name, dedup=False)
         except BaseException:
             w.abort()
             raise
-        for f in ordered:
-            f.unlink(missing_ok=True)
-        fsync_dir(d)
+        self.delete(ordered)
+        if not self.remote:
+            fsync_dir(d)
         return final
 
     def finish_compactions(self, part: Partition) -> int:
         """Delete files a roll-up covers (left by a crash between a roll-up's publish and its
         unlinks); returns how many."""
         d = self.partition_dir(part.table, part.venue, part.symbol, part.date)
-        if not d.is_dir():
+        if not self._maybe_dir(d):
             return 0
         covered = covered_files(d.glob("*.parquet"))
-        for f in covered:
-            f.unlink(missing_ok=True)
-        if covered:
+        self.delete(covered)
+        if covered and not self.remote:
             fsync_dir(d)
         return len(covered)
 
+    def data_files(self) -> list[Path]:
+        """Every published data file of a local lake: Parquet files of every table (``live/``
+        and ``derived/`` included) and raw journal files; never temporary files nor what else
+        sits in the root (the catalog, a ledger). What a spool uploads."""
+        if self.remote or not self.root.is_dir():
+            return []
+        return [
+            p
+            for pattern in ("*/**/*.parquet", f"{RAW_DIR}/**/*{JOURNAL_SUFFIX}")
+            for p in self.root.glob(pattern)
+            if not p.name.startswith(TMP_PREFIX) and p.is_file()
+        ]
+
     def remove_stale_tmp(self) -> int:
-        """Delete temporary files left by crashed writers; returns how many."""
+        """Delete temporary files left by crashed writers; returns how many (always 0 on an
+        object store, where temporary files are local and objects appear whole)."""
         n = 0
+        if self.remote:
+            return 0
         if self.root.is_dir():
             for f in self.root.rglob(f"{TMP_PREFIX}*"):
                 f.unlink(missing_ok=True)
@@ -344,7 +428,7 @@ class Lake:
         if not self.root.is_dir():
             return out
         for top in sorted(self.root.iterdir()):
-            if not top.is_dir() or top.name == "raw":
+            if top.name == CATALOG_NAME or top.name == "raw" or not top.is_dir():
                 continue
             if top.name in ("derived", "live"):
                 out.extend(
@@ -365,34 +449,60 @@ class Lake:
         with atomic_target(self.catalog_path) as tmp:
             con = duckdb.connect(str(tmp))
             try:
-                names = list(dict.fromkeys([*SCHEMAS, *self.tables(), *extra_tables]))
-                for table in names:
-                    view = table.split("/")[-1] if table.startswith("derived/") else table
-                    view = view.replace("/", "_")
-                    by_underlying = table in UNDERLYING_TABLES
-                    files = self.underlying_files(table) if by_underlying else self.files(table)
-                    if files:
-                        levels = ("*", "*") if by_underlying else ("*", "*", "*")
-                        glob = str(self.root.joinpath(table, *levels, "*.parquet"))
-                        con.execute(
-                            f'CREATE OR REPLACE VIEW "{view}" AS SELECT * EXCLUDE (filename), '
-                            "CAST(regexp_extract(filename, 'date=([0-9-]+)', 1) AS DATE) AS date "
-                            f"FROM read_parquet('{_sql_str(glob)}', hive_partitioning = false, "
-                            "union_by_name = true, filename = true)"
-                        )
-                    elif table in SCHEMAS:
-                        cols = ", ".join(
-                            f'CAST(NULL AS {_duck_type(t)}) AS "{c}"'
-                            for c, t in SCHEMAS[table].items()
-                        )
-                        con.execute(
-                            f'CREATE OR REPLACE VIEW "{view}" AS SELECT {cols}, '
-                            "CAST(NULL AS DATE) AS date WHERE false"
-                        )
+                self.register(con)
+                self._create_views(con, extra_tables)
             finally:
                 con.close()
                 tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
         return self.catalog_path
+
+    def connect(self, extra_tables: Iterable[str] = ()) -> Any:
+        """An in-memory DuckDB connection with one view per table, reading this lake's files;
+        for an object-store lake its filesystem is registered with DuckDB (fsspec), so no
+        ``httpfs`` extension is needed."""
+        import duckdb
+
+        con = duckdb.connect()
+        self.register(con)
+        self._create_views(con, extra_tables)
+        return con
+
+    def register(self, con: Any) -> None:
+        """Let DuckDB connection ``con`` read this lake's ``s3://`` paths (a no-op locally)."""
+        if self.remote:
+            con.register_filesystem(filesystem(self.root))
+
+    def _create_views(self, con: Any, extra_tables: Iterable[str] = ()) -> None:
+        """One view per table (date taken from the path); a table with no files yet gets an
+        empty, typed view so queries never fail on absence."""
+        names = list(dict.fromkeys([*SCHEMAS, *self.tables(), *extra_tables]))
+        for table in names:
+            view = table.split("/")[-1] if table.startswith("derived/") else table
+            view = view.replace("/", "_")
+            by_underlying = table in UNDERLYING_TABLES
+            files = self.underlying_files(table) if by_underlying else self.files(table)
+            if files:
+                levels = ("*", "*") if by_underlying else ("*", "*", "*")
+                glob = str(self.root.joinpath(table, *levels, "*.parquet"))
+                con.execute(
+                    f'CREATE OR REPLACE VIEW "{view}" AS SELECT * EXCLUDE (filename), '
+                    "CAST(regexp_extract(filename, 'date=([0-9-]+)', 1) AS DATE) AS date "
+                    f"FROM read_parquet('{_sql_str(glob)}', hive_partitioning = false, "
+                    "union_by_name = true, filename = true)"
+                )
+            elif table in SCHEMAS:
+                cols = ", ".join(
+                    f'CAST(NULL AS {_duck_type(t)}) AS "{c}"' for c, t in SCHEMAS[table].items()
+                )
+                con.execute(
+                    f'CREATE OR REPLACE VIEW "{view}" AS SELECT {cols}, '
+                    "CAST(NULL AS DATE) AS date WHERE false"
+                )
+
+
+def _order(p: Path) -> tuple[str, ...]:
+    """Path order (by parts) for local and object-store paths alike."""
+    return tuple(p.parts)
 
 
 def scan_files(files: Sequence[Path], table: str | None = None) -> pl.LazyFrame:
@@ -438,9 +548,11 @@ class PartitionWriter:
         self.lake = lake
         self.part = part
         self.dir = lake.partition_dir(part.table, part.venue, part.symbol, part.date)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        # Not named *.parquet: globbing readers (DuckDB views) must never pick it up.
-        self.tmp = self.dir / f"{TMP_PREFIX}{uuid.uuid4().hex}.partial"
+        if not lake.remote:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        # Not named *.parquet: globbing readers (DuckDB views) must never pick it up; local
+        # (system temporary folder) when the lake is on an object store.
+        self.tmp = tmp_path_for(self.dir / f"{uuid.uuid4().hex}.parquet")
         self._writer: pq.ParquetWriter | None = None
         self._buffer: list[pl.DataFrame] = []
         self._buffered = 0
@@ -494,22 +606,26 @@ class PartitionWriter:
             return None, 0
         self._writer.close()
         final = self.dir / name
-        others = [
-            f
-            for f in self.dir.glob("*.parquet")
-            if f != final and not f.name.startswith(TMP_PREFIX)
-        ]
         keys = ROW_KEYS.get(self.part.table)
+        others = (
+            [
+                f
+                for f in self.dir.glob("*.parquet")
+                if str(f) != str(final) and not f.name.startswith(TMP_PREFIX)
+            ]
+            if dedup and keys
+            else []
+        )
         if dedup and others and keys:
             new = pl.read_parquet(self.tmp)
-            seen = scan_files(others, self.part.table).select(keys).unique().collect()
+            seen = self.lake.scan_files(others, self.part.table).select(keys).unique().collect()
             kept = new.join(
                 seen, on=list(keys), how="anti", nulls_equal=True, maintain_order="left"
             )
             if kept.height != new.height:
                 self.tmp.unlink()
                 if kept.height == 0:
-                    final.unlink(missing_ok=True)
+                    self.lake.delete([final])
                     return None, 0
                 kept.write_parquet(self.tmp, compression="zstd")
             rows = kept.height

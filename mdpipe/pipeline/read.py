@@ -14,14 +14,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mdpipe.core.batch import TRADE_INPUT_COLUMNS, BatchRun, batch_trade_rows
 from mdpipe.core.detectors.ensemble import DetectorConfig
 from mdpipe.core.features import FeatureConfig, MicropriceModel
 from mdpipe.core.kernel import BookRows
 from mdpipe.lake import Lake
-from mdpipe.lake.store import scan_files
 
 BOOK_READ_COLUMNS = ("update_id", "exch_ts_ns", "recv_ts_ns", "side", "price", "qty",
                      "is_snapshot")  # fmt: skip
@@ -61,10 +59,12 @@ def compute_partition(
         files = book_files_in_order(lake, venue, symbol, prev_date)
         full_from = -(2**63)
         if warmup_minutes is not None and files:
-            last = scan_files(files, "book").select(pl.col("exch_ts_ns").max()).collect().item()
+            last = (
+                lake.scan_files(files, "book").select(pl.col("exch_ts_ns").max()).collect().item()
+            )
             full_from = int(last) - round(warmup_minutes * 60e9)
-        stream_book(run, files, batch_rows, emit=False, full_from_ts=full_from)
-    stream_book(run, book_files_in_order(lake, venue, symbol, date), batch_rows, emit=True)
+        stream_book(lake, run, files, batch_rows, emit=False, full_from_ts=full_from)
+    stream_book(lake, run, book_files_in_order(lake, venue, symbol, date), batch_rows, emit=True)
     if stats is not None:
         stats.update(run.stats())
     return run.result()
@@ -78,7 +78,7 @@ def book_files_in_order(lake: Lake, venue: str, symbol: str, date: str) -> list[
         return files
 
     def first_seq(f: Path) -> tuple[int, str]:
-        pf = pq.ParquetFile(f)
+        pf = lake.parquet_file(f)
         if "seq" not in pf.schema_arrow.names or pf.metadata.num_rows == 0:
             return (0, f.name)
         v = pf.read_row_group(0, columns=["seq"]).column(0)[0].as_py()
@@ -88,12 +88,18 @@ def book_files_in_order(lake: Lake, venue: str, symbol: str, date: str) -> list[
 
 
 def stream_book(
-    run: BatchRun, files: list[Path], batch_rows: int, *, emit: bool, full_from_ts: int = -(2**63)
+    lake: Lake,
+    run: BatchRun,
+    files: list[Path],
+    batch_rows: int,
+    *,
+    emit: bool,
+    full_from_ts: int = -(2**63),
 ) -> None:
     """Feed `files` (in applied order) to `run` in record batches of `batch_rows`."""
     pending: BookRows | None = None
     for f in files:
-        pf = pq.ParquetFile(f)
+        pf = lake.parquet_file(f)
         for rb in pf.iter_batches(batch_size=batch_rows, columns=list(BOOK_READ_COLUMNS)):
             # Arrow hands out read-only views; numba would compile (and cache) a second,
             # read-only specialisation of every kernel for them, so take writable copies.

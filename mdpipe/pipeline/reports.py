@@ -7,18 +7,25 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import polars as pl
 
 from mdpipe.core.labels import PricePath
 from mdpipe.core.metrics import Evaluation
 from mdpipe.core.report import render_report, render_summary_report
-from mdpipe.lake import atomic_write_bytes
+from mdpipe.lake import atomic_write_bytes, is_remote
+
+
+def _dir(out_dir: str | os.PathLike[str]) -> Path:
+    """An object-store lake path stays what it is (a UPath, pathlib's API); anything else is
+    a local Path."""
+    return cast(Path, out_dir) if is_remote(out_dir) else Path(out_dir)
 
 
 def publish(files: Mapping[str, bytes], out_dir: str | os.PathLike[str]) -> list[Path]:
     """Write every file under `out_dir` atomically, in the given order; returns the paths."""
-    out = Path(out_dir)
+    out = _dir(out_dir)
     paths = []
     for name, data in files.items():
         atomic_write_bytes(out / name, data)
@@ -43,7 +50,7 @@ def write_report(
         file_name=file_name,
     )  # fmt: skip
     publish(files, out_dir)
-    return Path(out_dir) / file_name
+    return _dir(out_dir) / file_name
 
 
 def write_summary_report(
@@ -59,4 +66,4 @@ def write_summary_report(
         metrics, title=title, report_links=report_links, file_name=file_name
     )
     publish(files, out_dir)
-    return Path(out_dir) / file_name
+    return _dir(out_dir) / file_name

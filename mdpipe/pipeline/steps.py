@@ -243,14 +243,14 @@ def tick_quality(lake: Lake, part: Part, features: pl.DataFrame) -> TickQuality:
     )
 
 
-def _footer_stats(files: list[Path], columns: tuple[str, ...]) -> tuple[int, dict[str, tuple]]:
+def _footer_stats(
+    lake: Lake, files: list[Path], columns: tuple[str, ...]
+) -> tuple[int, dict[str, tuple]]:
     """Row count and (min, max) per column from Parquet footers, without reading data."""
-    import pyarrow.parquet as pq
-
     rows = 0
     bounds: dict[str, tuple] = {}
     for f in files:
-        md = pq.read_metadata(f)
+        md = lake.parquet_file(f).metadata
         rows += md.num_rows
         names = md.schema.names
         for rg in range(md.num_row_groups):
@@ -271,8 +271,8 @@ def tick_summary(lake: Lake, part: Part) -> dict[str, Any]:
     table only), for the sensor that watches the whole lake. The full scan (silences, clock
     offsets) belongs to the `features` step and its checks."""
     files = {t: lake.files(t, part.venue, part.symbol, part.date) for t in ("book", "trades")}
-    book_rows, bb = _footer_stats(files["book"], ("exch_ts_ns", "recv_ts_ns"))
-    trade_rows, tb = _footer_stats(files["trades"], ("exch_ts_ns", "recv_ts_ns"))
+    book_rows, bb = _footer_stats(lake, files["book"], ("exch_ts_ns", "recv_ts_ns"))
+    trade_rows, tb = _footer_stats(lake, files["trades"], ("exch_ts_ns", "recv_ts_ns"))
     gaps = _read(lake, "gaps", part)
     recv = [b[1] for b in (bb.get("recv_ts_ns"), tb.get("recv_ts_ns")) if b]
     exch = [b for b in (bb.get("exch_ts_ns"), tb.get("exch_ts_ns")) if b]
@@ -744,7 +744,7 @@ def clock_offsets(features: pl.DataFrame, max_points: int = 5000) -> pl.DataFram
 def summary_step(lake: Lake) -> tuple[Path, pl.DataFrame]:
     """Cross-partition summary report over every materialised `evaluation` partition."""
     files = lake.files(derived("evaluation"))
-    frames = [pl.read_parquet(f) for f in files]
+    frames = [lake.read_file(f) for f in files]
     frames = [f for f in frames if "fold" in f.columns]
     metrics = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     base = lake.root / derived("evaluation")

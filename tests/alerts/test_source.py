@@ -50,3 +50,19 @@ def test_garbage_cursor_restarts_cleanly_and_paths_stay_inside_the_lake(tmp_path
     assert SignalCursor.loads("not json") is None
     with pytest.raises(ValueError, match="outside the lake"):
         read_signals(tmp_path, ["../../etc/passwd"])
+
+
+def test_the_cursor_and_reader_work_on_an_s3_lake(s3_lake_url: str) -> None:
+    """Object stores keep no folder times: one listing with each object's time instead."""
+    lake = Lake(s3_lake_url)
+    new, cur = scan_new_files(lake.root, None)
+    assert new == []
+    a = publish_signals(lake, [make_signal(0)], "a.parquet")
+    new, cur = scan_new_files(lake.root, cur)
+    assert new == [str(a)[len(s3_lake_url) + 1 :]]
+    assert scan_new_files(lake.root, cur)[0] == []  # seen
+    publish_signals(lake, [make_signal(1, symbol="ETH/USDT")], "b.parquet")
+    new, cur = scan_new_files(lake.root, cur)
+    assert [s.signal_id for s in read_signals(lake.root, new)] == ["sig00001"]
+    with pytest.raises(ValueError, match="outside the lake"):
+        read_signals(lake.root, ["../other/x.parquet"])

@@ -98,3 +98,42 @@ def test_events_wake_a_waiter_on_each_change_and_time_out_otherwise() -> None:
             await ev.wait_for(lambda: False, timeout=0.05)
 
     asyncio.run(main())
+
+
+def test_spool_gauges_are_exported_only_with_a_spool_and_health_names_the_outage() -> None:
+    from mdpipe.capture.metrics import SPOOL_METRIC_NAMES
+
+    st = Status("binance", ("BTC/USDT",))
+    names = {f.name for f in st.registry.collect()}
+    assert not names & set(SPOOL_METRIC_NAMES)
+    st.spool = lambda: (3, 4096, 12.5)
+    st.episode("store_unreachable", "*", "s3://b/lake: EndpointConnectionError", resolved=False)
+    samples = scrape(st)
+    assert samples[("mdpipe_capture_spool_files", (("venue", "binance"),))] == 3
+    assert samples[("mdpipe_capture_spool_bytes", (("venue", "binance"),))] == 4096
+    assert samples[("mdpipe_capture_spool_age_seconds", (("venue", "binance"),))] == 12.5
+    _, body = st.health(10.0)
+    assert "object store unreachable: 3 file(s) waiting in the spool" in body["reasons"]
+    assert st.as_dict()["spool"]["files"] == 3
+    st.resolve_open("*", "store_unreachable")
+    _, body = st.health(10.0)
+    assert not any(r.startswith("object store") for r in body["reasons"])
+    assert all(e.resolved_ns is not None for e in st.episodes)
+
+
+def test_the_spool_alert_rules_are_valid_and_use_exported_metrics() -> None:
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from mdpipe.capture.metrics import SPOOL_METRIC_NAMES
+
+    rules = Path(__file__).resolve().parents[2] / "config" / "prometheus" / "alerts.yml"
+    used = set(re.findall(r"mdpipe_capture_[a-z_]+", rules.read_text()))
+    assert used and used <= set(METRIC_NAMES) | set(SPOOL_METRIC_NAMES)
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian package prometheus) is not installed")
+    proc = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
