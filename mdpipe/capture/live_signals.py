@@ -164,6 +164,7 @@ class LiveSignals:
             signals.with_columns(
                 # rows released by `poll` come from `Signal` objects, which carry no id
                 settings_id=pl.lit(self.settings_id, dtype=pl.String),
+                source=pl.lit("live", dtype=pl.String),
                 emitted_ns=pl.lit(now, dtype=pl.Int64),
             )
         )

@@ -49,6 +49,8 @@ from mdpipe.lake.tables import (
     NS_PER_DAY,
     ROW_KEYS,
     SCHEMAS,
+    SIGNAL_SOURCES,
+    SIGNAL_TABLE_SOURCE,
     TIME_COLUMNS,
     conform,
     date_of_ns,
@@ -57,6 +59,7 @@ from mdpipe.lake.tables import (
     row_time,
     split_by_date,
     time_column,
+    with_signal_source,
 )
 
 __all__ = [
@@ -69,6 +72,8 @@ __all__ = [
     "ROW_GROUP_ROWS",
     "ROW_KEYS",
     "SCHEMAS",
+    "SIGNAL_SOURCES",
+    "SIGNAL_TABLE_SOURCE",
     "TIME_COLUMNS",
     "TMP_PREFIX",
     "JournalError",
@@ -102,4 +107,5 @@ __all__ = [
     "symbol_to_path",
     "time_column",
     "tmp_path_for",
+    "with_signal_source",
 ]

@@ -42,7 +42,7 @@ from mdpipe.lake.paths import (
     rollup_name,
     symbol_to_path,
 )
-from mdpipe.lake.tables import ROW_KEYS, SCHEMAS, conform
+from mdpipe.lake.tables import ROW_KEYS, SCHEMAS, SIGNAL_TABLE_SOURCE, conform, with_signal_source
 
 ROW_GROUP_ROWS = 131_072  # rows a streaming writer buffers per Parquet row group
 COMPACT_READ_FILES = 64  # files read at once while merging (rows stream out in row groups)
@@ -163,6 +163,16 @@ class Lake:
         if not files:
             schema = SCHEMAS.get(table, {})
             return pl.LazyFrame(schema=schema)
+        if table in SIGNAL_TABLE_SOURCE:
+            # signal files gain columns over time (`source`, `details`): one schema per file,
+            # united by name, rather than the first file's schema imposed on all
+            return with_signal_source(
+                table,
+                pl.concat(
+                    [pl.scan_parquet(f, hive_partitioning=False) for f in files],
+                    how="diagonal_relaxed",
+                ),
+            )
         return pl.scan_parquet(files, hive_partitioning=False, missing_columns="insert")
 
     def read(
