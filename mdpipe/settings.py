@@ -5,6 +5,7 @@
     [backtest]    mdpipe.core.config.BacktestConfig            (costs, barriers, CV, thresholds)
     [alerts]      mdpipe.alerts.config.AlertConfig             (delivery policy, sensor lookback)
     [capture]     mdpipe.capture.config.CaptureConfig          (venue, symbols, intervals, ...)
+    [api]         mdpipe.api.config.ApiConfig                  (`mdpipe serve`: bind, limits)
 
 Each section IS the validated dataclass named above: this module holds no copy of a field, a
 default or a range. It finds the file, merges the layers, converts text to each field's type,
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from mdpipe.alerts.config import AlertConfig
+from mdpipe.api.config import ApiConfig
 from mdpipe.capture.config import CaptureConfig
 from mdpipe.core.config import BacktestConfig, settings_id
 from mdpipe.core.detectors.ensemble import DetectorConfig
@@ -55,6 +57,7 @@ SECTIONS: dict[str, type] = {
     "backtest": BacktestConfig,
     "alerts": AlertConfig,
     "capture": CaptureConfig,
+    "api": ApiConfig,
 }
 # sections whose values decide which signals are emitted (what settings_id hashes)
 SIGNAL_SECTIONS = ("features", "detectors")
@@ -216,6 +219,7 @@ class Settings:
     alerts: AlertConfig = field(default_factory=AlertConfig)
     # validated `CaptureConfig` overrides; `capture_config()` adds the symbols and flags
     capture: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
+    api: ApiConfig = field(default_factory=ApiConfig)
     source: str | None = None  # the file these came from, if any
 
     @property

@@ -160,7 +160,7 @@ class LiveSignals:
 
     def _publish(self, signals: pl.DataFrame) -> None:
         now = time.time_ns()
-        signals = _conform(
+        signals = conform_live_signals(
             signals.with_columns(
                 # rows released by `poll` come from `Signal` objects, which carry no id
                 settings_id=pl.lit(self.settings_id, dtype=pl.String),
@@ -262,7 +262,7 @@ def _with_receive_time(
     return signals.join(f, on="update_id", how="left")
 
 
-def _conform(signals: pl.DataFrame) -> pl.DataFrame:
+def conform_live_signals(signals: pl.DataFrame) -> pl.DataFrame:
     """One schema for every file (signals released by `feed` and by `poll` come from
     different code paths): the batch `signals` columns and dtypes, then the live extras."""
     from mdpipe.core.batch import SIGNAL_COLUMNS, empty_signals
@@ -297,4 +297,4 @@ def attach_live_signals(
     return ls
 
 
-__all__ = ["TABLE", "LiveSignals", "attach_live_signals"]
+__all__ = ["TABLE", "LiveSignals", "attach_live_signals", "conform_live_signals"]
