@@ -84,6 +84,8 @@ class LiveSignals:
         self.files_published: list[str] = []
         self.events_processed = 0
         self._file_seq = 0
+        # called with each published frame once its files are on disk (the alerts fast path)
+        self.listeners: list[Callable[[pl.DataFrame], None]] = []
         self._poller: asyncio.Task[None] | None = None
         if warm_up:
             self._warm_up()
@@ -176,6 +178,11 @@ class LiveSignals:
                 self.files_published.append(str(path))
         published = time.time_ns()
         self.signals_published += signals.height
+        for listener in self.listeners:
+            try:
+                listener(signals)
+            except Exception:  # delivery is the sensor's job too; recording goes on
+                log.exception("live signal listener failed")
         for row in signals.select("symbol", "signal_type", "score", "signal_id").iter_rows():
             log.info("live signal %s %s %s score %.2f", row[0], row[1], row[3], row[2])
         if self.metrics is not None:
