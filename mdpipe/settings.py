@@ -347,11 +347,18 @@ def _info(section: str, key: str, where: str) -> FieldInfo:
     return fields_[key]
 
 
+# variables under a section's prefix that are not settings: secrets, kept out of the model so
+# `mdpipe settings` never prints them
+SECRET_ENV = frozenset({"MDPIPE_API_TOKEN"})
+
+
 def _env_layer(environ: Mapping[str, str]) -> dict[str, dict[str, _Value]]:
     out: dict[str, dict[str, _Value]] = {}
     if environ.get("MDPIPE_LAKE"):
         out.setdefault("capture", {})["lake"] = _Value(environ["MDPIPE_LAKE"], "$MDPIPE_LAKE")
     for var, raw in environ.items():
+        if var in SECRET_ENV:
+            continue
         for section in SECTIONS:
             prefix = f"MDPIPE_{section.upper()}_"
             if not var.startswith(prefix):

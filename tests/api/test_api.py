@@ -296,3 +296,10 @@ def test_stream_health_and_metrics(serve: ServeFn, tmp_path: Path) -> None:
     _s2, c2 = serve(lake=lake, sets=("api.capture_health_url=http://127.0.0.1:9/health",))
     h2 = c2.get("/health")
     assert h2.status_code == 503 and h2.json()["capture"]["healthy"] is False
+
+
+def test_the_token_variable_is_not_a_setting() -> None:
+    from mdpipe.settings import load_settings
+
+    s = load_settings(environ={"MDPIPE_API_TOKEN": TOKEN, "MDPIPE_API_PORT": "8123"})
+    assert s.api.port == 8123 and TOKEN not in s.to_toml()
