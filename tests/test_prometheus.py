@@ -163,11 +163,12 @@ def test_real_prometheus_scrapes_capture_and_serve_and_runs_every_dashboard_quer
     cap = subprocess.Popen(
         cmd, cwd=ROOT, stdout=cap_log, stderr=subprocess.STDOUT, env={**child_env, **env}
     )
+
     def logs():
-        return (
-            (tmp_path / "capture.log").read_text(errors="replace")[-3000:]
-            + (tmp_path / "prometheus.log").read_text(errors="replace")[-2000:]
-        )
+        return (tmp_path / "capture.log").read_text(errors="replace")[-3000:] + (
+            tmp_path / "prometheus.log"
+        ).read_text(errors="replace")[-2000:]
+
     try:
         client = httpx.Client(base_url=served.url, timeout=30)
         posted = 0
