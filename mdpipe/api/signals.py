@@ -37,6 +37,7 @@ import polars as pl
 from mdpipe.lake import (
     SIGNAL_SOURCES,
     Lake,
+    Partition,
     date_of_ns,
     parse_market_key,
     with_signal_source,
@@ -123,18 +124,23 @@ def query_signals(lake: Lake, q: SignalQuery) -> tuple[list[dict[str, Any]], str
     if q.after is not None:
         hi_ns = q.after[0] if hi_ns is None else min(hi_ns, q.after[0])
     lo_date, hi_date = _date_floor(q.since_ns), _date_floor(hi_ns)
-    by_date: dict[str, list[tuple[str, Path]]] = {}
+    # partitions from the directory tree alone; files are listed only for the dates visited
+    by_date: dict[str, list[tuple[str, Partition]]] = {}
     for table in tables:
         for part in lake.partition_dirs(table, q.venue, q.symbol):
             if (lo_date and part.date < lo_date) or (hi_date and part.date > hi_date):
                 continue
-            for f in lake.files(table, part.venue, part.symbol, part.date):
-                by_date.setdefault(part.date, []).append((table, f))
+            by_date.setdefault(part.date, []).append((table, part))
     frames: list[pl.DataFrame] = []
     have = 0
     for date in sorted(by_date, reverse=True):
-        day = _read_day(by_date[date], q)
-        if day.height:
+        files = [
+            (table, f)
+            for table, part in by_date[date]
+            for f in lake.files(table, part.venue, part.symbol, part.date)
+        ]
+        day = _read_day(files, q) if files else None
+        if day is not None and day.height:
             frames.append(day)
             have += day.height
         if have > q.limit:
@@ -149,15 +155,10 @@ def query_signals(lake: Lake, q: SignalQuery) -> tuple[list[dict[str, Any]], str
     if rows.height > q.limit:
         last = page.row(page.height - 1, named=True)
         nxt = encode_cursor((int(last["ts_ns"]), str(last["signal_id"]), str(last["source"])))
-    return [jsonable(r) for r in page.iter_rows(named=True)], nxt
+    return to_json_rows(page), nxt
 
 
 def _read_day(files: list[tuple[str, Path]], q: SignalQuery) -> pl.DataFrame:
-    frames = []
-    for table, f in files:
-        lf = with_signal_source(table, pl.scan_parquet(f, hive_partitioning=False))
-        frames.append(lf)
-    lf = pl.concat(frames, how="diagonal_relaxed")
     conds = []
     if q.signal_type is not None:
         conds.append(pl.col("signal_type") == q.signal_type)
@@ -174,10 +175,15 @@ def _read_day(files: list[tuple[str, Path]], q: SignalQuery) -> pl.DataFrame:
             | ((pl.col("ts_ns") == ts) & (pl.col("signal_id") < sid))
             | ((pl.col("ts_ns") == ts) & (pl.col("signal_id") == sid) & (pl.col("source") < src))
         )
-    if conds:
-        lf = lf.filter(pl.all_horizontal(conds))
-    # only the newest rows of a day can make the page
-    return lf.top_k(q.limit + 1, by=["ts_ns", "signal_id", "source"]).collect()
+    keys = ["ts_ns", "signal_id", "source"]
+    frames = []
+    for table, f in files:
+        lf = with_signal_source(table, pl.scan_parquet(f, hive_partitioning=False))
+        if conds:
+            lf = lf.filter(pl.all_horizontal(conds))
+        # only the newest rows of a file can make the page: cut each file before uniting them
+        frames.append(lf.top_k(q.limit + 1, by=keys))
+    return pl.concat(pl.collect_all(frames), how="diagonal_relaxed").top_k(q.limit + 1, by=keys)
 
 
 def find_signal(lake: Lake, signal_id: str) -> dict[str, Any] | None:
@@ -196,6 +202,20 @@ def newest_live(lake: Lake) -> dict[str, Any] | None:
     """The newest signal the online engine wrote (what `/health` reports the age of)."""
     rows, _ = query_signals(lake, SignalQuery(source="live", limit=1))
     return rows[0] if rows else None
+
+
+def to_json_rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts: NaN (which JSON lacks) as null, `details` parsed."""
+    floats = [c for c, t in frame.schema.items() if t.is_float()]
+    if floats:
+        frame = frame.with_columns(pl.col(floats).fill_nan(None))
+    rows = frame.to_dicts()
+    if "details" in frame.columns:
+        for r in rows:
+            if isinstance(r.get("details"), str):
+                with contextlib.suppress(ValueError):
+                    r["details"] = json.loads(r["details"])
+    return rows
 
 
 def jsonable(row: dict[str, Any]) -> dict[str, Any]:
