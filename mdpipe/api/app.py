@@ -158,6 +158,7 @@ def create_app(
     rate = parse_rate(cfg.rate_limit)
     idem = IdempotencyStore(lake.root / IDEMPOTENCY_FILE, ttl_s=cfg.idempotency_ttl_s)
     watcher = SignalWatcher(lake.root, cfg.stream_poll_s)
+    files = store.FileCache()
     state: dict[str, Any] = {"fast_path": fast_path}
 
     @contextlib.asynccontextmanager
@@ -247,12 +248,12 @@ def create_app(
                 limit=limit,
                 after=store.decode_cursor(cursor) if cursor else None,
             )
-            rows, nxt = store.query_signals(lake, q)
+            page, nxt = store.query_page(lake, q, files)
         except store.QueryError as e:
             return _problem(422, str(e), e.field)
-        # built directly: validating 1,000 free-form rows against the response model again
-        # would cost more than the query (the model still documents the shape)
-        return JSONResponse({"signals": rows, "next_cursor": nxt})
+        # serialised by polars: validating and encoding 1,000 free-form rows through the
+        # response model would cost more than the query (the model still documents the shape)
+        return Response(store.page_json(page, nxt), media_type="application/json")
 
     @app.get("/api/v1/signals/stream", response_class=EventSourceResponse)
     async def stream(
@@ -420,7 +421,7 @@ def create_app(
         body: dict[str, Any] = {"lake": {"root": str(lake.root)}}
         ok = lake.root.is_dir() and os.access(lake.root, os.R_OK | os.W_OK)
         body["lake"]["reachable"] = ok
-        newest = store.newest_live(lake) if ok else None
+        newest = store.newest_live(lake, files) if ok else None
         body["newest_live_signal"] = (
             None
             if newest is None
