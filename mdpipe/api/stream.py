@@ -35,6 +35,8 @@ class SignalWatcher:
 
     def start(self) -> None:
         if self._task is None:
+            # what is on disk at start is history, not news: seen without being read
+            self._cursor = scan_new_files(self.root, None, initial_lookback_s=0.0)[1]
             self._task = asyncio.get_running_loop().create_task(self._run(), name="signal-watch")
 
     async def stop(self) -> None:
@@ -64,6 +66,8 @@ class SignalWatcher:
 
     def poll_once(self) -> list[dict[str, Any]]:
         new, self._cursor = scan_new_files(self.root, self._cursor, initial_lookback_s=0.001)
+        if not self.subscribers:
+            return []  # nobody listens: advance the cursor, read nothing
         out: list[dict[str, Any]] = []
         for rel in new:
             p = self.root / rel
