@@ -225,9 +225,15 @@ def _read_day(
     keys = ["ts_ns", "signal_id", "source"]
     cond = pl.all_horizontal(conds) if conds else None
     if cache is not None:
-        cut = []
+        # frames of one schema are stacked first (many one-signal files stack in one step),
+        # then filtered and cut once per schema
+        groups: dict[tuple[tuple[str, Any], ...], list[pl.DataFrame]] = {}
         for table, f in files:
             df = cache.read(table, f)
+            groups.setdefault(tuple(df.schema.items()), []).append(df)
+        cut = []
+        for frames_of_schema in groups.values():
+            df = pl.concat(frames_of_schema, how="vertical", rechunk=False)
             if cond is not None:
                 df = df.filter(cond)
             cut.append(df.top_k(q.limit + 1, by=keys))
