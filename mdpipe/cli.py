@@ -191,10 +191,11 @@ def _plugins() -> list[Callable[[Any], None]]:
     """Subcommands that live in other packages (capture, pipeline, alerts) register here; they
     always ship with mdpipe, and are imported when the parser is built, not at import."""
     from mdpipe.alerts.cli import register_cli as alerts_cli
+    from mdpipe.api.cli import register_cli as api_cli
     from mdpipe.capture.cli import register_cli as capture_cli
     from mdpipe.run import register_cli as run_cli
 
-    return [capture_cli, run_cli, alerts_cli]
+    return [capture_cli, run_cli, alerts_cli, api_cli]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,7 @@
     [alerts]      mdpipe.alerts.config.AlertConfig             (delivery policy, sensor lookback)
     [capture]     mdpipe.capture.config.CaptureConfig          (venue, symbols, intervals, ...)
     [cross_venue] mdpipe.core.crossvenue.CrossVenueConfig      (basis grid, lead-lag, detector)
+    [api]         mdpipe.api.config.ApiConfig                  (`mdpipe serve`: bind, limits)
 
 Each section IS the validated dataclass named above: this module holds no copy of a field, a
 default or a range. It finds the file, merges the layers, converts text to each field's type,
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from mdpipe.alerts.config import AlertConfig
+from mdpipe.api.config import ApiConfig
 from mdpipe.capture.config import CaptureConfig
 from mdpipe.core.config import BacktestConfig, settings_id
 from mdpipe.core.crossvenue import CrossVenueConfig
@@ -59,6 +61,7 @@ SECTIONS: dict[str, type] = {
     "alerts": AlertConfig,
     "capture": CaptureConfig,
     "cross_venue": CrossVenueConfig,
+    "api": ApiConfig,
 }
 # sections whose values decide which signals are emitted (what settings_id hashes)
 SIGNAL_SECTIONS = ("features", "detectors")
@@ -220,6 +223,7 @@ class Settings:
     alerts: AlertConfig = field(default_factory=AlertConfig)
     # validated `CaptureConfig` overrides; `capture_config()` adds the symbols and flags
     capture: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
+    api: ApiConfig = field(default_factory=ApiConfig)
     source: str | None = None  # the file these came from, if any
     cross_venue: CrossVenueConfig = field(default_factory=CrossVenueConfig)
 
@@ -355,11 +359,18 @@ def _info(section: str, key: str, where: str) -> FieldInfo:
     return fields_[key]
 
 
+# variables under a section's prefix that are not settings: secrets, kept out of the model so
+# `mdpipe settings` never prints them
+SECRET_ENV = frozenset({"MDPIPE_API_TOKEN"})
+
+
 def _env_layer(environ: Mapping[str, str]) -> dict[str, dict[str, _Value]]:
     out: dict[str, dict[str, _Value]] = {}
     if environ.get("MDPIPE_LAKE"):
         out.setdefault("capture", {})["lake"] = _Value(environ["MDPIPE_LAKE"], "$MDPIPE_LAKE")
     for var, raw in environ.items():
+        if var in SECRET_ENV:
+            continue
         for section in SECTIONS:
             prefix = f"MDPIPE_{section.upper()}_"
             if not var.startswith(prefix):

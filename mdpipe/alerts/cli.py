@@ -52,12 +52,18 @@ def cmd_test(args: argparse.Namespace) -> int:
         f"mdpipe alerts test from {socket.gethostname()} at "
         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC: this channel is configured."
     )
+    from mdpipe.alerts.delivery import send_once_with_retries
+
     failed = 0
+    policy = alerts.policy()
     for c in clients:
-        r = c.send_text(text)
+        # the delivery path's rules: 429 waits Retry-After, transient failures back off
+        r, rep = send_once_with_retries(c, c.text_payload(text), policy)
         if not r.ok:
             failed += 1
         detail = r.error or (f"message {r.message_ref}" if r.message_ref else "")
+        if rep.requests > 1:
+            detail = f"{detail} (after {rep.requests} attempts, {rep.rate_limited} rate-limited)"
         status = "[green]sent[/green]" if r.ok else f"[red]{r.outcome}[/red]"
         table.add_row(c.name, redact(c.describe()), status, redact(detail))
     for name, why in skipped:

@@ -30,6 +30,8 @@ class AlertConfig(DeliveryPolicy):
                             publishes).
     initial_lookback_s      on its first tick the sensor picks up signals this young.
     timeout_s               seconds per request to a channel (`mdpipe alerts test`).
+    fast_path               capture and `mdpipe serve` hand each new signal straight to
+                            delivery (same ledger; the sensor still delivers what they miss).
     """
 
     lake: str = ""
@@ -38,6 +40,7 @@ class AlertConfig(DeliveryPolicy):
     lookback_s: float = 120.0
     initial_lookback_s: float = 900.0
     timeout_s: float = 10.0
+    fast_path: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -192,7 +192,7 @@ def deliver_channel(
 
 
 def _send_with_retries(
-    ledger: Ledger,
+    ledger: Ledger | None,
     client: ChannelClient,
     payload: object,
     n_signals: int,
@@ -202,11 +202,19 @@ def _send_with_retries(
     sleep: Callable[[float], None],
     rep: ChannelReport,
 ) -> SendResult:
+    """Send one payload, retrying 429s after their Retry-After and transient failures with
+    backoff, within `policy` and `deadline`. With a ledger the destination's slots and pauses
+    are shared with every other sender and each attempt is recorded; without one (`mdpipe
+    alerts test`) the waits are kept here."""
     key = client.name
     result = SendResult(TRANSIENT, error="not attempted")
+    not_before = 0.0  # monotonic time of the next allowed send, when there is no ledger
     for attempt in range(policy.max_attempts):
-        slot = ledger.reserve_slot(key, client.min_interval_s)
-        wait = (slot - time.time_ns()) / 1e9
+        if ledger is not None:
+            slot = ledger.reserve_slot(key, client.min_interval_s)
+            wait = (slot - time.time_ns()) / 1e9
+        else:
+            wait = not_before - time.monotonic()
         if wait > 0:
             if time.monotonic() + wait > deadline or wait > policy.max_wait_s:
                 return SendResult(
@@ -217,9 +225,12 @@ def _send_with_retries(
             sleep(wait)
         result = client.post(payload)
         rep.requests += 1
-        ledger.record_attempt(key, n_signals, result.outcome, result.status, result.error, run_id)
-        if result.pause_s:
-            ledger.push_back(key, time.time_ns() + int(result.pause_s * 1e9))
+        if ledger is not None:
+            ledger.record_attempt(
+                key, n_signals, result.outcome, result.status, result.error, run_id
+            )
+            if result.pause_s:
+                ledger.push_back(key, time.time_ns() + int(result.pause_s * 1e9))
         if result.outcome in (DELIVERED, UNCERTAIN, REJECTED):
             return result
         if attempt + 1 == policy.max_attempts:
@@ -227,11 +238,14 @@ def _send_with_retries(
         if result.outcome == RATE_LIMITED:
             rep.rate_limited += 1
             ra = result.retry_after_s if result.retry_after_s is not None else policy.backoff_s(0)
-            ledger.push_back(key, time.time_ns() + int(ra * 1e9))
+            if ledger is not None:
+                ledger.push_back(key, time.time_ns() + int(ra * 1e9))
+            else:
+                not_before = time.monotonic() + ra
             if ra > policy.max_wait_s or time.monotonic() + ra > deadline:
                 return result
             log.info("%s: 429, waiting %.2f s (Retry-After) before retrying", key, ra)
-            continue  # the next reserve_slot sleeps until the pushed-back slot
+            continue  # the next round sleeps until the pushed-back slot
         delay = policy.backoff_s(attempt)
         if time.monotonic() + delay > deadline:
             return result
@@ -240,4 +254,27 @@ def _send_with_retries(
     return result
 
 
-__all__ = ["ChannelReport", "DeliveryPolicy", "deliver_channel", "digest_id"]
+def send_once_with_retries(
+    client: ChannelClient,
+    payload: object,
+    policy: DeliveryPolicy | None = None,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[SendResult, ChannelReport]:
+    """One message outside the ledger (`mdpipe alerts test`), with the delivery path's retry
+    rules: Retry-After honoured, transient failures retried with backoff. Returns the final
+    result and the report (requests made, 429s met)."""
+    policy = policy or DeliveryPolicy()
+    rep = ChannelReport(channel=client.name, destination=client.describe())
+    deadline = time.monotonic() + policy.run_budget_s
+    result = _send_with_retries(None, client, payload, 1, "test", policy, deadline, sleep, rep)
+    return result, rep
+
+
+__all__ = [
+    "ChannelReport",
+    "DeliveryPolicy",
+    "deliver_channel",
+    "digest_id",
+    "send_once_with_retries",
+]

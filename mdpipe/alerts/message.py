@@ -33,6 +33,10 @@ _CORE = {
     "emitted_ns",
     "published_ns",
     "date",
+    "price",
+    "settings_id",
+    "source",
+    "details",
 }
 # Detector inputs shown in a single-signal message, in this order, when present.
 SHOWN_INPUTS = (
@@ -73,7 +77,10 @@ class AlertSignal:
         ]
         if missing:
             raise ValueError(f"signal row lacks {missing}: {dict(row)}")
+        # the book's mid for detector signals; a posted signal (`mdpipe serve`) states its price
         price = _num(row.get("mid"))
+        if price is None:
+            price = _num(row.get("price"))
         if price is None and _num(row.get("best_bid")) and _num(row.get("best_ask")):
             price = (float(row["best_bid"]) + float(row["best_ask"])) / 2
         inputs = {

@@ -213,12 +213,15 @@ def cmd_capture(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cap = make_capture(config)
+    fast_path = None
     if not getattr(args, "no_live_signals", False):
         from mdpipe.capture.live_signals import attach_live_signals
 
-        attach_live_signals(
+        ls = attach_live_signals(
             cap, feature_config=settings.features, detector_config=settings.detectors
         )
+        if ls is not None:
+            fast_path = _attach_fast_path(cap, ls, settings)
         logging.getLogger("mdpipe.capture").info(
             "live signals with settings_id %s (%s)",
             settings.settings_id,
@@ -235,6 +238,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     except (ValueError, ccxt.ExchangeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if fast_path is not None:
+        fast_path.stop(10.0)
     stats = cap.get_stats()
     print(
         f"capture stopped: {stats['messages_total']:,} messages, "
@@ -243,6 +248,27 @@ def cmd_capture(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 0
+
+
+def _attach_fast_path(cap: Any, ls: Any, settings: Settings) -> Any:
+    """Hand each published live signal straight to delivery (`mdpipe.alerts.fastpath`) when
+    a channel is configured in the environment and `[alerts] fast_path` is on."""
+    from mdpipe.alerts.fastpath import FastPath
+
+    log = logging.getLogger("mdpipe.capture")
+    try:
+        fp = FastPath.from_settings(
+            cap.lake.root, settings.alerts, name="capture", registry=cap.registry
+        )
+    except (ValueError, OSError):
+        log.exception("alerts fast path unavailable: the Dagster sensor alone delivers")
+        return None
+    if fp is None:
+        log.info("alerts fast path off (no channel configured, or [alerts] fast_path = false)")
+        return None
+    ls.listeners.append(fp.submit_frame)
+    log.info("alerts fast path on: %s", ", ".join(c.name for c in fp.clients))
+    return fp
 
 
 def add_sim_args(p: argparse.ArgumentParser) -> None:

@@ -85,6 +85,8 @@ class LiveSignals:
         self.files_published: list[str] = []
         self.events_processed = 0
         self._file_seq = 0
+        # called with each published frame once its files are on disk (the alerts fast path)
+        self.listeners: list[Callable[[pl.DataFrame], None]] = []
         self._poller: asyncio.Task[None] | None = None
         if warm_up:
             self._warm_up()
@@ -164,10 +166,11 @@ class LiveSignals:
 
     def _publish(self, signals: pl.DataFrame) -> None:
         now = time.time_ns()
-        signals = _conform(
+        signals = conform_live_signals(
             signals.with_columns(
                 # rows released by `poll` come from `Signal` objects, which carry no id
                 settings_id=pl.lit(self.settings_id, dtype=pl.String),
+                source=pl.lit("live", dtype=pl.String),
                 emitted_ns=pl.lit(now, dtype=pl.Int64),
             )
         )
@@ -179,6 +182,11 @@ class LiveSignals:
                 self.files_published.append(str(path))
         published = time.time_ns()
         self.signals_published += signals.height
+        for listener in self.listeners:
+            try:
+                listener(signals)
+            except Exception:  # delivery is the sensor's job too; recording goes on
+                log.exception("live signal listener failed")
         for row in signals.select("symbol", "signal_type", "score", "signal_id").iter_rows():
             log.info("live signal %s %s %s score %.2f", row[0], row[1], row[3], row[2])
         if self.metrics is not None:
@@ -267,7 +275,7 @@ def _with_receive_time(
     return signals.join(f, on="update_id", how="left")
 
 
-def _conform(signals: pl.DataFrame) -> pl.DataFrame:
+def conform_live_signals(signals: pl.DataFrame) -> pl.DataFrame:
     """One schema for every file (signals released by `feed` and by `poll` come from
     different code paths): the batch `signals` columns and dtypes, then the live extras."""
     from mdpipe.core.batch import SIGNAL_COLUMNS, empty_signals
@@ -302,4 +310,4 @@ def attach_live_signals(
     return ls
 
 
-__all__ = ["TABLE", "LiveSignals", "attach_live_signals"]
+__all__ = ["TABLE", "LiveSignals", "attach_live_signals", "conform_live_signals"]

@@ -101,6 +101,7 @@ SIGNAL_COLUMNS: tuple[str, ...] = (
     "trigger_value",
     "threshold",
     "settings_id",
+    "source",  # 'batch' | 'live' | 'api': which driver (or tool) produced the row
     *SIGNAL_CONTEXT,
 )
 _CONTEXT_IDX = np.array([FEATURE_NAMES.index(c) for c in SIGNAL_CONTEXT], dtype=np.int64)
@@ -374,6 +375,7 @@ def signals_frame(
     meta: np.ndarray,
     *,
     settings_id: str,
+    source: str = "batch",
 ) -> pl.DataFrame:
     """Signal rows; `signal_id` hashes (venue, symbol, type, update_id), a few rows a day;
     `settings_id` names the feature and detector settings that produced them
@@ -397,6 +399,7 @@ def signals_frame(
         "trigger_value": pl.Series(signals["value"], dtype=pl.Float64),
         "threshold": pl.Series(signals["threshold"], dtype=pl.Float64),
         "settings_id": pl.Series([settings_id] * len(types), dtype=pl.String),
+        "source": pl.Series([source] * len(types), dtype=pl.String),
     }
     for j, name in enumerate(SIGNAL_CONTEXT):
         data[name] = pl.Series(features[rows, _CONTEXT_IDX[j]], dtype=pl.Float64)

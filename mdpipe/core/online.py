@@ -520,7 +520,9 @@ class OnlineEngine:
         f, m, sigs = self._release_arrays(np.int64(0), force=True)
         return EngineOutput(
             features_frame(self.venue, self.symbol, f, m),
-            signals_frame(self.venue, self.symbol, sigs, f, m, settings_id=self.settings_id),
+            signals_frame(
+                self.venue, self.symbol, sigs, f, m, settings_id=self.settings_id, source="live"
+            ),
         )
 
     def _release_arrays(
@@ -602,7 +604,9 @@ class OnlineEngine:
         sg = np.concatenate(ss) if ss else np.zeros(0, SIGNAL_ROW)
         return EngineOutput(
             features_frame(self.venue, self.symbol, f, m),
-            signals_frame(self.venue, self.symbol, sg, f, m, settings_id=self.settings_id),
+            signals_frame(
+                self.venue, self.symbol, sg, f, m, settings_id=self.settings_id, source="live"
+            ),
         )
 
     def get_stats(self) -> dict[str, Any]:

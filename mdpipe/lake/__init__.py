@@ -54,6 +54,8 @@ from mdpipe.lake.tables import (
     NS_PER_DAY,
     ROW_KEYS,
     SCHEMAS,
+    SIGNAL_SOURCES,
+    SIGNAL_TABLE_SOURCE,
     TIME_COLUMNS,
     UNDERLYING_TABLES,
     conform,
@@ -64,6 +66,7 @@ from mdpipe.lake.tables import (
     split_by_date,
     time_column,
     with_added_columns,
+    with_signal_source,
 )
 
 __all__ = [
@@ -78,6 +81,8 @@ __all__ = [
     "ROW_GROUP_ROWS",
     "ROW_KEYS",
     "SCHEMAS",
+    "SIGNAL_SOURCES",
+    "SIGNAL_TABLE_SOURCE",
     "TIME_COLUMNS",
     "TMP_PREFIX",
     "UNDERLYING_TABLES",
@@ -116,4 +121,5 @@ __all__ = [
     "time_column",
     "tmp_path_for",
     "with_added_columns",
+    "with_signal_source",
 ]

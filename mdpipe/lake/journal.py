@@ -82,9 +82,7 @@ def epoch_ns(t: int) -> int:
 
 def epoch_ns_expr(t: pl.Expr) -> pl.Expr:
     """:func:`epoch_ns` as a polars expression."""
-    return (
-        pl.when(t < MS_BELOW).then(t * 1_000_000).when(t < US_BELOW).then(t * 1_000).otherwise(t)
-    )
+    return pl.when(t < MS_BELOW).then(t * 1_000_000).when(t < US_BELOW).then(t * 1_000).otherwise(t)
 
 
 class JournalReader:

@@ -47,7 +47,14 @@ from mdpipe.lake.paths import (
     rollup_name,
     symbol_to_path,
 )
-from mdpipe.lake.tables import ROW_KEYS, SCHEMAS, UNDERLYING_TABLES, conform
+from mdpipe.lake.tables import (
+    ROW_KEYS,
+    SCHEMAS,
+    SIGNAL_TABLE_SOURCE,
+    UNDERLYING_TABLES,
+    conform,
+    with_signal_source,
+)
 
 ROW_GROUP_ROWS = 131_072  # rows a streaming writer buffers per Parquet row group
 COMPACT_READ_FILES = 64  # files read at once while merging (rows stream out in row groups)
@@ -130,16 +137,26 @@ class Lake:
         base = self.root / table
         if not self._maybe_dir(base):
             return []
-        v = f"venue={venue}" if venue else "venue=*"
-        s = f"symbol={symbol_to_path(symbol)}" if symbol else "symbol=*"
+        want_v = f"venue={venue}" if venue else None
+        want_s = f"symbol={symbol_to_path(symbol)}" if symbol else None
         out = []
-        for d in base.glob(f"{v}/{s}/date=*"):
+        if self.remote:
+            v = want_v or "venue=*"
+            s = want_s or "symbol=*"
             # on an object store only folders hold "date=" in their last part: no stat needed
-            if not self.remote and not d.is_dir():
-                continue
-            ven = d.parent.parent.name.removeprefix("venue=")
-            sym = path_to_symbol(d.parent.name.removeprefix("symbol="), ven)
-            out.append(Partition(table, ven, sym, d.name.removeprefix("date=")))
+            for d in base.glob(f"{v}/{s}/date=*"):
+                ven = d.parent.parent.name.removeprefix("venue=")
+                sym = path_to_symbol(d.parent.name.removeprefix("symbol="), ven)
+                out.append(Partition(table, ven, sym, d.name.removeprefix("date=")))
+        else:
+            # os.scandir: the entry's type comes with the listing (no stat per directory), which
+            # keeps this cheap for a table with years of daily partitions
+            for ve in _subdirs(base, "venue=", want_v):
+                ven = ve.name.removeprefix("venue=")
+                for se in _subdirs(Path(ve.path), "symbol=", want_s):
+                    sym = path_to_symbol(se.name.removeprefix("symbol="), ven)
+                    for de in _subdirs(Path(se.path), "date=", None):
+                        out.append(Partition(table, ven, sym, de.name.removeprefix("date=")))
         return sorted(out, key=lambda p: (p.venue, p.symbol, p.date))
 
     def partitions(self, table: str) -> list[Partition]:
@@ -197,6 +214,16 @@ class Lake:
         first; extra columns are those of the first file."""
         opts: dict[str, Any] = {"storage_options": self.storage_options} if self.remote else {}
         paths = [str(f) for f in files] if self.remote else list(files)
+        if table in SIGNAL_TABLE_SOURCE:
+            # signal files gain columns over time (`source`, `details`): one schema per file,
+            # united by name, rather than the first file's schema imposed on all
+            return with_signal_source(
+                table,
+                pl.concat(
+                    [pl.scan_parquet(f, hive_partitioning=False, **opts) for f in paths],
+                    how="diagonal_relaxed",
+                ),
+            )
         schema = None
         if table in SCHEMAS and files:
             canonical = SCHEMAS[table]
@@ -521,6 +548,20 @@ def scan_files(files: Sequence[Path], table: str | None = None) -> pl.LazyFrame:
         missing_columns="insert",
         extra_columns="ignore",
     )
+
+
+def _subdirs(d: Path, prefix: str, exact: str | None) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(d) as it:
+            return [
+                e
+                for e in it
+                if e.name.startswith(prefix)
+                and (exact is None or e.name == exact)
+                and e.is_dir()
+            ]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _sql_str(s: str) -> str:

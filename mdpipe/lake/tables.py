@@ -128,6 +128,13 @@ CROSS_SIGNALS_TABLE = "derived/cross_signals"
 
 GAP_KINDS = ("sequence_gap", "resync", "reconnect", "stale", "no_snapshot", "backfill")
 
+# Where a signal row came from (the `source` column of both signal tables): the online engine
+# inside capture, the batch asset, or a tool that posted it to `mdpipe serve`.
+SIGNAL_SOURCES = ("live", "batch", "api")
+# Files written before signals carried `source` hold rows of one origin per table: reading fills
+# the column from the table (`with_signal_source`), so old lakes stay readable unchanged.
+SIGNAL_TABLE_SOURCE: dict[str, str] = {"live/signals": "live", "derived/signals": "batch"}
+
 
 def time_column(table: str) -> str:
     """The column whose UTC day is a row's date partition; derived tables use ``ts_ns``."""
@@ -184,6 +191,14 @@ def split_by_date(df: pl.DataFrame, table: str) -> dict[str, pl.DataFrame]:
         date_of_ns(int(d) * NS_PER_DAY): g.drop("_day")
         for (d,), g in keyed.group_by("_day", maintain_order=True)
     }
+
+
+def with_signal_source(table: str, frame: pl.LazyFrame) -> pl.LazyFrame:
+    """``frame`` of a signal table with ``source`` filled where old files lack it."""
+    default = SIGNAL_TABLE_SOURCE[table]
+    if "source" not in frame.collect_schema().names():
+        return frame.with_columns(source=pl.lit(default, dtype=pl.String))
+    return frame.with_columns(pl.col("source").fill_null(default))
 
 
 def empty_frame(table: str) -> pl.DataFrame:

@@ -53,10 +53,30 @@ def test_alerts_test_reports_a_failing_channel(
     apis: FakeChatAPIs, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _env(monkeypatch, apis)
-    apis.fault("telegram", Fault("502"))
-    assert main(["alerts", "test"]) == 1
+    # a channel that stays down through every attempt ([alerts] max_attempts, default 4)
+    apis.fault("telegram", *[Fault("502")] * 4)
+    assert main(["alerts", "test", "--set", "alerts.backoff_initial_s=0.05"]) == 1
     out = capsys.readouterr().out
     assert out.count("sent") == 2 and "transient" in out and "HTTP 502" in out
+    assert "after 4 attempts" in out
+    assert apis.statuses("telegram") == [502] * 4
+
+
+def test_alerts_test_honours_retry_after_and_retries_transient_failures(
+    apis: FakeChatAPIs, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _env(monkeypatch, apis)
+    # Telegram: 429 with Retry-After; asking again before it elapsed would earn another 429
+    # from the loopback server, so a clean [429, 200] shows the wait was honoured
+    apis.fault("telegram", Fault("429", 1.0))
+    apis.fault("discord", Fault("503"), Fault("502"))
+    assert main(["alerts", "test", "--set", "alerts.backoff_initial_s=0.05"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("sent") == 3
+    assert apis.statuses("telegram") == [429, 200]
+    assert apis.statuses("discord") == [503, 502, 200]
+    assert "after 2 attempts, 1 rate-limited" in out and "after 3 attempts" in out
+    assert len(apis.messages("telegram")) == 1 and len(apis.messages("discord")) == 1
 
 
 def test_alerts_test_without_configuration(

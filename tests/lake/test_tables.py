@@ -168,3 +168,22 @@ def test_no_module_outside_the_lake_maps_tables_to_time_columns_or_formats_parti
 def _on_polars_dt(func: ast.Attribute) -> bool:
     value = func.value
     return isinstance(value, ast.Attribute) and value.attr == "dt"
+
+
+def test_signal_tables_read_old_files_without_source_next_to_new_ones(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import polars as pl
+
+    from mdpipe.lake import Lake
+
+    lake = Lake(tmp_path / "lake")
+    old = pl.DataFrame({"venue": ["binance"], "symbol": ["BTC/USDT"], "ts_ns": [1],
+                        "signal_id": ["a"], "score": [1.0]})  # fmt: skip
+    new = old.with_columns(signal_id=pl.lit("b"), source=pl.lit("api"), details=pl.lit("{}"))
+    for table in ("live/signals", "derived/signals"):
+        # the old file sorts first: its schema must not be imposed on the new one
+        lake.publish(table, "binance", "BTC/USDT", "1970-01-01", old, name="a-old.parquet")
+        lake.publish(table, "binance", "BTC/USDT", "1970-01-01", new, name="b-new.parquet")
+        got = lake.read(table).sort("signal_id")
+        default = "live" if table == "live/signals" else "batch"
+        assert got["source"].to_list() == [default, "api"], table
+        assert got["details"].to_list() == [None, "{}"]
