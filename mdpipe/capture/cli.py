@@ -202,7 +202,10 @@ def cmd_capture(args: argparse.Namespace) -> int:
         from mdpipe.capture.live_signals import attach_live_signals
 
         attach_live_signals(
-            cap, feature_config=settings.features, detector_config=settings.detectors
+            cap,
+            feature_config=settings.features,
+            detector_config=settings.detectors,
+            cross_venue_config=settings.cross_venue,
         )
         logging.getLogger("mdpipe.capture").info(
             "live signals with settings_id %s (%s)",

@@ -33,17 +33,24 @@ from mdpipe.core.crossvenue import (
     empty_cross_signals,
     lead_lag,
     lead_lag_frame,
+    leader_for,
     market_mids,
-    measured_leader,
 )
 from mdpipe.core.crossvenue_report import render_cross_report
-from mdpipe.lake import CROSS_SIGNALS_TABLE, Lake, day_start_ns, market_key
+from mdpipe.lake import (
+    BASIS_TABLE,
+    CROSS_SIGNALS_TABLE,
+    LEAD_LAG_TABLE,
+    Lake,
+    day_start_ns,
+    market_key,
+)
 from mdpipe.pipeline.reports import publish
 from mdpipe.venues import underlying as underlying_of
 
 FEATURES = "derived/features"
-BASIS = "derived/basis"
-LEAD_LAG = "derived/lead_lag"
+BASIS = BASIS_TABLE
+LEAD_LAG = LEAD_LAG_TABLE
 
 
 @dataclass(frozen=True)
@@ -104,22 +111,9 @@ def choose_leader(
     lake: Lake, part: CrossPart, pair: Pair, config: CrossVenueConfig
 ) -> tuple[int, int | None, str]:
     """(leader side, lead window ns, how it was chosen) for the leader_move trigger."""
-    if config.leader and config.leader in (pair.venue_a, pair.venue_b):
-        side = 0 if config.leader == pair.venue_a else 1
-        return side, None, f"settings: {config.leader} leads"
-    prev = lake.read_underlying(LEAD_LAG, part.underlying, part.shifted(-1).date)
-    if prev.height:
-        prev = prev.filter(
-            (pl.col("venue_a") == pair.venue_a)
-            & (pl.col("symbol_a") == pair.symbol_a)
-            & (pl.col("venue_b") == pair.venue_b)
-            & (pl.col("symbol_b") == pair.symbol_b)
-        )
-    side, window = measured_leader(prev, config)
-    if side < 0:
-        return side, None, "no leader: no significant lead measured on the previous day"
-    who = pair.market(side)
-    return side, window, f"measured on {part.shifted(-1).date}: {who[0]}:{who[1]} leads"
+    prev_date = part.shifted(-1).date
+    return leader_for(pair, config, lake.read_underlying(LEAD_LAG, part.underlying, prev_date),
+                      prev_date)  # fmt: skip
 
 
 @dataclass
