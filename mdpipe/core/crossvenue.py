@@ -614,6 +614,73 @@ BASIS_COLUMNS: dict[str, pl.DataType] = {
 }
 
 
+# Added to `basis` when the lake has `mark` rows (index price) for a market of the pair: its
+# index price at the grid point (last at or before it, none older than `max_stale_ms`) and
+# the basis of its mid against it, `(mid - index) / index * 1e4`; null for a market without
+# an index (spot) or where the index is stale.
+INDEX_BASIS_COLUMNS: dict[str, pl.DataType] = {
+    "index_a": pl.Float64(),
+    "index_b": pl.Float64(),
+    "index_basis_a_bps": pl.Float64(),
+    "index_basis_b_bps": pl.Float64(),
+}
+
+
+def index_at(
+    grid_ts: np.ndarray, mark_ts: np.ndarray, index_price: np.ndarray, max_stale_ns: int
+) -> np.ndarray:
+    """The index price at each grid time: the last `index_price` at or before it (mark rows
+    in exchange-time order), NaN before the first, past `max_stale_ns`, or where the index
+    is not a positive number."""
+    out = np.full(grid_ts.shape[0], np.nan)
+    if mark_ts.shape[0] == 0 or grid_ts.shape[0] == 0:
+        return out
+    k = np.searchsorted(mark_ts, grid_ts, side="right") - 1
+    ok = k >= 0
+    kk = np.where(ok, k, 0)
+    ok &= (grid_ts - mark_ts[kk]) <= max_stale_ns
+    px = index_price[kk]
+    ok &= np.isfinite(px) & (px > 0)
+    out[ok] = px[ok]
+    return out
+
+
+def with_index_basis(
+    basis: pl.DataFrame,
+    marks: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    config: CrossVenueConfig,
+) -> pl.DataFrame:
+    """`basis` rows with INDEX_BASIS_COLUMNS: for each row's market a and b, the index price
+    from `marks[(venue, symbol)]` = (exch_ts_ns sorted, index_price) and the mid's basis
+    against it (null where a market has no index)."""
+    if basis.height == 0:
+        return basis.with_columns(
+            [pl.lit(None, dtype=t).alias(c) for c, t in INDEX_BASIS_COLUMNS.items()]
+        )
+    stale = round(config.max_stale_ms * 1e6)
+    parts = []
+    keys = ["venue_a", "symbol_a", "venue_b", "symbol_b"]
+    for _, rows in basis.group_by(keys, maintain_order=True):
+        r0 = rows.row(0, named=True)
+        g = rows["ts_ns"].to_numpy()
+        cols: dict[str, np.ndarray] = {}
+        for side in ("a", "b"):
+            m = marks.get((r0[f"venue_{side}"], r0[f"symbol_{side}"]))
+            idx = index_at(g, *m, stale) if m is not None else np.full(g.shape[0], np.nan)
+            mid = rows[f"mid_{side}"].to_numpy()
+            cols[f"index_{side}"] = idx
+            cols[f"index_basis_{side}_bps"] = (mid - idx) / idx * 1e4
+        parts.append(
+            rows.with_columns(
+                [
+                    pl.Series(c, cols[c], dtype=pl.Float64).fill_nan(None)
+                    for c in INDEX_BASIS_COLUMNS
+                ]
+            )
+        )
+    return pl.concat(parts)
+
+
 def basis_frame(pair: Pair, grid: np.ndarray) -> pl.DataFrame:
     n = grid.shape[0]
     data: dict[str, Any] = {"ts_ns": grid["ts"]}
@@ -1141,6 +1208,7 @@ def leader_for(
 
 __all__ = [
     "BASIS_COLUMNS",
+    "INDEX_BASIS_COLUMNS",
     "LEAD_LAG_COLUMNS",
     "SIGNAL_TYPE",
     "TRIGGERS",
@@ -1157,6 +1225,7 @@ __all__ = [
     "hy_corr_lags",
     "hy_corr_lags_many",
     "hy_cov",
+    "index_at",
     "lead_lag",
     "lead_lag_frame",
     "lead_lag_ratio",
@@ -1165,4 +1234,5 @@ __all__ = [
     "measured_leader",
     "merge_order",
     "mid_changes",
+    "with_index_basis",
 ]

@@ -35,6 +35,7 @@ from mdpipe.core.crossvenue import (
     lead_lag_frame,
     leader_for,
     market_mids,
+    with_index_basis,
 )
 from mdpipe.core.crossvenue_report import render_cross_report
 from mdpipe.lake import (
@@ -42,6 +43,7 @@ from mdpipe.lake import (
     CROSS_SIGNALS_TABLE,
     LEAD_LAG_TABLE,
     Lake,
+    date_of_ns,
     day_start_ns,
     market_key,
 )
@@ -129,23 +131,59 @@ class CrossVenueOutput:
     report: Path | None = None
 
 
-def funding_rates(lake: Lake, markets: list[tuple[str, str]], date: str) -> pl.DataFrame:
-    """Funding rates of the markets from the `mark` table, when the lake has one."""
+MARK = "mark"
+MARK_COLUMNS = ("exch_ts_ns", "mark_price", "index_price", "funding_rate", "next_funding_ts_ns")
+
+
+def read_marks(
+    lake: Lake, markets: list[tuple[str, str]], date: str, since_ns: int | None = None
+) -> pl.DataFrame:
+    """The `mark` rows (mark and index price, funding) of the markets on `date` (and the day
+    before from `since_ns` on, when given), in exchange-time order per market; empty when the
+    lake has none (spot markets, recordings without `markPrice` frames)."""
+    dates = [date]
+    if since_ns is not None:
+        dates.insert(0, date_of_ns(since_ns))
     frames = []
     for venue, symbol in markets:
-        if not lake.files("mark", venue, symbol, date):
-            continue
-        m = lake.read("mark", venue, symbol, date)
-        if {"exch_ts_ns", "funding_rate"} <= set(m.columns):
-            frames.append(
-                m.select(
-                    pl.lit(venue).alias("venue"),
-                    pl.lit(symbol).alias("symbol"),
-                    pl.col("exch_ts_ns").cast(pl.Int64),
-                    pl.col("funding_rate").cast(pl.Float64),
-                ).sort("exch_ts_ns")
+        for d in dict.fromkeys(dates):
+            if not lake.files(MARK, venue, symbol, d):
+                continue
+            m = lake.read(MARK, venue, symbol, d).select(
+                pl.lit(venue).alias("venue"),
+                pl.lit(symbol).alias("symbol"),
+                *(pl.col(c) for c in MARK_COLUMNS),
             )
-    return pl.concat(frames) if frames else pl.DataFrame()
+            if since_ns is not None:
+                m = m.filter(pl.col("exch_ts_ns") >= since_ns)
+            frames.append(m)
+    if not frames:
+        return pl.DataFrame()
+    return pl.concat(frames, how="vertical_relaxed").sort(
+        "venue", "symbol", "exch_ts_ns", maintain_order=True
+    )
+
+
+def funding_rates(lake: Lake, markets: list[tuple[str, str]], date: str) -> pl.DataFrame:
+    """Funding rates of the markets from the `mark` table, when the lake has one."""
+    m = read_marks(lake, markets, date)
+    if m.height == 0:
+        return m
+    return m.select("venue", "symbol", "exch_ts_ns", "funding_rate", "index_price", "mark_price")
+
+
+def index_series(marks: pl.DataFrame) -> dict[tuple[str, str], tuple[Any, Any]]:
+    """(exch_ts_ns, index_price) arrays per market of `read_marks` rows."""
+    if marks.height == 0:
+        return {}
+    out = {}
+    for (venue, symbol), m in marks.group_by("venue", "symbol", maintain_order=True):
+        m = m.filter(pl.col("exch_ts_ns").is_not_null())
+        out[(str(venue), str(symbol))] = (
+            m["exch_ts_ns"].cast(pl.Int64).to_numpy(),
+            m["index_price"].cast(pl.Float64).fill_null(float("nan")).to_numpy(),
+        )
+    return out
 
 
 def crossvenue_step(
@@ -196,6 +234,11 @@ def crossvenue_step(
             }
         )
     basis = pl.concat(bases) if bases else pl.DataFrame()
+    if basis.height:
+        # each perpetual's mid against its index, on the same grid (stale rule as the basis)
+        since = start - round(cfg.max_stale_ms * 1e6)
+        basis = with_index_basis(basis, index_series(read_marks(lake, markets, part.date, since)),
+                                 cfg)  # fmt: skip
     curve = pl.concat(curves) if curves else pl.DataFrame()
     signals = pl.concat(sigs) if sigs else empty_cross_signals()
     signals = signals.sort("ts_ns", "venue", "symbol", "signal_id")
