@@ -204,7 +204,8 @@ def run_cross_venue(
     """basis, lead_lag and cross_venue_signals of every day x underlying of `parts` with two
     or more markets (registered as `underlying` partitions first)."""
     from mdpipe.defs.crossvenue import UNDERLYING_DIMENSION
-    from mdpipe.pipeline.crossvenue import cross_parts
+    from mdpipe.lake import LEAD_LAG_TABLE
+    from mdpipe.pipeline.crossvenue import cross_parts, lead_lag_summary
 
     todo = cross_parts(lake, sorted({p.date for p in parts}))
     known = set(instance.get_dynamic_partitions(UNDERLYING_DIMENSION))
@@ -220,6 +221,10 @@ def run_cross_venue(
             raise_on_error=False, tags={"mdpipe/stage": "cross_venue"},
         )  # fmt: skip
         out.runs.append(("cross_venue", cp.label, res.success))
+        if res.success:
+            out.notes.extend(
+                lead_lag_summary(lake.read_underlying(LEAD_LAG_TABLE, cp.underlying, cp.date))
+            )
         rep = lake.underlying_dir("derived/basis", cp.underlying, cp.date) / "report.html"
         if rep.exists():
             out.reports[f"cross {cp.label}"] = str(rep)

@@ -282,3 +282,25 @@ def crossvenue_step(
 def read_cross_signals(lake: Lake, venue: str, symbol: str, date: str) -> pl.DataFrame:
     """A market's cross-venue signals of a day (empty when none were computed)."""
     return lake.read(CROSS_SIGNALS_TABLE, venue, symbol, date)
+
+
+def lead_lag_summary(lead_lag_rows: pl.DataFrame) -> list[str]:
+    """One line per pair of a `lead_lag` partition: who leads, by how much, how significant."""
+    out: list[str] = []
+    if lead_lag_rows.height == 0:
+        return out
+    keys = ["venue_a", "symbol_a", "venue_b", "symbol_b"]
+    for _, rows in lead_lag_rows.group_by(keys, maintain_order=True):
+        r = rows.row(0, named=True)
+        a, b = f"{r['venue_a']}:{r['symbol_a']}", f"{r['venue_b']}:{r['symbol_b']}"
+        lag = r["max_lag_ns"] / 1e6
+        who = f"{a} leads" if lag > 0 else (f"{b} leads" if lag < 0 else "no lead")
+        p = r["p_value"]
+        corr, ratio = r["max_corr"], r["lead_lag_ratio"]
+        out.append(
+            f"lead-lag {r['date']} {a} / {b}: HY peak at {lag:+.0f} ms ({who}), "
+            f"corr {corr:.3f}, Huth-Abergel ratio {ratio:.2f} (>1: a leads), "
+            f"p {p:.3f} ({'no null' if p is None or p != p else 'shuffled-time null'}), "
+            f"mid changes {r['n_changes_a']} / {r['n_changes_b']}"
+        )
+    return out

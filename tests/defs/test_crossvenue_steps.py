@@ -21,6 +21,7 @@ from mdpipe.pipeline.crossvenue import (
     CrossPart,
     cross_parts,
     crossvenue_step,
+    lead_lag_summary,
     markets_by_underlying,
 )
 from tests.conftest import DATA, ROOT
@@ -137,6 +138,10 @@ def test_lead_lag_rows_cover_the_lag_grid_and_the_report_is_written(out) -> None
     assert ll["lag_ns"].to_list() == CFG.lags_ns.tolist()
     assert ll["hy_corr"].is_finite().all()
     assert out.report.exists() and (out.report.parent / "lead_lag.png").exists()
+    (line,) = lead_lag_summary(ll)  # what `mdpipe run` prints per pair
+    lag = ll["max_lag_ns"][0] / 1e6
+    assert f"binance:ETH/USDT / binanceusdm:ETH/USDT:USDT: HY peak at {lag:+.0f} ms" in line
+    assert f"p {ll['p_value'][0]:.3f}" in line
 
 
 def test_cross_signals_are_written_for_the_follower_and_labelled(lake: Lake, out) -> None:  # type: ignore[no-untyped-def]
