@@ -44,6 +44,7 @@ class RunOutcome:
     failed_checks: list[str] = field(default_factory=list)  # ERROR severity
     warnings: list[str] = field(default_factory=list)  # WARN severity
     notes: list[str] = field(default_factory=list)  # what a partition lacks (e.g. no book)
+    lead_lag: list[str] = field(default_factory=list)  # one line per cross-venue pair
     reports: dict[str, str] = field(default_factory=dict)
     summary_report: str | None = None
     seconds: float = 0.0
@@ -204,7 +205,8 @@ def run_cross_venue(
     """basis, lead_lag and cross_venue_signals of every day x underlying of `parts` with two
     or more markets (registered as `underlying` partitions first)."""
     from mdpipe.defs.crossvenue import UNDERLYING_DIMENSION
-    from mdpipe.pipeline.crossvenue import cross_parts
+    from mdpipe.lake import LEAD_LAG_TABLE
+    from mdpipe.pipeline.crossvenue import cross_parts, lead_lag_summary
 
     todo = cross_parts(lake, sorted({p.date for p in parts}))
     known = set(instance.get_dynamic_partitions(UNDERLYING_DIMENSION))
@@ -220,6 +222,10 @@ def run_cross_venue(
             raise_on_error=False, tags={"mdpipe/stage": "cross_venue"},
         )  # fmt: skip
         out.runs.append(("cross_venue", cp.label, res.success))
+        if res.success:
+            out.lead_lag.extend(
+                lead_lag_summary(lake.read_underlying(LEAD_LAG_TABLE, cp.underlying, cp.date))
+            )
         rep = lake.underlying_dir("derived/basis", cp.underlying, cp.date) / "report.html"
         if rep.exists():
             out.reports[f"cross {cp.label}"] = str(rep)
@@ -400,6 +406,8 @@ def print_outcome(console: Console, lake: Lake, outcome: RunOutcome) -> None:
         console.print(f"report {label}: {path}", soft_wrap=True)
     if outcome.summary_report:
         console.print(f"[bold]summary report:[/bold] {outcome.summary_report}", soft_wrap=True)
+    for line in outcome.lead_lag:
+        console.print(line, soft_wrap=True, highlight=False)
     for note in outcome.notes:
         console.print(f"[cyan]note:[/cyan] {note}", soft_wrap=True)
     for w in outcome.warnings:

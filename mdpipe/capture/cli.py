@@ -218,7 +218,10 @@ def cmd_capture(args: argparse.Namespace) -> int:
         from mdpipe.capture.live_signals import attach_live_signals
 
         ls = attach_live_signals(
-            cap, feature_config=settings.features, detector_config=settings.detectors
+            cap,
+            feature_config=settings.features,
+            detector_config=settings.detectors,
+            cross_venue_config=settings.cross_venue,
         )
         if ls is not None:
             fast_path = _attach_fast_path(cap, ls, settings)

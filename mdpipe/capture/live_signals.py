@@ -12,6 +12,16 @@ equal batch); a poller releases held events on a 100 ms timer when the streams g
 signal is on disk within max_wait + one batch interval + a file write of its triggering event:
 under a second with the defaults (`mdpipe_signal_publish_latency_seconds` measures it).
 
+Cross-venue: every two markets of one underlying (`mdpipe.venues.underlying`, as the batch
+step pairs them) get a `mdpipe.core.crossvenue.CrossVenueEngine` fed with the feature rows the
+two markets' online engines release, so a multi-venue capture writes `cross_venue` signals
+for the follower market into the same `live/signals` files, with the batch step's signal ids
+and `settings_id` (the hash that includes `[cross_venue]`). The leader is chosen by the batch
+rule (`crossvenue.leader_for`: the `[cross_venue] leader` setting, else the lead measured in
+the lake's `lead_lag` of the day before the pair's first event), once per engine: a capture
+running past midnight keeps its first day's leader and state, where the batch step restarts
+each day (with the previous day as warm-up).
+
 Each row is the `signals` contract (with `settings_id`, the hash of the `[features]` and
 `[detectors]` settings this engine runs with: `mdpipe capture --config F` and `mdpipe run
 --config F` stamp the same id) plus `recv_ts_ns` (when the triggering event was received)
@@ -50,11 +60,14 @@ class LiveSignals:
         poll_interval_s: float = 0.1,
         detector_config: Any = None,
         feature_config: Any = None,
+        cross_venue_config: Any = None,
+        cross_max_wait_ms: float = 10_000.0,
         export_alert_metrics: bool = True,
         warm_up: bool = True,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         from mdpipe.core.config import settings_id
+        from mdpipe.core.crossvenue import CrossVenueConfig
         from mdpipe.core.detectors.ensemble import DetectorConfig
         from mdpipe.core.features import FeatureConfig
         from mdpipe.core.online import OnlineEngine
@@ -71,6 +84,15 @@ class LiveSignals:
         self.settings_id = settings_id(
             feature_config or FeatureConfig(), detector_config or DetectorConfig()
         )
+        self.cross_config = cross_venue_config or CrossVenueConfig()
+        self.cross_max_wait_ms = cross_max_wait_ms
+        self.cross_settings_id = settings_id(
+            feature_config or FeatureConfig(), detector_config or DetectorConfig(),
+            self.cross_config,
+        )  # fmt: skip
+        # pair -> its engine (None until the pair's first row: the leader depends on the day)
+        self.cross: dict[Any, Any] = {}
+        self._pairs_of: dict[tuple[str, str], list[Any]] = {}
         # the receive-time clock: live, receive stamps are the wall clock; a replay injects
         # its own so held events are released exactly as they would have been live
         self.clock = clock
@@ -112,6 +134,7 @@ class LiveSignals:
             self._count_events(venue, sym, res.features)
             if res.signals.height:
                 out.append(_with_receive_time(res.signals, res.features))
+            out.extend(self._forward(venue, sym, res.features))
         out.extend(self._poll_all(self.clock()))
         if self.metrics is not None and markets:
             self.metrics.batch_seconds.labels(self.venue).observe(time.perf_counter() - t0)
@@ -130,7 +153,29 @@ class LiveSignals:
             "signals_published": self.signals_published,
             "files_published": len(self.files_published),
             "engines": {f"{v}:{s}": e.get_stats() for (v, s), e in self.engines.items()},
+            "cross_venue": {
+                f"{p.venue_a}:{p.symbol_a}/{p.venue_b}:{p.symbol_b}": e.stats()
+                for p, e in self.cross.items()
+                if e is not None
+            },
         }
+
+    def flush(self) -> None:
+        """Release everything every engine holds and publish what it triggers (end of a
+        replay, shutdown): the markets' engines first, then the cross-venue ones."""
+        out: list[pl.DataFrame] = []
+        for (venue, sym), eng in self.engines.items():
+            res = eng.flush_frames()
+            self._count_events(venue, sym, res.features)
+            if res.signals.height:
+                out.append(_with_receive_time(res.signals, res.features))
+            out.extend(self._forward(venue, sym, res.features))
+        for eng in self.cross.values():
+            got = eng.flush() if eng is not None else None
+            if got is not None:
+                out.append(got)
+        if out:
+            self._publish(pl.concat(out, how="diagonal_relaxed"))
 
     # ---- internals ---------------------------------------------------------------------------
     def _engine(self, venue: str, symbol: str) -> Any:
@@ -144,7 +189,71 @@ class LiveSignals:
             eng = self.engines[(venue, symbol)] = self._engine_cls(
                 max_wait_ms=self.max_wait_ms, **kw
             )
+            self._pair_up(venue, symbol)
         return eng
+
+    def _pair_up(self, venue: str, symbol: str) -> None:
+        """Pair a new market with every known market of the same underlying (a is the first
+        by market key, as in the batch step)."""
+        from mdpipe.core.crossvenue import Pair
+        from mdpipe.lake import market_key
+        from mdpipe.venues import underlying
+
+        try:
+            und = underlying(venue, symbol)
+        except ValueError:
+            log.warning("%s:%s: no underlying known, no cross-venue signals for it", venue, symbol)
+            return
+        for other in list(self._pairs_of):
+            if other == (venue, symbol):
+                continue
+            try:
+                if underlying(*other) != und:
+                    continue
+            except ValueError:
+                continue
+            a, b = sorted([other, (venue, symbol)], key=lambda m: market_key(*m))
+            pair = Pair(und, *a, *b)
+            self.cross[pair] = None
+            self._pairs_of[other].append(pair)
+            self._pairs_of.setdefault((venue, symbol), []).append(pair)
+        self._pairs_of.setdefault((venue, symbol), [])
+
+    def _cross_engine(self, pair: Any, first_ts_ns: int) -> Any:
+        from mdpipe.core.crossvenue import CrossVenueEngine, leader_for
+        from mdpipe.lake import LEAD_LAG_TABLE, date_of_ns, day_start_ns
+
+        prev_date = date_of_ns(day_start_ns(date_of_ns(first_ts_ns)) - 1)
+        prev = self.lake.read_underlying(LEAD_LAG_TABLE, pair.underlying, prev_date)
+        leader, window, how = leader_for(pair, self.cross_config, prev, prev_date)
+        log.info(
+            "cross-venue %s:%s / %s:%s: %s",
+            pair.venue_a, pair.symbol_a, pair.venue_b, pair.symbol_b, how,
+        )  # fmt: skip
+        eng = CrossVenueEngine(
+            pair, self.cross_config, settings_id=self.cross_settings_id, leader=leader,
+            lead_window_ns=window, max_wait_ms=self.cross_max_wait_ms, with_recv=True,
+        )  # fmt: skip
+        self.cross[pair] = eng
+        return eng
+
+    def _forward(self, venue: str, symbol: str, features: pl.DataFrame) -> list[pl.DataFrame]:
+        """Hand a market's released feature rows (in release order) to its pairs' engines."""
+        pairs = self._pairs_of.get((venue, symbol))
+        if not pairs or not features.height:
+            return []
+        rows = features.select(
+            "ts_ns", "recv_ts_ns", "mid", "best_bid", "best_ask", "spread_bps", "update_id"
+        ).rows()
+        out = []
+        for pair in pairs:
+            eng = self.cross[pair] or self._cross_engine(pair, rows[0][0])
+            side = eng.side_of(venue, symbol)
+            for r in rows:
+                got = eng.on_row(side, *r)
+                if got is not None:
+                    out.append(got)
+        return out
 
     def _poll_all(self, now_ns: int) -> list[pl.DataFrame]:
         out = []
@@ -155,6 +264,11 @@ class LiveSignals:
             if sigs:
                 df = pl.DataFrame([s.as_dict() for s in sigs])
                 out.append(_with_receive_time(df, feats, context=True))
+            out.extend(self._forward(venue, sym, feats))
+        for eng in self.cross.values():
+            got = eng.poll(now_ns) if eng is not None else None
+            if got is not None:
+                out.append(got)
         return out
 
     def _count_events(self, venue: str, symbol: str, features: pl.DataFrame) -> None:
@@ -168,8 +282,13 @@ class LiveSignals:
         now = time.time_ns()
         signals = conform_live_signals(
             signals.with_columns(
-                # rows released by `poll` come from `Signal` objects, which carry no id
-                settings_id=pl.lit(self.settings_id, dtype=pl.String),
+                # rows released by `poll` come from `Signal` objects, which carry no id;
+                # cross-venue rows carry their own (it hashes `[cross_venue]` too)
+                settings_id=(
+                    pl.coalesce(pl.col("settings_id"), pl.lit(self.settings_id, pl.String))
+                    if "settings_id" in signals.columns
+                    else pl.lit(self.settings_id, dtype=pl.String)
+                ),
                 source=pl.lit("live", dtype=pl.String),
                 emitted_ns=pl.lit(now, dtype=pl.Int64),
             )
@@ -281,8 +400,15 @@ def conform_live_signals(signals: pl.DataFrame) -> pl.DataFrame:
     from mdpipe.core.batch import SIGNAL_COLUMNS, empty_signals
 
     schema = dict(empty_signals().schema)
-    schema.update({"recv_ts_ns": pl.Int64(), "emitted_ns": pl.Int64()})
-    cols = [*SIGNAL_COLUMNS, "recv_ts_ns", "emitted_ns"]
+    schema.update(
+        {
+            "recv_ts_ns": pl.Int64(),
+            "emitted_ns": pl.Int64(),
+            "leader_venue": pl.String(),  # cross_venue rows: the market that moved first
+            "leader_symbol": pl.String(),
+        }
+    )
+    cols = [*SIGNAL_COLUMNS, "recv_ts_ns", "emitted_ns", "leader_venue", "leader_symbol"]
     return signals.select(
         [
             (pl.col(c) if c in signals.columns else pl.lit(None)).cast(schema[c]).alias(c)

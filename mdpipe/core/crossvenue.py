@@ -614,6 +614,73 @@ BASIS_COLUMNS: dict[str, pl.DataType] = {
 }
 
 
+# Added to `basis` when the lake has `mark` rows (index price) for a market of the pair: its
+# index price at the grid point (last at or before it, none older than `max_stale_ms`) and
+# the basis of its mid against it, `(mid - index) / index * 1e4`; null for a market without
+# an index (spot) or where the index is stale.
+INDEX_BASIS_COLUMNS: dict[str, pl.DataType] = {
+    "index_a": pl.Float64(),
+    "index_b": pl.Float64(),
+    "index_basis_a_bps": pl.Float64(),
+    "index_basis_b_bps": pl.Float64(),
+}
+
+
+def index_at(
+    grid_ts: np.ndarray, mark_ts: np.ndarray, index_price: np.ndarray, max_stale_ns: int
+) -> np.ndarray:
+    """The index price at each grid time: the last `index_price` at or before it (mark rows
+    in exchange-time order), NaN before the first, past `max_stale_ns`, or where the index
+    is not a positive number."""
+    out = np.full(grid_ts.shape[0], np.nan)
+    if mark_ts.shape[0] == 0 or grid_ts.shape[0] == 0:
+        return out
+    k = np.searchsorted(mark_ts, grid_ts, side="right") - 1
+    ok = k >= 0
+    kk = np.where(ok, k, 0)
+    ok &= (grid_ts - mark_ts[kk]) <= max_stale_ns
+    px = index_price[kk]
+    ok &= np.isfinite(px) & (px > 0)
+    out[ok] = px[ok]
+    return out
+
+
+def with_index_basis(
+    basis: pl.DataFrame,
+    marks: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]],
+    config: CrossVenueConfig,
+) -> pl.DataFrame:
+    """`basis` rows with INDEX_BASIS_COLUMNS: for each row's market a and b, the index price
+    from `marks[(venue, symbol)]` = (exch_ts_ns sorted, index_price) and the mid's basis
+    against it (null where a market has no index)."""
+    if basis.height == 0:
+        return basis.with_columns(
+            [pl.lit(None, dtype=t).alias(c) for c, t in INDEX_BASIS_COLUMNS.items()]
+        )
+    stale = round(config.max_stale_ms * 1e6)
+    parts = []
+    keys = ["venue_a", "symbol_a", "venue_b", "symbol_b"]
+    for _, rows in basis.group_by(keys, maintain_order=True):
+        r0 = rows.row(0, named=True)
+        g = rows["ts_ns"].to_numpy()
+        cols: dict[str, np.ndarray] = {}
+        for side in ("a", "b"):
+            m = marks.get((r0[f"venue_{side}"], r0[f"symbol_{side}"]))
+            idx = index_at(g, *m, stale) if m is not None else np.full(g.shape[0], np.nan)
+            mid = rows[f"mid_{side}"].to_numpy()
+            cols[f"index_{side}"] = idx
+            cols[f"index_basis_{side}_bps"] = (mid - idx) / idx * 1e4
+        parts.append(
+            rows.with_columns(
+                [
+                    pl.Series(c, cols[c], dtype=pl.Float64).fill_nan(None)
+                    for c in INDEX_BASIS_COLUMNS
+                ]
+            )
+        )
+    return pl.concat(parts)
+
+
 def basis_frame(pair: Pair, grid: np.ndarray) -> pl.DataFrame:
     n = grid.shape[0]
     data: dict[str, Any] = {"ts_ns": grid["ts"]}
@@ -762,10 +829,14 @@ class CrossVenueEngine:
         leader: int = NO_LEADER,
         lead_window_ns: int | None = None,
         max_wait_ms: float = 10_000.0,
+        with_recv: bool = False,
     ) -> None:
         if not (isinstance(max_wait_ms, int | float) and max_wait_ms >= 0):
             raise ValueError(f"max_wait_ms must be a number >= 0, got {max_wait_ms!r}")
         self.pair = pair
+        # with_recv: signal frames carry `recv_ts_ns`, the receive time of the event whose
+        # processing fired them (live rows measure signal-to-delivery time from it)
+        self.with_recv = with_recv
         self.config = config
         self.settings_id = settings_id
         self.state = new_cross_state(config, leader=leader, lead_window_ns=lead_window_ns)
@@ -817,6 +888,7 @@ class CrossVenueEngine:
         qa, qb = self._queues
         ns = 0
         st, step, sig = self.state, self._step, self._sig
+        recv: list[int] = []
         while qa or qb:
             if qa and qb:
                 s = 0 if qa[0][0] <= qb[0][0] else 1
@@ -833,13 +905,18 @@ class CrossVenueEngine:
                     else:
                         break
             e = self._queues[s].popleft()
+            before = ns
             _, ns = step(st, s, np.int64(e[0]), e[2], e[3], e[4], e[5], np.int64(e[6]),
                          _ONLINE_GRID, 0, sig, ns)  # fmt: skip
+            recv.extend([e[1]] * (ns - before))
             if ns >= sig.shape[0] - 4:
                 break
         if ns == 0:
             return None
-        return signals_frame(self.pair, sig[:ns].copy(), self.settings_id)
+        out = signals_frame(self.pair, sig[:ns].copy(), self.settings_id)
+        if self.with_recv:
+            out = out.with_columns(recv_ts_ns=pl.Series(recv, dtype=pl.Int64))
+        return out
 
     def stats(self) -> dict[str, Any]:
         out = cross_stats(self.state)
@@ -920,6 +997,56 @@ def hy_corr_lags(
     return out
 
 
+@njit(cache=True)
+def hy_corr_lags_many(
+    ta: np.ndarray, xa: np.ndarray, tb: np.ndarray, xbs: np.ndarray, lags: np.ndarray
+) -> np.ndarray:
+    """`hy_corr_lags` of a against several b series on b's one clock at once: `xbs` is
+    (len(tb), S), column s one series of b's log mids; returns (S, len(lags)).
+
+    The two pointers of `hy_cov` depend only on the clocks and the lag, so one walk per lag
+    serves every column (the shuffled-time null's draws share b's clock): S curves for about
+    the cost of one. Each column's sum runs in the same order as `hy_cov`'s, so column s
+    equals `hy_corr_lags(ta, xa, tb, xbs[:, s], lags)` bit for bit."""
+    n = ta.shape[0]
+    m = tb.shape[0]
+    ns = xbs.shape[1]
+    out = np.full((ns, lags.shape[0]), np.nan)
+    va = _sum_sq_increments(xa)
+    vb = np.empty(ns)
+    for s in range(ns):
+        vb[s] = _sum_sq_increments(xbs[:, s])
+    if va <= 0.0 or n < 2 or m < 2:
+        return out
+    acc = np.zeros(ns)
+    for k in range(lags.shape[0]):
+        lag = lags[k]
+        acc[:] = 0.0
+        d = 0
+        c = 0
+        for i in range(1, n):
+            lo_t = ta[i - 1] + lag
+            hi_t = ta[i] + lag
+            while d < m and tb[d] <= lo_t:
+                d += 1
+            while c < m and tb[c] < hi_t:
+                c += 1
+            jl = d if d > 1 else 1
+            jh = c if c < m - 1 else m - 1
+            if jh >= jl:
+                dx = xa[i] - xa[i - 1]
+                for s in range(ns):
+                    acc[s] += dx * (xbs[jh, s] - xbs[jl - 1, s])
+        for s in range(ns):
+            if vb[s] > 0.0:
+                out[s, k] = acc[s] / math.sqrt(va * vb[s])
+    return out
+
+
+# Columns of b series per walk of `hy_corr_lags_many`: bounds its scratch to 64 MB.
+_MANY_CELLS = 2**23
+
+
 def lead_lag_ratio(lags: np.ndarray, corr: np.ndarray) -> float:
     """Huth & Abergel (2014): sum of squared correlations at positive lags over those at
     negative lags; above 1, a leads (our sign convention)."""
@@ -966,24 +1093,37 @@ def lead_lag(
     ta, xa = mid_changes(np.asarray(ts_a), np.asarray(mid_a, dtype=np.float64))
     tb, xb = mid_changes(np.asarray(ts_b), np.asarray(mid_b, dtype=np.float64))
     lags = config.lags_ns
-    corr = hy_corr_lags(ta, xa, tb, xb, lags)
+    n_draws = config.null_shuffles if xb.shape[0] > 2 else 0
+    rng = np.random.default_rng(config.seed)
+    db = np.diff(xb)
+
+    def series(s: int) -> np.ndarray:  # column s: 0 the observed b, then the null's draws
+        if s == 0:
+            return xb
+        return np.concatenate([[xb[0]], xb[0] + np.cumsum(rng.permutation(db))])
+
+    # the observed curve and the draws share b's clock: several per walk of the pointers
+    curves = np.empty((n_draws + 1, lags.shape[0]))
+    per_walk = max(1, _MANY_CELLS // max(xb.shape[0], 1))
+    for lo in range(0, n_draws + 1, per_walk):
+        hi = min(n_draws + 1, lo + per_walk)
+        xbs = np.empty((xb.shape[0], hi - lo))
+        for s in range(lo, hi):
+            xbs[:, s - lo] = series(s)
+        curves[lo:hi] = hy_corr_lags_many(ta, xa, tb, xbs, lags)
+    corr = curves[0]
     nl = np.full(lags.shape[0], np.nan)
     nh = nl.copy()
     p_value = math.nan
     finite = np.isfinite(corr)
-    if config.null_shuffles and finite.any() and xb.shape[0] > 2:
-        rng = np.random.default_rng(config.seed)
-        db = np.diff(xb)
-        draws = np.empty((config.null_shuffles, lags.shape[0]))
-        for s in range(config.null_shuffles):
-            xs = np.concatenate([[xb[0]], xb[0] + np.cumsum(rng.permutation(db))])
-            draws[s] = hy_corr_lags(ta, xa, tb, xs, lags)
+    if n_draws and finite.any():
+        draws = curves[1:]
         q = (1.0 - config.null_quantile) / 2.0
         nl = np.quantile(draws, q, axis=0)
         nh = np.quantile(draws, 1.0 - q, axis=0)
         peak = float(np.nanmax(np.abs(corr)))
         hits = int(np.sum(np.nanmax(np.abs(draws), axis=1) >= peak))
-        p_value = (hits + 1) / (config.null_shuffles + 1)
+        p_value = (hits + 1) / (n_draws + 1)
     if finite.any():
         k = int(np.nanargmax(corr))
         max_lag, max_corr = int(lags[k]), float(corr[k])
@@ -1041,8 +1181,34 @@ def measured_leader(lead_lag_rows: pl.DataFrame, config: CrossVenueConfig) -> tu
     return (0 if lag > 0 else 1), max(abs(int(lag)), step)
 
 
+def leader_for(
+    pair: Pair, config: CrossVenueConfig, prev_lead_lag: pl.DataFrame, prev_date: str
+) -> tuple[int, int | None, str]:
+    """(leader side, lead window ns or None for the configured one, how it was chosen) of a
+    pair for the leader_move trigger: `config.leader` when that venue is in the pair, else
+    the lead measured on the previous day (`prev_lead_lag`: that day's `lead_lag` rows, any
+    pairs), never the same day's (that would look ahead). One rule for batch and live."""
+    if config.leader and config.leader in (pair.venue_a, pair.venue_b):
+        side = 0 if config.leader == pair.venue_a else 1
+        return side, None, f"settings: {config.leader} leads"
+    prev = prev_lead_lag
+    if prev.height:
+        prev = prev.filter(
+            (pl.col("venue_a") == pair.venue_a)
+            & (pl.col("symbol_a") == pair.symbol_a)
+            & (pl.col("venue_b") == pair.venue_b)
+            & (pl.col("symbol_b") == pair.symbol_b)
+        )
+    side, window = measured_leader(prev, config)
+    if side < 0:
+        return side, None, "no leader: no significant lead measured on the previous day"
+    who = pair.market(side)
+    return side, window, f"measured on {prev_date}: {who[0]}:{who[1]} leads"
+
+
 __all__ = [
     "BASIS_COLUMNS",
+    "INDEX_BASIS_COLUMNS",
     "LEAD_LAG_COLUMNS",
     "SIGNAL_TYPE",
     "TRIGGERS",
@@ -1057,12 +1223,16 @@ __all__ = [
     "cross_venue_batch",
     "empty_cross_signals",
     "hy_corr_lags",
+    "hy_corr_lags_many",
     "hy_cov",
+    "index_at",
     "lead_lag",
     "lead_lag_frame",
     "lead_lag_ratio",
+    "leader_for",
     "market_mids",
     "measured_leader",
     "merge_order",
     "mid_changes",
+    "with_index_basis",
 ]

@@ -52,6 +52,13 @@ def plot_basis(basis: pl.DataFrame, signals: pl.DataFrame, funding: pl.DataFrame
         b = b.gather_every(step)
         t = (b["ts_ns"].to_numpy() - t0) / 1e9
         ax.plot(t, b["basis_bps"].to_numpy(), lw=0.7, color="#2b5d9b", label="basis (bps)")
+        for side, color in (("a", "#6a3d9a"), ("b", "#2a9d4a")):
+            col = f"index_basis_{side}_bps"
+            if col in b.columns and b[col].is_not_null().any():
+                who = pair[0] if side == "a" else pair[2]
+                ax.plot(t, b[col].cast(pl.Float64).fill_null(np.nan).to_numpy(), lw=0.6,
+                        color=color, label=f"{who} mid vs its index (bps)")  # fmt: skip
+                ax.legend(fontsize=7, loc="upper left")
         ax.set_ylabel("basis bps")
         ax.set_title(f"basis {_label(pair)}: (mid_b - mid_a) / mid_a", fontsize=9)
         z = b["basis_z"].to_numpy()
@@ -134,6 +141,33 @@ def pair_table(lead_lag: pl.DataFrame) -> pl.DataFrame:
     ).drop("max_lag_ns")
 
 
+def index_table(basis: pl.DataFrame, funding: pl.DataFrame) -> pl.DataFrame:
+    """Per market with an index: grid points, mean and last basis against the index (bps),
+    and the funding rate (last, mean; bps) beside it."""
+    rows: dict[tuple[str, str], dict[str, object]] = {}
+    for side in ("a", "b"):
+        col = f"index_basis_{side}_bps"
+        if col not in basis.columns:
+            continue
+        got = basis.filter(pl.col(col).is_not_null())
+        for (venue, symbol), b in got.group_by(f"venue_{side}", f"symbol_{side}",
+                                                maintain_order=True):  # fmt: skip
+            rows.setdefault((str(venue), str(symbol)), {
+                "venue": venue, "symbol": symbol, "grid_points": b.height,
+                "index_basis_mean_bps": finite_or_none(float(b[col].mean())),  # type: ignore[arg-type]
+                "index_basis_last_bps": finite_or_none(float(b[col][-1])),
+            })  # fmt: skip
+    if funding.height:
+        for (venue, symbol), f in funding.group_by("venue", "symbol", maintain_order=True):
+            r = rows.setdefault((str(venue), str(symbol)), {"venue": venue, "symbol": symbol})
+            fr = f["funding_rate"].drop_nulls()
+            r["funding_last_bps"] = finite_or_none(float(fr[-1]) * 1e4) if fr.len() else None
+            r["funding_mean_bps"] = (
+                finite_or_none(float(fr.mean()) * 1e4) if fr.len() else None  # type: ignore[arg-type]
+            )
+    return pl.DataFrame(list(rows.values())) if rows else pl.DataFrame()
+
+
 def render_cross_report(
     title: str,
     basis: pl.DataFrame,
@@ -152,6 +186,7 @@ def render_cross_report(
         "lead_lag": plot_lead_lag(lead_lag),
     }
     per = pl.DataFrame()
+    against_index = index_table(basis, funding)
     if signals.height:
         per = signals.group_by("venue", "symbol", "trigger").len().sort("venue", "symbol")
     parts = [
@@ -176,6 +211,14 @@ def render_cross_report(
     if funding.height == 0:
         parts.append("<p class='note'>No funding rates: the lake has no <code>mark</code> rows "
                      "for these markets.</p>")  # fmt: skip
+    else:
+        parts += [
+            "<h2>Perpetuals against their index; funding</h2>",
+            "<p class='note'>Mid against the index price of the <code>mark</code> table on the "
+            "basis grid, (mid - index) / index; funding rate of the same rows (bps per "
+            "funding interval).</p>",
+            html_table(against_index) if against_index.height else "<p>none</p>",
+        ]
     for n in notes or []:
         parts.append(f"<p class='note'>{html.escape(n)}</p>")
     parts.append("</body></html>")

@@ -49,7 +49,9 @@ from mdpipe.lake.store import (
 )
 from mdpipe.lake.tables import (
     ADDED_COLUMNS,
+    BASIS_TABLE,
     CROSS_SIGNALS_TABLE,
+    LEAD_LAG_TABLE,
     GAP_KINDS,
     NS_PER_DAY,
     ROW_KEYS,
@@ -73,7 +75,9 @@ __all__ = [
     "ADDED_COLUMNS",
     "CATALOG_NAME",
     "COMPACT_READ_FILES",
+    "BASIS_TABLE",
     "CROSS_SIGNALS_TABLE",
+    "LEAD_LAG_TABLE",
     "DEFAULT_LAKE",
     "GAP_KINDS",
     "LAKE_ENV",

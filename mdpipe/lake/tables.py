@@ -123,7 +123,9 @@ RECV_COLUMN = "recv_ts_ns"  # the fallback where a row's time column is null
 # ``<lake>/derived/<asset>/underlying=<BASE>/date=<YYYY-MM-DD>/*.parquet``. Their columns are
 # the core's (``mdpipe.core.crossvenue.BASIS_COLUMNS``, ``LEAD_LAG_COLUMNS``). Cross-venue
 # signals are per follower market, ``derived/cross_signals`` (the ``signals`` columns).
-UNDERLYING_TABLES = ("derived/basis", "derived/lead_lag")
+BASIS_TABLE = "derived/basis"
+LEAD_LAG_TABLE = "derived/lead_lag"
+UNDERLYING_TABLES = (BASIS_TABLE, LEAD_LAG_TABLE)
 CROSS_SIGNALS_TABLE = "derived/cross_signals"
 
 GAP_KINDS = ("sequence_gap", "resync", "reconnect", "stale", "no_snapshot", "backfill")

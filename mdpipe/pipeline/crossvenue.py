@@ -33,17 +33,26 @@ from mdpipe.core.crossvenue import (
     empty_cross_signals,
     lead_lag,
     lead_lag_frame,
+    leader_for,
     market_mids,
-    measured_leader,
+    with_index_basis,
 )
 from mdpipe.core.crossvenue_report import render_cross_report
-from mdpipe.lake import CROSS_SIGNALS_TABLE, Lake, day_start_ns, market_key
+from mdpipe.lake import (
+    BASIS_TABLE,
+    CROSS_SIGNALS_TABLE,
+    LEAD_LAG_TABLE,
+    Lake,
+    date_of_ns,
+    day_start_ns,
+    market_key,
+)
 from mdpipe.pipeline.reports import publish
 from mdpipe.venues import underlying as underlying_of
 
 FEATURES = "derived/features"
-BASIS = "derived/basis"
-LEAD_LAG = "derived/lead_lag"
+BASIS = BASIS_TABLE
+LEAD_LAG = LEAD_LAG_TABLE
 
 
 @dataclass(frozen=True)
@@ -104,22 +113,9 @@ def choose_leader(
     lake: Lake, part: CrossPart, pair: Pair, config: CrossVenueConfig
 ) -> tuple[int, int | None, str]:
     """(leader side, lead window ns, how it was chosen) for the leader_move trigger."""
-    if config.leader and config.leader in (pair.venue_a, pair.venue_b):
-        side = 0 if config.leader == pair.venue_a else 1
-        return side, None, f"settings: {config.leader} leads"
-    prev = lake.read_underlying(LEAD_LAG, part.underlying, part.shifted(-1).date)
-    if prev.height:
-        prev = prev.filter(
-            (pl.col("venue_a") == pair.venue_a)
-            & (pl.col("symbol_a") == pair.symbol_a)
-            & (pl.col("venue_b") == pair.venue_b)
-            & (pl.col("symbol_b") == pair.symbol_b)
-        )
-    side, window = measured_leader(prev, config)
-    if side < 0:
-        return side, None, "no leader: no significant lead measured on the previous day"
-    who = pair.market(side)
-    return side, window, f"measured on {part.shifted(-1).date}: {who[0]}:{who[1]} leads"
+    prev_date = part.shifted(-1).date
+    return leader_for(pair, config, lake.read_underlying(LEAD_LAG, part.underlying, prev_date),
+                      prev_date)  # fmt: skip
 
 
 @dataclass
@@ -135,23 +131,59 @@ class CrossVenueOutput:
     report: Path | None = None
 
 
-def funding_rates(lake: Lake, markets: list[tuple[str, str]], date: str) -> pl.DataFrame:
-    """Funding rates of the markets from the `mark` table, when the lake has one."""
+MARK = "mark"
+MARK_COLUMNS = ("exch_ts_ns", "mark_price", "index_price", "funding_rate", "next_funding_ts_ns")
+
+
+def read_marks(
+    lake: Lake, markets: list[tuple[str, str]], date: str, since_ns: int | None = None
+) -> pl.DataFrame:
+    """The `mark` rows (mark and index price, funding) of the markets on `date` (and the day
+    before from `since_ns` on, when given), in exchange-time order per market; empty when the
+    lake has none (spot markets, recordings without `markPrice` frames)."""
+    dates = [date]
+    if since_ns is not None:
+        dates.insert(0, date_of_ns(since_ns))
     frames = []
     for venue, symbol in markets:
-        if not lake.files("mark", venue, symbol, date):
-            continue
-        m = lake.read("mark", venue, symbol, date)
-        if {"exch_ts_ns", "funding_rate"} <= set(m.columns):
-            frames.append(
-                m.select(
-                    pl.lit(venue).alias("venue"),
-                    pl.lit(symbol).alias("symbol"),
-                    pl.col("exch_ts_ns").cast(pl.Int64),
-                    pl.col("funding_rate").cast(pl.Float64),
-                ).sort("exch_ts_ns")
+        for d in dict.fromkeys(dates):
+            if not lake.files(MARK, venue, symbol, d):
+                continue
+            m = lake.read(MARK, venue, symbol, d).select(
+                pl.lit(venue).alias("venue"),
+                pl.lit(symbol).alias("symbol"),
+                *(pl.col(c) for c in MARK_COLUMNS),
             )
-    return pl.concat(frames) if frames else pl.DataFrame()
+            if since_ns is not None:
+                m = m.filter(pl.col("exch_ts_ns") >= since_ns)
+            frames.append(m)
+    if not frames:
+        return pl.DataFrame()
+    return pl.concat(frames, how="vertical_relaxed").sort(
+        "venue", "symbol", "exch_ts_ns", maintain_order=True
+    )
+
+
+def funding_rates(lake: Lake, markets: list[tuple[str, str]], date: str) -> pl.DataFrame:
+    """Funding rates of the markets from the `mark` table, when the lake has one."""
+    m = read_marks(lake, markets, date)
+    if m.height == 0:
+        return m
+    return m.select("venue", "symbol", "exch_ts_ns", "funding_rate", "index_price", "mark_price")
+
+
+def index_series(marks: pl.DataFrame) -> dict[tuple[str, str], tuple[Any, Any]]:
+    """(exch_ts_ns, index_price) arrays per market of `read_marks` rows."""
+    if marks.height == 0:
+        return {}
+    out = {}
+    for (venue, symbol), m in marks.group_by("venue", "symbol", maintain_order=True):
+        m = m.filter(pl.col("exch_ts_ns").is_not_null())
+        out[(str(venue), str(symbol))] = (
+            m["exch_ts_ns"].cast(pl.Int64).to_numpy(),
+            m["index_price"].cast(pl.Float64).fill_null(float("nan")).to_numpy(),
+        )
+    return out
 
 
 def crossvenue_step(
@@ -202,6 +234,11 @@ def crossvenue_step(
             }
         )
     basis = pl.concat(bases) if bases else pl.DataFrame()
+    if basis.height:
+        # each perpetual's mid against its index, on the same grid (stale rule as the basis)
+        since = start - round(cfg.max_stale_ms * 1e6)
+        basis = with_index_basis(basis, index_series(read_marks(lake, markets, part.date, since)),
+                                 cfg)  # fmt: skip
     curve = pl.concat(curves) if curves else pl.DataFrame()
     signals = pl.concat(sigs) if sigs else empty_cross_signals()
     signals = signals.sort("ts_ns", "venue", "symbol", "signal_id")
@@ -245,3 +282,25 @@ def crossvenue_step(
 def read_cross_signals(lake: Lake, venue: str, symbol: str, date: str) -> pl.DataFrame:
     """A market's cross-venue signals of a day (empty when none were computed)."""
     return lake.read(CROSS_SIGNALS_TABLE, venue, symbol, date)
+
+
+def lead_lag_summary(lead_lag_rows: pl.DataFrame) -> list[str]:
+    """One line per pair of a `lead_lag` partition: who leads, by how much, how significant."""
+    out: list[str] = []
+    if lead_lag_rows.height == 0:
+        return out
+    keys = ["venue_a", "symbol_a", "venue_b", "symbol_b"]
+    for _, rows in lead_lag_rows.group_by(keys, maintain_order=True):
+        r = rows.row(0, named=True)
+        a, b = f"{r['venue_a']}:{r['symbol_a']}", f"{r['venue_b']}:{r['symbol_b']}"
+        lag = r["max_lag_ns"] / 1e6
+        who = f"{a} leads" if lag > 0 else (f"{b} leads" if lag < 0 else "no lead")
+        p = r["p_value"]
+        corr, ratio = r["max_corr"], r["lead_lag_ratio"]
+        out.append(
+            f"lead-lag {r['date']} {a} / {b}: HY peak at {lag:+.0f} ms ({who}), "
+            f"corr {corr:.3f}, Huth-Abergel ratio {ratio:.2f} (>1: a leads), "
+            f"p {p:.3f} ({'no null' if p is None or p != p else 'shuffled-time null'}), "
+            f"mid changes {r['n_changes_a']} / {r['n_changes_b']}"
+        )
+    return out

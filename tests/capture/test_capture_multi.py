@@ -19,6 +19,7 @@ import pytest
 from mdpipe.capture.config import CaptureConfig
 from mdpipe.capture.live_signals import attach_live_signals
 from mdpipe.capture.multi import MultiCapture, make_capture
+from mdpipe.core.crossvenue import CrossVenueConfig
 from mdpipe.crosscheck import book_vs_bbo
 from mdpipe.ingest import import_paths
 from mdpipe.lake import Lake
@@ -34,6 +35,11 @@ MARKETS = {
     "binancecoinm": "BTC/USD:BTC",
 }
 LINES = 8000
+# low enough that the minute the spot and COIN-M BTC heads share gives cross-venue signals
+CROSS = CrossVenueConfig(
+    z_window=200, z_min_count=50, z_threshold=2.0, k_spreads=1.0, leader="binancecoinm",
+    signal_cooldown_seconds=2.0, null_shuffles=5,
+)  # fmt: skip
 
 
 def _head(src: Path, dst: Path, mark_stream: str | None) -> Path:
@@ -104,7 +110,7 @@ async def _capture(
     )
     cap = make_capture(config)
     assert isinstance(cap, MultiCapture)
-    live = attach_live_signals(cap, required=True)
+    live = attach_live_signals(cap, required=True, cross_venue_config=CROSS)
     assert live is not None
     await cap.start()
     try:
@@ -125,6 +131,7 @@ async def _capture(
     finally:
         await cap.stop()
         await sim.stop()
+    live.flush()  # the end of the replay: every held event is released
     return cap, sim, {"health": health, "metrics": metrics, "live": live}
 
 
@@ -255,3 +262,36 @@ def test_each_venues_journal_reimports_to_the_same_lake(captured: dict, tmp_path
             ), (venue, table)
         diffs = lake.read("book", venue, sym).filter(~pl.col("is_snapshot"))
         assert diffs.equals(again.read("book", venue, sym).filter(~pl.col("is_snapshot")))
+
+
+def test_live_cross_venue_signals_equal_the_batch_step_on_the_captured_lake(captured: dict) -> None:  # type: ignore[type-arg]
+    """The capture's online engines fed one cross-venue engine per pair (spot BTC/USDT and
+    COIN-M BTC/USD:BTC: one underlying); the batch step over the features of the lake the
+    capture wrote gives the same `cross_venue` signals, ids and settings id included."""
+    from mdpipe.core.kernel import SIGNAL_COLUMNS
+    from mdpipe.pipeline import steps
+    from mdpipe.pipeline.crossvenue import CrossPart, crossvenue_step
+
+    lake: Lake = captured["lake"]
+    live = captured["live"]
+    assert [(p.venue_a, p.venue_b) for p in live.cross] == [("binance", "binancecoinm")]
+    for part in steps.raw_parts(lake):
+        steps.features_step(lake, part)
+    dates = {p.date for p in steps.raw_parts(lake)}
+    assert dates == {"2024-08-08"}
+    batch = crossvenue_step(
+        lake, CrossPart("2024-08-08", "BTC"), CROSS, settings_id=live.cross_settings_id
+    ).signals
+    files = sorted((lake.root / "live" / "signals").rglob("*.parquet"))
+    got = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    cross = got.filter(pl.col("signal_type") == "cross_venue")
+    cols = [*SIGNAL_COLUMNS, "leader_venue", "leader_symbol"]
+    key = ["ts_ns", "venue", "symbol", "signal_id"]
+    assert batch.height >= 3 and set(batch["trigger"]) == {"basis_z", "leader_move"}
+    assert cross.select(cols).sort(key).equals(batch.select(cols).sort(key))
+    assert set(cross["leader_venue"]) == {"binancecoinm"}
+    assert cross["recv_ts_ns"].null_count() == 0
+    # the per-market signals keep the features/detectors settings id
+    assert set(got.filter(pl.col("signal_type") != "cross_venue")["settings_id"]) <= {
+        live.settings_id
+    }

@@ -15,6 +15,7 @@ from mdpipe.core.crossvenue import (
     Pair,
     cross_venue_batch,
     hy_corr_lags,
+    hy_corr_lags_many,
     lead_lag,
     market_mids,
     mid_changes,
@@ -53,6 +54,23 @@ def test_hy_corr_equals_the_slow_reference_at_several_lags(seed: int) -> None:
     fast = hy_corr_lags(ta, xa, tb, xb, lags)
     for k, lag in enumerate(lags):
         assert fast[k] == pytest.approx(slow_hy_corr(ta, xa, tb, xb, int(lag)), abs=1e-12)
+
+
+def test_many_b_series_on_one_walk_equal_one_walk_each_bit_for_bit() -> None:
+    """The null's draws share b's clock and go through one pointer walk per lag; each
+    column must be exactly what `hy_corr_lags` gives it alone (same sums, same order)."""
+    rng = np.random.default_rng(3)
+    ta = np.cumsum(rng.integers(1, 6, 400)).astype(np.int64) * 10
+    tb = np.cumsum(rng.integers(1, 6, 380)).astype(np.int64) * 10
+    xa = np.cumsum(rng.normal(size=400))
+    xbs = np.cumsum(rng.normal(size=(380, 5)), axis=0)
+    xbs[:, 4] = 1.0  # a b that never moves: NaN, as alone
+    lags = np.arange(-200, 210, 10, dtype=np.int64)
+    many = hy_corr_lags_many(ta, xa, tb, xbs, lags)
+    for s in range(5):
+        alone = hy_corr_lags(ta, xa, tb, np.ascontiguousarray(xbs[:, s]), lags)
+        assert np.array_equal(many[s], alone, equal_nan=True), s
+    assert np.isnan(many[4]).all()
 
 
 @pytest.fixture(scope="module")

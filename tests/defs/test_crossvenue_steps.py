@@ -4,6 +4,10 @@ markets' online engines gives the batch signals, cross signals are labelled."""
 
 from __future__ import annotations
 
+import gzip
+import json
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -17,6 +21,7 @@ from mdpipe.pipeline.crossvenue import (
     CrossPart,
     cross_parts,
     crossvenue_step,
+    lead_lag_summary,
     markets_by_underlying,
 )
 from tests.conftest import DATA, ROOT
@@ -32,10 +37,41 @@ CFG = CrossVenueConfig(
 )  # fmt: skip
 
 
+def with_mark_frames(src: Path, dst: Path) -> Path:
+    """The real USD-M recording with a `markPrice@1s` frame (Binance's documented shape) after
+    the first frame of each exchange second: the bundled recordings carry none. Its index is
+    the last recorded bookTicker mid less 0.35 USD, its funding 1 bp."""
+    last_sec, mid = None, None
+    with gzip.open(src, "rt") as f, gzip.open(dst, "wt") as out:
+        for line in f:
+            out.write(line)
+            recv, _, text = line.partition(" ")
+            if not text.startswith('{"stream"'):
+                continue
+            data = json.loads(text)["data"]
+            if data.get("e") == "bookTicker":
+                mid = (float(data["b"]) + float(data["a"])) / 2
+            sec = int(data.get("E", 0)) // 1000
+            if not sec or sec == last_sec or mid is None:
+                continue
+            last_sec = sec
+            payload = {
+                "e": "markPriceUpdate", "E": sec * 1000 + 1000, "s": data["s"],
+                "p": f"{mid - 0.2:.8f}", "P": "0.00000000", "i": f"{mid - 0.35:.8f}",
+                "r": "0.00010000", "T": 1723190400000,
+            }  # fmt: skip
+            frame = {"stream": "ethusdt@markPrice@1s", "data": payload}
+            out.write(f"{recv} {json.dumps(frame, separators=(',', ':'))}\n")
+    return dst
+
+
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
     lake = Lake(tmp_path_factory.mktemp("lake"))
-    report = import_paths([DATA / "ethusdt_20240808.gz", MULTI / "usdm_ethusdt_20240808.gz"], lake)
+    perp = with_mark_frames(
+        MULTI / "usdm_ethusdt_20240808.gz", tmp_path_factory.mktemp("rec") / "usdm_ethusdt.gz"
+    )
+    report = import_paths([DATA / "ethusdt_20240808.gz", perp], lake)
     assert report.ok, report.errors
     for part in steps.raw_parts(lake):
         steps.features_step(lake, part)
@@ -70,11 +106,42 @@ def test_basis_at_sampled_grid_points_equals_the_features_mids(lake: Lake, out) 
     assert written.equals(basis)
 
 
+def test_basis_against_the_index_equals_the_mark_table_and_the_report_shows_funding(
+    lake: Lake,
+    out,  # type: ignore[no-untyped-def]
+) -> None:
+    basis = out.basis
+    mark = lake.read("mark", *PERP, DATE).sort("exch_ts_ns")
+    assert mark.height > 200
+    assert basis["index_a"].null_count() == basis.height  # spot has no index
+    have = basis.filter(pl.col("index_b").is_not_null())
+    assert have.height > 0.9 * basis.height
+    rng = np.random.default_rng(1)
+    for k in rng.choice(have.height, 25, replace=False):
+        row = have.row(int(k), named=True)
+        idx = mark.filter(pl.col("exch_ts_ns") <= row["ts_ns"])["index_price"][-1]
+        assert row["index_b"] == idx
+        want = (row["mid_b"] - idx) / idx * 1e4
+        assert row["index_basis_b_bps"] == pytest.approx(want, rel=1e-12)
+    # the contract columns stay first and unchanged
+    assert basis.columns[:10] == [
+        "ts_ns", "underlying", "venue_a", "symbol_a", "venue_b", "symbol_b", "mid_a", "mid_b",
+        "basis_bps", "basis_z",
+    ]  # fmt: skip
+    html = out.report.read_text()
+    assert "Perpetuals against their index" in html and "No funding rates" not in html
+    assert "binanceusdm" in html.split("Perpetuals against their index")[1]
+
+
 def test_lead_lag_rows_cover_the_lag_grid_and_the_report_is_written(out) -> None:  # type: ignore[no-untyped-def]
     ll = out.lead_lag
     assert ll["lag_ns"].to_list() == CFG.lags_ns.tolist()
     assert ll["hy_corr"].is_finite().all()
     assert out.report.exists() and (out.report.parent / "lead_lag.png").exists()
+    (line,) = lead_lag_summary(ll)  # what `mdpipe run` prints per pair
+    lag = ll["max_lag_ns"][0] / 1e6
+    assert f"binance:ETH/USDT / binanceusdm:ETH/USDT:USDT: HY peak at {lag:+.0f} ms" in line
+    assert f"p {ll['p_value'][0]:.3f}" in line
 
 
 def test_cross_signals_are_written_for_the_follower_and_labelled(lake: Lake, out) -> None:  # type: ignore[no-untyped-def]
