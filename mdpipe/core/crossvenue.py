@@ -699,9 +699,12 @@ def cross_signal_id(pair: Pair, follower: int, trigger: str, ts_ns: int) -> str:
     return signal_id(venue, symbol, f"{SIGNAL_TYPE}|{trigger}|{ov}:{osym}", int(ts_ns))
 
 
-def signals_frame(pair: Pair, sigs: np.ndarray, settings_id: str) -> pl.DataFrame:
+def signals_frame(
+    pair: Pair, sigs: np.ndarray, settings_id: str, source: str = "batch"
+) -> pl.DataFrame:
     """`signals` rows (the table's columns; detector context the kernel does not carry is
-    NaN) for the follower markets, plus `leader_venue`, `leader_symbol`."""
+    NaN) for the follower markets, plus `leader_venue`, `leader_symbol`. `source` is the
+    driver: 'batch' or 'live' (`CrossVenueEngine`)."""
     n = sigs.shape[0]
     fol = sigs["follower"].tolist()
     trig = [TRIGGERS[int(t)] for t in sigs["trigger"]]
@@ -728,6 +731,7 @@ def signals_frame(pair: Pair, sigs: np.ndarray, settings_id: str) -> pl.DataFram
         "trigger_value": pl.Series(sigs["value"], dtype=pl.Float64),
         "threshold": pl.Series(sigs["threshold"], dtype=pl.Float64),
         "settings_id": pl.Series([settings_id] * n, dtype=pl.String),
+        "source": pl.Series([source] * n, dtype=pl.String),
         "mid": pl.Series(sigs["mid"], dtype=pl.Float64),
         "best_bid": pl.Series(sigs["bid"], dtype=pl.Float64),
         "best_ask": pl.Series(sigs["ask"], dtype=pl.Float64),
@@ -913,7 +917,7 @@ class CrossVenueEngine:
                 break
         if ns == 0:
             return None
-        out = signals_frame(self.pair, sig[:ns].copy(), self.settings_id)
+        out = signals_frame(self.pair, sig[:ns].copy(), self.settings_id, source="live")
         if self.with_recv:
             out = out.with_columns(recv_ts_ns=pl.Series(recv, dtype=pl.Int64))
         return out

@@ -285,10 +285,12 @@ def test_live_cross_venue_signals_equal_the_batch_step_on_the_captured_lake(capt
     files = sorted((lake.root / "live" / "signals").rglob("*.parquet"))
     got = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
     cross = got.filter(pl.col("signal_type") == "cross_venue")
-    cols = [*SIGNAL_COLUMNS, "leader_venue", "leader_symbol"]
+    # everything but `source`, which names the driver: 'live' here, 'batch' there
+    cols = [c for c in (*SIGNAL_COLUMNS, "leader_venue", "leader_symbol") if c != "source"]
     key = ["ts_ns", "venue", "symbol", "signal_id"]
     assert batch.height >= 3 and set(batch["trigger"]) == {"basis_z", "leader_move"}
     assert cross.select(cols).sort(key).equals(batch.select(cols).sort(key))
+    assert set(cross["source"]) == {"live"} and set(batch["source"]) == {"batch"}
     assert set(cross["leader_venue"]) == {"binancecoinm"}
     assert cross["recv_ts_ns"].null_count() == 0
     # the per-market signals keep the features/detectors settings id
