@@ -186,9 +186,10 @@ def _plugins() -> list[Callable[[Any], None]]:
     always ship with mdpipe, and are imported when the parser is built, not at import."""
     from mdpipe.alerts.cli import register_cli as alerts_cli
     from mdpipe.capture.cli import register_cli as capture_cli
+    from mdpipe.instance import register_cli as instance_cli
     from mdpipe.run import register_cli as run_cli
 
-    return [capture_cli, run_cli, alerts_cli]
+    return [capture_cli, run_cli, alerts_cli, instance_cli]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
