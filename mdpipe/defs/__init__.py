@@ -48,14 +48,14 @@ warnings.filterwarnings("ignore", message="Parameter `owners`", category=dg.Beta
 
 def core_defs(lake_path: str = "", settings: Settings | None = None) -> dg.Definitions:
     from mdpipe.defs.assets import PARTITIONED_ASSETS, evaluation_summary, ticks
-    from mdpipe.defs.jobs import pipeline_job, summary_job
+    from mdpipe.defs.jobs import celery_jobs, pipeline_job, summary_job
     from mdpipe.defs.resources import LakeResource, pipeline_resources
     from mdpipe.defs.schedules import daily_pipeline_schedule, summary_schedule
     from mdpipe.defs.sensors import market_sensor, relabel_sensor
 
     return dg.Definitions(
         assets=[ticks, *PARTITIONED_ASSETS, evaluation_summary],
-        jobs=[pipeline_job, summary_job],
+        jobs=[pipeline_job, summary_job, *celery_jobs()],
         schedules=[daily_pipeline_schedule, summary_schedule],
         sensors=[market_sensor, relabel_sensor],
         # `features`, `detectors`, `backtest`: defaults are the discovered settings file's (or

@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,12 +77,26 @@ class PostgresServer:
 
     @classmethod
     @contextlib.contextmanager
-    def start(cls, bindir: Path, workdir: Path) -> Iterator[PostgresServer]:
+    def start(cls, bindir: Path) -> Iterator[PostgresServer]:
+        # pytest's temporary folders are private to their owner; the server's user must be
+        # able to reach its data folder, so it gets a folder of its own under /tmp
+        workdir = Path(tempfile.mkdtemp(prefix="mdpipe-pg-"))
         run_as: dict[str, object] = {}
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
             os.chown(workdir, pw.pw_uid, pw.pw_gid)
             run_as = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+        try:
+            with cls._run(bindir, workdir, run_as) as server:
+                yield server
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    @classmethod
+    @contextlib.contextmanager
+    def _run(
+        cls, bindir: Path, workdir: Path, run_as: dict[str, object]
+    ) -> Iterator[PostgresServer]:
         data = workdir / "data"
         subprocess.run(
             [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
