@@ -16,8 +16,8 @@ Partitions are day x market ("2024-08-08|binance:BTC-USDT"); the `market` dimens
 dynamic. A market becomes a partition (a) when `market_sensor` (running by default under
 `dagster dev` / the daemon) sees it in the lake, within a minute of `mdpipe import` or a
 capture writing it, or (b) when `mdpipe run` / `mdpipe demo` start, which register the lake's
-markets in the instance they use: `DagsterInstance.get()` when `DAGSTER_HOME` is set (so the UI
-pointed at the same home sees them and the runs), an ephemeral instance otherwise.
+markets in the instance they use: the persistent one in `$DAGSTER_HOME`, else `./.dagster_home`
+(`mdpipe.instance`), which `mdpipe dev` serves, so the UI sees them and the runs.
 `mdpipe import` itself never imports Dagster (the lake is the only interface).
 
 The lake is `LakeResource(path=...)`: empty means `$MDPIPE_LAKE`, else `./lake`, resolved when a

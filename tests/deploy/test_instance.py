@@ -79,3 +79,26 @@ def test_a_file_named_like_the_home_is_refused(
     (tmp_path / "not-a-dir").write_text("")
     with pytest.raises(NotADirectoryError, match="not-a-dir exists and is not a folder"):
         dagster_home()
+
+
+def test_two_processes_opening_a_new_home_together_both_succeed(tmp_path: Path) -> None:
+    """Two `mdpipe run`s started at once on a fresh project: the first open creates the
+    SQLite databases under a lock, so neither trips over the other."""
+    code = (
+        "from mdpipe.instance import open_instance\n"
+        "with open_instance() as inst:\n"
+        "    inst.add_dynamic_partitions('market', ['m'])\n"
+        "    print(len(inst.get_runs()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != HOME_ENV}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+        assert out.strip() == "0"
+    with open_home(tmp_path / PROJECT_HOME) as instance:
+        assert instance.get_dynamic_partitions("market") == ["m"]
