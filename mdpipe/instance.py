@@ -82,8 +82,17 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print("error: the `dagster` command is not installed", file=sys.stderr)
         return 2
     os.environ[HOME_ENV] = str(home)
-    print(f"dagster dev with DAGSTER_HOME={home}", flush=True)
-    argv: Sequence[str] = [dagster, "dev", *args.dagster_args]
+    extra = list(args.dagster_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    argv: Sequence[str] = [
+        dagster,
+        "dev",
+        *(["-p", str(args.port)] if args.port else []),
+        *(["-h", args.host] if args.host else []),
+        *extra,
+    ]
+    print(f"DAGSTER_HOME={home} {' '.join(argv[1:])}", flush=True)
     os.execv(dagster, list(argv))
     return 0  # not reached
 
@@ -94,8 +103,12 @@ def register_cli(subparsers: Any) -> None:
         help="`dagster dev` on the instance `mdpipe run` and `mdpipe demo` use "
         "($DAGSTER_HOME, else ./.dagster_home)",
     )
+    p.add_argument("-p", "--port", type=int, default=None, help="the UI's port (default 3000)")
+    p.add_argument("--host", default=None, help="the UI's host (default 127.0.0.1)")
     p.add_argument(
-        "dagster_args", nargs=argparse.REMAINDER, help="passed to `dagster dev` (e.g. -p 3001)"
+        "dagster_args",
+        nargs=argparse.REMAINDER,
+        help="more `dagster dev` options after `--` (e.g. -- --log-level debug)",
     )
     p.set_defaults(func=cmd_dev)
 

@@ -40,15 +40,6 @@ PARTS = (
 ASSETS = ("features", "signals", "labels", "cv_folds", "evaluation")
 
 
-def partition_keys(lake: Lake, market: str | None = None) -> set[str]:
-    """The lake's day x market partitions (the USD-M files end a second before midnight by
-    the recording host's clock, so their last events fall on the next UTC day)."""
-    from mdpipe.defs.partitions import partition_key
-    from mdpipe.run import select_parts
-
-    return {str(partition_key(p.date, p.market)) for p in select_parts(lake, market)}
-
-
 @pytest.fixture(scope="session")
 def small_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
     """The three recordings imported (shared: copy before writing into it)."""

@@ -16,7 +16,9 @@ from dagster._core.instance.ref import InstanceRef
 from mdpipe.cli import main
 from mdpipe.instance import HOME_ENV, PROJECT_DAGSTER_YAML, PROJECT_HOME, dagster_home
 from mdpipe.lake import Lake
-from tests.deploy.conftest import MARKET, partition_keys
+from tests.deploy.conftest import MARKET, copy_lake
+
+DATE = "2024-07-18"
 
 
 def open_home(home: Path) -> dg.DagsterInstance:
@@ -26,9 +28,10 @@ def open_home(home: Path) -> dg.DagsterInstance:
 def test_mdpipe_run_records_into_the_project_home_that_the_cli_opens(
     small_lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    lake = copy_lake(small_lake, tmp_path / "lake")
     monkeypatch.delenv(HOME_ENV)
     monkeypatch.chdir(tmp_path)
-    rc = main(["run", "--lake", str(small_lake.root), "--market", MARKET])
+    rc = main(["run", "--lake", str(lake.root), "--market", MARKET, "--date", DATE])
     assert rc == 0
     home = tmp_path / PROJECT_HOME
     assert (home / "dagster.yaml").read_bytes() == PROJECT_DAGSTER_YAML.read_bytes()
@@ -38,7 +41,7 @@ def test_mdpipe_run_records_into_the_project_home_that_the_cli_opens(
         assert all(r.is_success for r in runs), [(r.job_name, r.status) for r in runs]
         for asset in ("features", "signals", "labels", "cv_folds", "evaluation"):
             parts = instance.get_materialized_partitions(dg.AssetKey(asset))
-            assert parts == partition_keys(small_lake, MARKET), asset
+            assert parts == {f"{DATE}|{MARKET}"}, asset
         check = dg.AssetCheckKey(dg.AssetKey("features"), "no_crossed_book")
         history = instance.event_log_storage.get_asset_check_execution_history(check, limit=5)
         assert history and history[0].status.value == "SUCCEEDED"
@@ -102,3 +105,22 @@ def test_two_processes_opening_a_new_home_together_both_succeed(tmp_path: Path) 
         assert out.strip() == "0"
     with open_home(tmp_path / PROJECT_HOME) as instance:
         assert instance.get_dynamic_partitions("market") == ["m"]
+
+
+def test_mdpipe_dev_runs_dagster_dev_on_the_project_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, list[str], str | None]] = []
+
+    def execv(path: str, argv: list[str]) -> None:  # the process would be replaced here
+        calls.append((path, argv, os.environ.get(HOME_ENV)))
+
+    monkeypatch.delenv(HOME_ENV)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "execv", execv)
+    assert main(["dev", "-p", "3001", "--", "--log-level", "debug"]) == 0
+    [(path, argv, home)] = calls
+    assert Path(path).name == "dagster"
+    assert argv[1:] == ["dev", "-p", "3001", "--log-level", "debug"]
+    assert home == str((tmp_path / PROJECT_HOME).resolve())
+    assert (tmp_path / PROJECT_HOME / "dagster.yaml").is_file()
