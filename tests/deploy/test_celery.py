@@ -1,19 +1,20 @@
 """A backfill on a shared deployment, the standard way: PostgreSQL storage, the queued run
 coordinator and the daemon (deploy/dagster.yaml), `pipeline_celery_job` sending every step to
 two Celery workers over a Redis broker (deploy/celery.yaml), all real processes on 127.0.0.1.
-One worker is killed (SIGKILL, its whole process group) while it runs a step: the broker hands
-the unacknowledged step to the other worker, every run succeeds, and the Parquet outputs equal
-the local run's."""
+The first worker to receive a step is killed (SIGKILL, its whole process group) the moment
+it logs the step's arrival, so mid-step: the broker hands the unacknowledged step to the other
+worker, every run succeeds, and the Parquet outputs equal the local run's."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -34,7 +35,6 @@ from tests.deploy.test_postgres import postgres_home
 
 BIN = Path(sys.executable).parent
 JOB = "pipeline_celery_job"
-KILL_STEP = "features_and_signals"
 # Redis re-delivers an unacknowledged step after this long (deploy/celery.yaml: an hour); here
 # it must only exceed the longest step of these small partitions on a loaded machine
 VISIBILITY_TIMEOUT_S = 45
@@ -63,6 +63,7 @@ class Proc:
     name: str
     popen: subprocess.Popen[str]
     log: list[str] = field(default_factory=list)
+    on_line: Callable[[Proc, str], None] | None = None
 
     @classmethod
     def start(cls, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Proc:
@@ -90,6 +91,8 @@ class Proc:
     def _drain(self, stream: IO[str]) -> None:
         for line in stream:
             self.log.append(line.rstrip())
+            if self.on_line is not None:
+                self.on_line(self, line)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Signal the group, wait for the leader, then make sure nothing of it is left (the
@@ -113,18 +116,41 @@ def processes() -> Iterator[list[Proc]]:
             p.kill(signal.SIGTERM)
 
 
-class RunWatch:
-    """Every event of the backfill's runs, as the event log storage delivers them: the worker
-    to kill is chosen on a step start, and the test waits for every run to finish."""
+RECEIVED = re.compile(r"Task execute_plan\[(?P<task>[0-9a-f-]+)\] received")
 
-    def __init__(self, instance: dg.DagsterInstance, run_ids: list[str], workers: list[Proc]):
+
+class KillFirstReceiver:
+    """Kills (SIGKILL, whole process group) the first worker that receives a step, from the
+    thread reading that worker's log, the moment the worker logs the step's arrival: the step
+    (its code loading, then its work) is then certainly still running, unacknowledged."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.victim: tuple[Proc, str] | None = None  # worker, Celery task id of its step
+        self.killed = threading.Event()
+
+    def __call__(self, worker: Proc, line: str) -> None:
+        m = RECEIVED.search(line)
+        if m is None:
+            return
+        with self.lock:
+            if self.victim is not None:
+                return
+            self.victim = (worker, m["task"])
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pgid, signal.SIGKILL)
+        self.killed.set()
+
+
+class RunWatch:
+    """Every event of the backfill's runs, as the event log storage delivers them, until
+    every run has finished."""
+
+    def __init__(self, instance: dg.DagsterInstance, run_ids: list[str]):
         self.instance = instance
         self.run_ids = run_ids
-        self.workers = {w.pgid: w for w in workers}
         self.lock = threading.Lock()
         self.events: list[dg.EventLogEntry] = []
-        self.victim: tuple[Proc, str, int] | None = None  # worker, run id, pid of the step
-        self.step_started = threading.Event()
         self.finished: set[str] = set()
         self.all_finished = threading.Event()
         self.handlers = {rid: self._handler(rid) for rid in run_ids}
@@ -133,19 +159,7 @@ class RunWatch:
         def on_event(entry: dg.EventLogEntry, _cursor: str) -> None:
             with self.lock:
                 self.events.append(entry)
-                kind = entry.dagster_event_type
-                pid = entry.dagster_event.pid if entry.dagster_event else None
-                if (
-                    kind == DagsterEventType.STEP_START
-                    and entry.step_key == KILL_STEP
-                    and not self.victim
-                    and pid is not None
-                    and _alive(pid)
-                    and os.getpgid(pid) in self.workers
-                ):
-                    self.victim = (self.workers[os.getpgid(pid)], run_id, pid)
-                    self.step_started.set()
-                if kind in FINISHED:
+                if entry.dagster_event_type in FINISHED:
                     self.finished.add(run_id)
                     if self.finished >= set(self.run_ids):
                         self.all_finished.set()
@@ -160,14 +174,6 @@ class RunWatch:
     def __exit__(self, *exc: object) -> None:
         for rid, h in self.handlers.items():
             self.instance.event_log_storage.end_watch(rid, h)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_backfill_on_two_celery_workers_survives_a_killed_worker(
@@ -193,6 +199,7 @@ def test_backfill_on_two_celery_workers_survives_a_killed_worker(
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
         instance.add_dynamic_partitions("market", sorted({m for _, m in PARTS}))
         cfg = worker_config(tmp_path)
+        killer = KillFirstReceiver()
         with processes() as procs:
             workers = []
             for name in ("w1", "w2"):
@@ -204,6 +211,7 @@ def test_backfill_on_two_celery_workers_survives_a_killed_worker(
                      "-y", str(cfg), "-n", name, "--loglevel", "INFO", "--", "--pool=solo"],
                     env, tmp_path,
                 )  # fmt: skip
+                w.on_line = killer
                 procs.append(w)
                 w.wait_for(" ready.")
                 workers.append(w)
@@ -226,13 +234,13 @@ def test_backfill_on_two_celery_workers_survives_a_killed_worker(
             for r in runs:
                 assert r.tags["mdpipe/job"] == JOB
                 assert r.tags["dagster/partition/market"] in r.tags["dagster/partition"]
-            with RunWatch(instance, [r.run_id for r in runs], workers) as watch:
-                assert watch.step_started.wait(timeout=600), (
-                    "no step started on a worker:\n" + "\n".join(daemon.log[-40:])
+            with RunWatch(instance, [r.run_id for r in runs]) as watch:
+                assert killer.killed.wait(timeout=600), "no worker received a step:\n" + (
+                    "\n".join(daemon.log[-40:])
                 )
-                assert watch.victim is not None
-                victim, victim_run, victim_pid = watch.victim
-                victim.kill(signal.SIGKILL)
+                assert killer.victim is not None
+                victim, task_id = killer.victim
+                victim.kill(signal.SIGKILL)  # reap it
                 assert watch.all_finished.wait(timeout=900), "\n".join(daemon.log[-40:])
                 events = list(watch.events)
 
@@ -241,17 +249,16 @@ def test_backfill_on_two_celery_workers_survives_a_killed_worker(
         final = {r.run_id: r for r in instance.get_runs(dg.RunsFilter(job_name=JOB))}
     failed = {rid: r.status for rid, r in final.items() if not r.is_success}
     assert not failed, (failed, survivor.log[-30:])
+    # every run waited in the queue (the daemon's run coordinator started it)
+    enqueued = {e.run_id for e in events if e.dagster_event_type == DagsterEventType.RUN_ENQUEUED}
+    assert enqueued == set(final)
 
-    # the killed worker's step never finished there; the other worker ran it to success
-    by_pid = {
-        (e.dagster_event_type, e.dagster_event.pid)
-        for e in events
-        if e.run_id == victim_run and e.step_key == KILL_STEP and e.dagster_event
-    }
-    assert (DagsterEventType.STEP_START, victim_pid) in by_pid
-    assert (DagsterEventType.STEP_SUCCESS, victim_pid) not in by_pid, "killed too late"
-    assert any(
-        kind == DagsterEventType.STEP_SUCCESS and pid != victim_pid for kind, pid in by_pid
-    ), by_pid
+    # the step the killed worker held was handed to the other worker, which ran it
+    survivor_log = "\n".join(survivor.log)
+    assert f"Task execute_plan[{task_id}] received" in survivor_log, survivor.log[-30:]
+    assert f"Task execute_plan[{task_id}] succeeded" in survivor_log, survivor.log[-30:]
+    assert not any("succeeded" in line for line in victim.log), victim.log
+    n_steps = len(final) * 4  # features_and_signals, labels, cv_folds, evaluation
+    assert survivor_log.count("] succeeded in ") >= n_steps
 
     assert_same_outputs(derived_frames(lake), local_outputs)
