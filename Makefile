@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean dev
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 1; }
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/mdpipe demo --lake lake
+
+# the UI on the instance `make demo` recorded into ($$DAGSTER_HOME, else ./.dagster_home)
+dev: $(STAMP)
+	$(BIN)/mdpipe dev
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

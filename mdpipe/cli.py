@@ -193,9 +193,10 @@ def _plugins() -> list[Callable[[Any], None]]:
     from mdpipe.alerts.cli import register_cli as alerts_cli
     from mdpipe.api.cli import register_cli as api_cli
     from mdpipe.capture.cli import register_cli as capture_cli
+    from mdpipe.instance import register_cli as instance_cli
     from mdpipe.run import register_cli as run_cli
 
-    return [capture_cli, run_cli, alerts_cli, api_cli]
+    return [capture_cli, run_cli, alerts_cli, api_cli, instance_cli]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

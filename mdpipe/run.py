@@ -6,8 +6,8 @@ then `labels` -> `cv_folds` -> `evaluation` of every partition (so day D's label
 day D+1's features), then `evaluation_summary`. Each partition is one in-process Dagster run
 (`JobDefinition.execute_in_process`) with asset checks evaluated in the same step.
 
-The Dagster instance is `DagsterInstance.get()` when `DAGSTER_HOME` is set (the runs then show
-up in `dagster dev` pointed at the same home), otherwise an ephemeral in-memory one.
+The Dagster instance is the persistent one `dagster dev` shows (`mdpipe.instance`):
+`$DAGSTER_HOME` when set, else `./.dagster_home`, created on first use.
 """
 
 from __future__ import annotations
@@ -69,16 +69,10 @@ def select_parts(lake: Lake, market: str | None = None, date: str | None = None)
 
 @contextlib.contextmanager
 def dagster_instance() -> Iterator[Any]:
-    import os
+    from mdpipe.instance import open_instance
 
-    import dagster as dg
-
-    if os.environ.get("DAGSTER_HOME"):
-        with dg.DagsterInstance.get() as inst:
-            yield inst
-    else:
-        with dg.DagsterInstance.ephemeral() as inst:
-            yield inst
+    with open_instance() as inst:
+        yield inst
 
 
 def register_markets(instance: Any, lake: Lake) -> list[str]:

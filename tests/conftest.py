@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,19 @@ DATA = ROOT / "data" / "binance-spot-2024-08-08"
 RECORDINGS = sorted(DATA.glob("*.gz"))
 BTC_FILES = [DATA / "btcusdt_20240808.gz", DATA / "btcusdt_20240809.gz"]
 ETH_FILES = [DATA / "ethusdt_20240808.gz", DATA / "ethusdt_20240809.gz"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dagster_home_for_tests(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`mdpipe run` and `mdpipe demo` record into the persistent instance ($DAGSTER_HOME, else
+    ./.dagster_home): the suite's runs go to a folder of their own, not the developer's."""
+    from mdpipe.instance import HOME_ENV, PROJECT_DAGSTER_YAML
+
+    home = tmp_path_factory.mktemp("dagster_home")
+    shutil.copy(PROJECT_DAGSTER_YAML, home / "dagster.yaml")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(HOME_ENV, str(home))
+        yield home
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,8 @@ Partitions are day x market ("2024-08-08|binance:BTC-USDT"); the `market` dimens
 dynamic. A market becomes a partition (a) when `market_sensor` (running by default under
 `dagster dev` / the daemon) sees it in the lake, within a minute of `mdpipe import` or a
 capture writing it, or (b) when `mdpipe run` / `mdpipe demo` start, which register the lake's
-markets in the instance they use: `DagsterInstance.get()` when `DAGSTER_HOME` is set (so the UI
-pointed at the same home sees them and the runs), an ephemeral instance otherwise.
+markets in the instance they use: the persistent one in `$DAGSTER_HOME`, else `./.dagster_home`
+(`mdpipe.instance`), which `mdpipe dev` serves, so the UI sees them and the runs.
 `mdpipe import` itself never imports Dagster (the lake is the only interface).
 
 The lake is `LakeResource(path=...)`: empty means `$MDPIPE_LAKE`, else `./lake`, resolved when a
@@ -50,14 +50,14 @@ def core_defs(lake_path: str = "", settings: Settings | None = None) -> dg.Defin
     from mdpipe.defs.assets import PARTITIONED_ASSETS, evaluation_summary, ticks
     from mdpipe.defs.compaction import compaction_job, compaction_schedule
     from mdpipe.defs.crossvenue import cross_venue, cross_venue_job
-    from mdpipe.defs.jobs import pipeline_job, summary_job
+    from mdpipe.defs.jobs import celery_jobs, pipeline_job, summary_job
     from mdpipe.defs.resources import LakeResource, pipeline_resources
     from mdpipe.defs.schedules import daily_pipeline_schedule, summary_schedule
     from mdpipe.defs.sensors import market_sensor, relabel_sensor
 
     return dg.Definitions(
         assets=[ticks, *PARTITIONED_ASSETS, evaluation_summary, cross_venue],
-        jobs=[pipeline_job, summary_job, cross_venue_job, compaction_job],
+        jobs=[pipeline_job, summary_job, cross_venue_job, compaction_job, *celery_jobs()],
         schedules=[daily_pipeline_schedule, summary_schedule, compaction_schedule],
         sensors=[market_sensor, relabel_sensor],
         # `features`, `detectors`, `backtest`: defaults are the discovered settings file's (or

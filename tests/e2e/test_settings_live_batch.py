@@ -48,12 +48,12 @@ SYMBOL = "BTC/USDT"
 
 @pytest.fixture(scope="module")
 def no_ambient_settings() -> Iterator[None]:
-    """The runs read only what the test gives them (no DAGSTER_HOME, $MDPIPE_CONFIG, ...)."""
+    """The runs read only what the test gives them (no $MDPIPE_CONFIG, ...; the instance is
+    the suite's own, see tests/conftest.py)."""
     saved = {
         k: os.environ.pop(k)
         for k in list(os.environ)
-        if k == "DAGSTER_HOME"
-        or k.startswith(("MDPIPE_CONFIG", "MDPIPE_DETECTORS_"))
+        if k.startswith(("MDPIPE_CONFIG", "MDPIPE_DETECTORS_"))
         or k.startswith(("MDPIPE_FEATURES_", "MDPIPE_BACKTEST_"))
     }
     yield
