@@ -346,9 +346,11 @@ def attach_live_signals(
     capture.register_consumer(ls)
     # each venue's capture rolls up its own signal partitions with its hourly roll-up
     captures = getattr(capture, "captures", None) or {capture.venue: capture}
-    ls.writer_id = next(iter(captures.values())).writer_id
+    ls.writer_id = getattr(next(iter(captures.values())), "writer_id", "") or ""
     for cap in captures.values():
-        ls.on_file.append(cap.publisher.signal_file_published)
+        publisher = getattr(cap, "publisher", None)
+        if publisher is not None:
+            ls.on_file.append(publisher.signal_file_published)
     return ls
 
 
