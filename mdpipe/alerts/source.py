@@ -7,6 +7,15 @@ a file's mtime is set while it is written, before its rename: a slow writer can 
 appear *after* a newer one was already seen, and a bare watermark would skip it for ever.
 Only date partitions whose directory changed past the watermark are listed, so a tick costs a
 stat per partition and a listing of the few that changed, however long the lake's history is.
+
+Roll-ups. Capture and the compaction job merge an hour of `sig-...` files into one roll-up
+(`Lake.compact`) and delete them. A roll-up is a new file to the cursor, so a signal whose small
+file was rolled up before any tick saw it is still found (never missed). The roll-up also holds
+signals already seen: the ledger registers each (signal, channel) once
+(`Ledger.register` ignores known pairs), so they are not alerted twice. Rows of a roll-up
+emitted before the cursor's origin (its first tick's floor, less the lookback) were history
+when the cursor started and stay history (`read_signals(..., history_before_ns=)`). A file
+listed by one tick and rolled up before it is read is skipped: its roll-up is the next tick's.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import polars as pl
 from mdpipe.alerts.message import AlertSignal
 from mdpipe.lake import TMP_PREFIX, Lake, is_remote
 from mdpipe.lake.objstore import find_with_mtimes
+from mdpipe.lake.paths import parse_rollup_name
 
 SIGNALS_TABLE = "live/signals"
 
@@ -32,9 +42,13 @@ SIGNALS_TABLE = "live/signals"
 class SignalCursor:
     watermark_ns: int = 0
     recent: frozenset[str] = field(default_factory=frozenset)
+    # the floor of the first tick: what was older then is history (see "Roll-ups" above)
+    origin_ns: int = 0
 
     def dumps(self) -> str:
-        return json.dumps({"wm": self.watermark_ns, "recent": sorted(self.recent)})
+        return json.dumps(
+            {"wm": self.watermark_ns, "recent": sorted(self.recent), "origin": self.origin_ns}
+        )
 
     @classmethod
     def loads(cls, text: str | None) -> SignalCursor | None:
@@ -42,9 +56,21 @@ class SignalCursor:
             return None
         try:
             d = json.loads(text)
-            return cls(int(d["wm"]), frozenset(str(x) for x in d.get("recent", [])))
+            wm = int(d["wm"])
+            # a cursor from before roll-ups of signals: its watermark is where it stands
+            origin = int(d.get("origin", wm))
+            return cls(wm, frozenset(str(x) for x in d.get("recent", [])), origin)
         except (ValueError, KeyError, TypeError):
             return None
+
+    def history_before_ns(self, lookback_s: float) -> int:
+        """Rows of a roll-up emitted before this are history, not alerts."""
+        return self.origin_ns - int(lookback_s * 1e9)
+
+
+def is_rollup(rel: str) -> bool:
+    """Whether a lake-relative signal file is a roll-up of several published files."""
+    return parse_rollup_name(rel.rsplit("/", 1)[-1]) is not None
 
 
 def _date_dirs(base: Path, floor_ns: int) -> Iterable[Path]:
@@ -88,7 +114,8 @@ def scan_new_files(
     now = now_ns or time.time_ns()
     lb = int(lookback_s * 1e9)
     if cursor is None:
-        cursor = SignalCursor(watermark_ns=now - int(initial_lookback_s * 1e9))
+        start = now - int(initial_lookback_s * 1e9)
+        cursor = SignalCursor(watermark_ns=start, origin_ns=start)
     floor = cursor.watermark_ns - lb
     seen: list[tuple[int, str]] = []
     if remote:
@@ -110,29 +137,37 @@ def scan_new_files(
     new = [rel for m, rel in seen if rel not in cursor.recent]
     wm = max([cursor.watermark_ns, *(m for m, _ in seen)])
     recent = frozenset(rel for m, rel in seen if m > wm - lb)
-    return new, SignalCursor(wm, recent)
+    return new, SignalCursor(wm, recent, cursor.origin_ns)
 
 
-def read_signals(lake_root: str | os.PathLike[str], files: Iterable[str]) -> list[AlertSignal]:
-    """Signals of the given files, oldest first, each signal_id once."""
-    if is_remote(lake_root):
-        lake = Lake(str(lake_root))  # s3://bucket/prefix
-        frames = []
-        for rel in files:
-            if ".." in rel.split("/") or rel.startswith("/"):
-                raise ValueError(f"signal file {rel!r} is outside the lake {lake.root}")
-            p = lake.root / rel
-            if p.exists():
-                frames.append(lake.read_file(p))
-        return _signals(frames)
-    root = Path(lake_root)
+def read_signals(
+    lake_root: str | os.PathLike[str], files: Iterable[str], *, history_before_ns: int = 0
+) -> list[AlertSignal]:
+    """Signals of the given files, oldest first, each signal_id once. A file gone since it was
+    listed (rolled up) is skipped; rows of a roll-up emitted before `history_before_ns` are
+    left out (see "Roll-ups" above)."""
+    remote = is_remote(lake_root)
+    lake = Lake(str(lake_root)) if remote else None  # s3://bucket/prefix
+    root = cast(Path, lake.root) if lake is not None else Path(lake_root)
     frames = []
     for rel in files:
-        p = (root / rel).resolve()
-        if root.resolve() not in p.parents:
-            raise ValueError(f"signal file {rel!r} is outside the lake {root}")
-        if p.exists():
-            frames.append(pl.read_parquet(p))
+        if remote:
+            if ".." in rel.split("/") or rel.startswith("/"):
+                raise ValueError(f"signal file {rel!r} is outside the lake {root}")
+            p = root / rel
+        else:
+            p = (root / rel).resolve()
+            if root.resolve() not in p.parents:
+                raise ValueError(f"signal file {rel!r} is outside the lake {root}")
+        try:
+            df = lake.read_file(p) if lake is not None else pl.read_parquet(p)
+        except FileNotFoundError:
+            continue  # rolled up since it was listed: the roll-up is a new file
+        if history_before_ns and is_rollup(rel) and "emitted_ns" in df.columns:
+            df = df.filter(
+                pl.col("emitted_ns").is_null() | (pl.col("emitted_ns") >= history_before_ns)
+            )
+        frames.append(df)
     return _signals(frames)
 
 
@@ -144,4 +179,4 @@ def _signals(frames: list[pl.DataFrame]) -> list[AlertSignal]:
     return [AlertSignal.from_row(r) for r in df.iter_rows(named=True)]
 
 
-__all__ = ["SIGNALS_TABLE", "SignalCursor", "read_signals", "scan_new_files"]
+__all__ = ["SIGNALS_TABLE", "SignalCursor", "is_rollup", "read_signals", "scan_new_files"]

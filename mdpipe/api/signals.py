@@ -7,6 +7,16 @@ files read and filtered, and the walk stops once a date completes the page, sinc
 an older date is older. A lake of a million signals answers its newest 1,000 from one or two
 days of files (bench/api_bench.py).
 
+Partitions, not files. A day of `live/signals` is a few hourly roll-ups plus the current hour's
+small files (one per signal batch until the roll-up). The API keeps each partition's rows as one
+frame (`FileCache.partition`), valid while the partition folder's modification time is the one
+it was built at: publishing a file or a roll-up changes it. A change that only adds files (the
+usual case: a new batch) appends their rows to the frame; one that removes files (a roll-up)
+rebuilds it from the decoded-file cache. A frame is trusted only when the folder's time was
+older than `MTIME_SETTLE_NS` when it was listed, so a file added within the filesystem's time
+granularity of a listing can never hide behind an unchanged time. A file listed and then
+deleted by a roll-up before it is read makes the query list the partition again.
+
 Order and cursor. Rows are ordered by (`ts_ns`, `signal_id`, `source`) descending; the cursor
 is that key of a page's last row, so paging is stable while new signals arrive (they sort
 before the cursor and never shift later pages).
@@ -25,6 +35,7 @@ import binascii
 import contextlib
 import hashlib
 import json
+import os
 import threading
 import time
 import uuid
@@ -50,6 +61,10 @@ BATCH_TABLE = "derived/signals"
 # which table holds which sources
 TABLE_SOURCES = {LIVE_TABLE: ("live", "api"), BATCH_TABLE: ("batch",)}
 API_FILE_PREFIX = "api-"
+# a folder time at least this old when it was listed cannot be shared by a later change
+# (filesystem times are coarse: a jiffy on ext4)
+MTIME_SETTLE_NS = 1_000_000_000
+LIST_ATTEMPTS = 5  # listings of one partition a query tries while roll-ups delete files
 
 
 class QueryError(ValueError):
@@ -127,15 +142,66 @@ class FileCache:
     is; the API's pages mostly hit the newest few files, read again on every request otherwise.
     """
 
-    def __init__(self, max_rows: int = 2_000_000) -> None:
+    def __init__(self, max_rows: int = 2_000_000, max_partitions: int = 256) -> None:
         self.max_rows = max_rows
+        self.max_partitions = max_partitions
         self._frames: OrderedDict[tuple[str, int, int], pl.DataFrame] = OrderedDict()
         self._rows = 0
         self._lock = threading.Lock()
+        # partition folder -> (its mtime when listed, trusted, its files, their rows as one frame)
+        self._parts: OrderedDict[
+            str, tuple[int, bool, frozenset[tuple[str, int, int]], pl.DataFrame]
+        ] = OrderedDict()
+        self.partition_hits = 0
+        self.partition_builds = 0
+
+    def partition(self, lake: Lake, table: str, part: Partition) -> pl.DataFrame:
+        """Every row of a partition as one frame (see "Partitions, not files" above)."""
+        d = lake.partition_dir(table, part.venue, part.symbol, part.date)
+        for _ in range(LIST_ATTEMPTS):
+            try:
+                return self._partition(lake, table, part, d)
+            except FileNotFoundError:
+                continue  # a roll-up removed a listed file: list again
+        return self._partition(lake, table, part, d)
+
+    def _partition(self, lake: Lake, table: str, part: Partition, d: Path) -> pl.DataFrame:
+        key = str(d)
+        try:
+            mtime = os.stat(d).st_mtime_ns
+        except FileNotFoundError:
+            return pl.DataFrame()
+        with self._lock:
+            hit = self._parts.get(key)
+            if hit is not None:
+                self._parts.move_to_end(key)
+                if hit[0] == mtime and hit[1]:
+                    self.partition_hits += 1
+                    return hit[3]
+        listed_ns = time.time_ns()
+        files = lake.files(table, part.venue, part.symbol, part.date)
+        # a file's identity is its (path, mtime, size): a file re-published under its name
+        # (replace_partition, a retried post) is another file
+        ids = {f: _file_id(f) for f in files}
+        names = frozenset(ids.values())
+        if hit is not None and hit[2] <= names:
+            # only additions (a new batch): append their rows
+            added = [f for f in files if ids[f] not in hit[2]]
+            frame = _stack([hit[3], *(self.read(table, f) for f in added)])
+        else:
+            frame = _stack([self.read(table, f) for f in files])
+        self.partition_builds += 1
+        # trusted: served without listing while the folder time stays the same
+        trusted = listed_ns - mtime >= MTIME_SETTLE_NS
+        with self._lock:
+            self._parts[key] = (mtime, trusted, names, frame)
+            self._parts.move_to_end(key)
+            while len(self._parts) > self.max_partitions:
+                self._parts.popitem(last=False)
+        return frame
 
     def read(self, table: str, path: Path) -> pl.DataFrame:
-        st = path.stat()
-        key = (str(path), st.st_mtime_ns, st.st_size)
+        key = _file_id(path)
         with self._lock:
             hit = self._frames.get(key)
             if hit is not None:
@@ -150,6 +216,24 @@ class FileCache:
                 _, old = self._frames.popitem(last=False)
                 self._rows -= old.height
         return df
+
+
+def _file_id(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return (str(path), st.st_mtime_ns, st.st_size)
+
+
+def _stack(frames: list[pl.DataFrame]) -> pl.DataFrame:
+    """Frames of one table as one: those of one schema stacked without copying, then united by
+    column name (signal files gained columns over time)."""
+    frames = [f for f in frames if f.width]
+    if not frames:
+        return pl.DataFrame()
+    groups: dict[tuple[tuple[str, Any], ...], list[pl.DataFrame]] = {}
+    for f in frames:
+        groups.setdefault(tuple(f.schema.items()), []).append(f)
+    stacked = [pl.concat(g, how="vertical", rechunk=False) for g in groups.values()]
+    return stacked[0] if len(stacked) == 1 else pl.concat(stacked, how="diagonal_relaxed")
 
 
 def query_signals(
@@ -179,12 +263,15 @@ def query_page(
     frames: list[pl.DataFrame] = []
     have = 0
     for date in sorted(by_date, reverse=True):
-        files = [
-            (table, f)
-            for table, part in by_date[date]
-            for f in lake.files(table, part.venue, part.symbol, part.date)
-        ]
-        day = _read_day(files, q, cache) if files else None
+        if cache is not None and not lake.remote:
+            day = _cut([cache.partition(lake, table, part) for table, part in by_date[date]], q)
+        else:
+            files = [
+                (table, f)
+                for table, part in by_date[date]
+                for f in lake.files(table, part.venue, part.symbol, part.date)
+            ]
+            day = _read_day(files, q, cache) if files else None
         if day is not None and day.height:
             frames.append(day)
             have += day.height
@@ -203,9 +290,7 @@ def query_page(
     return page, nxt
 
 
-def _read_day(
-    files: list[tuple[str, Path]], q: SignalQuery, cache: FileCache | None
-) -> pl.DataFrame:
+def _conditions(q: SignalQuery) -> list[pl.Expr]:
     conds = []
     if q.signal_type is not None:
         conds.append(pl.col("signal_type") == q.signal_type)
@@ -222,7 +307,32 @@ def _read_day(
             | ((pl.col("ts_ns") == ts) & (pl.col("signal_id") < sid))
             | ((pl.col("ts_ns") == ts) & (pl.col("signal_id") == sid) & (pl.col("source") < src))
         )
-    keys = ["ts_ns", "signal_id", "source"]
+    return conds
+
+
+KEYS = ["ts_ns", "signal_id", "source"]
+
+
+def _cut(frames: list[pl.DataFrame], q: SignalQuery) -> pl.DataFrame | None:
+    """The newest `limit + 1` rows of partition frames that match the query."""
+    conds = _conditions(q)
+    cut = []
+    for df in frames:
+        if not df.height:
+            continue
+        if conds:
+            df = df.filter(pl.all_horizontal(conds))
+        cut.append(df.top_k(q.limit + 1, by=KEYS))
+    if not cut:
+        return None
+    return pl.concat(cut, how="diagonal_relaxed").top_k(q.limit + 1, by=KEYS)
+
+
+def _read_day(
+    files: list[tuple[str, Path]], q: SignalQuery, cache: FileCache | None
+) -> pl.DataFrame:
+    conds = _conditions(q)
+    keys = KEYS
     cond = pl.all_horizontal(conds) if conds else None
     if cache is not None:
         # frames of one schema are stacked first (many one-signal files stack in one step),

@@ -4,6 +4,11 @@ The watcher is the alert sensor's own cursor (`mdpipe.alerts.source.scan_new_fil
 appear atomically and are immutable, so "new" is "a file not seen before". It finds capture's
 live signals and posted ones alike (a post is a file there too). Each subscriber has a bounded
 queue; a client too slow to keep up loses its oldest events rather than growing memory.
+
+Roll-ups (mdpipe/alerts/source.py): a roll-up of `sig-...` files is a new file holding signals
+already streamed, and maybe one whose small file was rolled up before a poll saw it. Its rows
+are streamed only if emitted after the watcher started and not streamed before (the ids of the
+last `SENT_IDS_MAX` events are kept), so each signal is sent once and none is missed.
 """
 
 from __future__ import annotations
@@ -12,17 +17,19 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from mdpipe.alerts.source import SignalCursor, scan_new_files
+from mdpipe.alerts.source import SignalCursor, is_rollup, scan_new_files
 from mdpipe.api.signals import LIVE_TABLE, jsonable
 from mdpipe.lake import with_signal_source
 
 log = logging.getLogger("mdpipe.api.stream")
 QUEUE_MAX = 1000
+SENT_IDS_MAX = 100_000  # more than a roll period of signals
 
 
 class SignalWatcher:
@@ -32,10 +39,13 @@ class SignalWatcher:
         self.subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._task: asyncio.Task[None] | None = None
         self._cursor = SignalCursor(watermark_ns=time.time_ns())
+        self._start_ns = time.time_ns()
+        self._sent: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     def start(self) -> None:
         if self._task is None:
             # what is on disk at start is history, not news: seen without being read
+            self._start_ns = time.time_ns()
             self._cursor = scan_new_files(self.root, None, initial_lookback_s=0.0)[1]
             self._task = asyncio.get_running_loop().create_task(self._run(), name="signal-watch")
 
@@ -70,11 +80,20 @@ class SignalWatcher:
             return []  # nobody listens: advance the cursor, read nothing
         out: list[dict[str, Any]] = []
         for rel in new:
-            p = self.root / rel
-            if not p.exists():
-                continue  # rolled up in between
-            df = with_signal_source(LIVE_TABLE, pl.scan_parquet(p)).collect()
-            out.extend(jsonable(r) for r in df.sort("ts_ns").iter_rows(named=True))
+            try:
+                df = with_signal_source(LIVE_TABLE, pl.scan_parquet(self.root / rel)).collect()
+            except FileNotFoundError:
+                continue  # rolled up in between: the roll-up is a new file
+            if is_rollup(rel) and "emitted_ns" in df.columns:
+                df = df.filter(pl.col("emitted_ns") >= self._start_ns)  # older: history
+            for r in df.sort("ts_ns").iter_rows(named=True):
+                key = (str(r["signal_id"]), str(r["source"]))
+                if key in self._sent:
+                    continue
+                self._sent[key] = None
+                if len(self._sent) > SENT_IDS_MAX:
+                    self._sent.popitem(last=False)
+                out.append(jsonable(r))
         return out
 
     def _fan_out(self, row: dict[str, Any]) -> None:

@@ -3,8 +3,17 @@
 A consumer registered on `Capture` (its `register_consumer` hook): every normalized batch (about
 every `batch_interval_s`) goes through one `mdpipe.core.online.OnlineEngine` per market; the
 signals it releases are published at once, one small Parquet file per market and batch, through
-`mdpipe.lake` (atomic), under `<lake>/live/signals/venue=/symbol=/date=/sig-<ns>-<n>.parquet`.
+`mdpipe.lake` (atomic), under `<lake>/live/signals/venue=/symbol=/date=/<name>.parquet`.
 The date partition is the UTC day of the signal's exchange time, like every other table.
+
+File names are sequence names (mdpipe/lake/paths.py, "Roll-ups"), like capture's own files:
+`sig-[<writer id>-]YYYYMMDDTHH-<19-digit ns>.parquet`, the ns increasing with every publish of
+this process (floored at the newest name already in the lake, so a restart with a clock stepped
+back never names a file inside an existing roll-up's range). Publishes are serialised by a lock,
+so a file still being written always has a larger ns than every file a roll-up can see: the
+capture's hourly roll-up and the Dagster compaction job merge an hour of them into one file
+(`Lake.compact`) with the same guarantees as book and trades. Files named before this scheme
+(`sig-<ns>-<SYMBOL>-<n>.parquet`) are read as before and never rolled up.
 
 Latency: the engine holds a book event until a later trade or `max_wait_ms` (default 500 ms) of
 receive time tells it every trade at or before the event is known (that is what makes online
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,11 +50,12 @@ import polars as pl
 
 from mdpipe.alerts.ledger import default_ledger_path
 from mdpipe.alerts.metrics import LedgerCollector, SignalMetrics
-from mdpipe.lake import Lake, split_by_date, symbol_to_path
+from mdpipe.lake import Lake, Partition, split_by_date
 
 log = logging.getLogger("mdpipe.capture.signals")
 
 TABLE = "live/signals"
+FILE_PREFIX = "sig-"  # sequence-named: sig-[<writer id>-]YYYYMMDDTHH-<19-digit ns>.parquet
 
 
 class LiveSignals:
@@ -106,7 +117,11 @@ class LiveSignals:
         self.signals_published = 0
         self.files_published: list[str] = []
         self.events_processed = 0
-        self._file_seq = 0
+        self.writer_id = ""  # attach_live_signals sets the capture's (in every file name)
+        self._name_ns = -1  # -1: not yet floored at the lake's newest name
+        self._publish_lock = threading.Lock()
+        # called with (partition, name ns) of each published file (the capture's roll-up)
+        self.on_file: list[Callable[[Partition, int], None]] = []
         # called with each published frame once its files are on disk (the alerts fast path)
         self.listeners: list[Callable[[pl.DataFrame], None]] = []
         self._poller: asyncio.Task[None] | None = None
@@ -293,12 +308,15 @@ class LiveSignals:
                 emitted_ns=pl.lit(now, dtype=pl.Int64),
             )
         )
-        for date, day in split_by_date(signals, TABLE).items():
-            for (venue, sym), part in day.group_by("venue", "symbol", maintain_order=True):
-                self._file_seq += 1
-                name = f"sig-{now:019d}-{symbol_to_path(str(sym))}-{self._file_seq}.parquet"
-                path = self.lake.publish(TABLE, str(venue), str(sym), date, part, name=name)
-                self.files_published.append(str(path))
+        with self._publish_lock:
+            # named and written under the lock: files appear in name order (see the docstring)
+            name, name_ns = self._file_name(signals)
+            for date, day in split_by_date(signals, TABLE).items():
+                for (venue, sym), part in day.group_by("venue", "symbol", maintain_order=True):
+                    path = self.lake.publish(TABLE, str(venue), str(sym), date, part, name=name)
+                    self.files_published.append(str(path))
+                    for cb in self.on_file:
+                        cb(Partition(TABLE, str(venue), str(sym), date), name_ns)
         published = time.time_ns()
         self.signals_published += signals.height
         for listener in self.listeners:
@@ -319,6 +337,25 @@ class LiveSignals:
             recv = signals["recv_ts_ns"].drop_nulls().to_numpy()
             for lat in (published - recv) / 1e9:
                 m.publish_latency.labels(self.venue).observe(float(lat))
+
+    def _file_name(self, signals: pl.DataFrame) -> tuple[str, int]:
+        if self._name_ns < 0:
+            self._name_ns = self._lake_name_floor(signals)
+        ns = max(time.time_ns(), self._name_ns + 1)
+        self._name_ns = ns
+        t = time.gmtime(ns // 1_000_000_000)
+        stamp = f"{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}T{t.tm_hour:02d}"
+        writer = f"{self.writer_id}-" if self.writer_id else ""
+        return f"{FILE_PREFIX}{writer}{stamp}-{ns:019d}.parquet", ns
+
+    def _lake_name_floor(self, signals: pl.DataFrame) -> int:
+        """The newest name ns among the two newest date partitions of the markets in the first
+        publish (as capture's publisher floors its own names)."""
+        best = 0
+        for venue, sym in signals.select("venue", "symbol").unique().iter_rows():
+            for part in self.lake.partition_dirs(TABLE, str(venue), str(sym))[-2:]:
+                best = max(best, self.lake.max_sequence_ns(part))
+        return best
 
     def _ensure_poller(self) -> None:
         if self._poller is not None:
@@ -433,6 +470,13 @@ def attach_live_signals(
         log.exception("online engine unavailable: capturing WITHOUT live signals")
         return None
     capture.register_consumer(ls)
+    # each venue's capture rolls up its own signal partitions with its hourly roll-up
+    captures = getattr(capture, "captures", None) or {capture.venue: capture}
+    ls.writer_id = getattr(next(iter(captures.values())), "writer_id", "") or ""
+    for cap in captures.values():
+        publisher = getattr(cap, "publisher", None)
+        if publisher is not None:
+            ls.on_file.append(publisher.signal_file_published)
     return ls
 
 

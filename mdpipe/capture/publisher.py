@@ -12,6 +12,11 @@ hour into one roll-up (`Lake.compact`: `<first file's stem>-to-<last ns>.parquet
 where the first file did). One roll-up pass at a time, off the event loop; at start, one pass over
 the capture's partitions finishes interrupted roll-ups and rolls up past hours a previous run
 left. See mdpipe/lake/store.py for the crash window.
+
+The online engine's `live/signals` files (`sig-...`, mdpipe/capture/live_signals.py) are rolled
+up by the same pass: they are published on the event loop like the flushes, and named with the
+wall time of their publish, so once a pass has started no signal file named before its cutoff
+can still appear (`signal_file_published` marks their partitions dirty).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ log = logging.getLogger("mdpipe.capture")
 
 TABLES = ("trades", "book", "gaps", "bbo", "agg_trades", "mark")
 FILE_PREFIX = "cap-"  # capture's sequence-named files: cap-YYYYMMDDTHH-<19-digit ns>.parquet
+SIGNALS_TABLE = "live/signals"
+SIGNAL_FILE_PREFIX = "sig-"  # the online engine's files (live_signals.FILE_PREFIX)
+ROLLUP_PREFIXES = (FILE_PREFIX, SIGNAL_FILE_PREFIX)
 HOUR_NS = 3600 * 1_000_000_000
 
 
@@ -118,7 +126,7 @@ class Publisher:
             now = time.time_ns()
             parts = [
                 p
-                for t in TABLES
+                for t in (*TABLES, SIGNALS_TABLE)
                 for sym in self.config.symbols
                 for p in self.lake.partition_dirs(t, self.venue, sym)
             ]
@@ -259,6 +267,11 @@ class Publisher:
                     best = max(best, self.lake.max_sequence_ns(part))
         return best
 
+    def signal_file_published(self, part: Partition, name_ns: int) -> None:
+        """A `live/signals` file of this venue was published: roll it up with the flushes'."""
+        if part.venue == self.venue:
+            self._dirty[part] = max(self._dirty.get(part, 0), name_ns)
+
     def maybe_compact(self) -> None:
         """Start a roll-up pass once a flush has taken the lock in a new roll period."""
         if not self.compact_hourly or self._compact_task is not None or self.closing:
@@ -310,7 +323,7 @@ class Publisher:
                 res.covered_removed += self.lake.finish_compactions(part)
                 groups: dict[tuple[str, int], list[Path]] = {}
                 for path, prefix, ns in self.lake.sequence_files(part):
-                    if prefix.startswith(FILE_PREFIX) and ns < cutoff:
+                    if prefix.startswith(ROLLUP_PREFIXES) and ns < cutoff:
                         groups.setdefault((prefix, ns // self._roll_ns), []).append(path)
                 for files in groups.values():
                     if len(files) < 2:

@@ -160,6 +160,8 @@ AlertSettingsResource = section_resource("alerts", base=AlertSettingsBase)
 class AlertRunConfig(dg.Config):
     # lake-relative paths of new live/signals files (pydantic copies the default per instance)
     signal_files: list[str] = []  # noqa: RUF012
+    # rows of roll-ups emitted before this were history when the sensor started (source.py)
+    history_before_ns: int = 0
 
 
 def _channels(
@@ -192,7 +194,7 @@ def deliver_alerts(
             continue
         clients.append(client)
     root = alert_settings.lake_root()
-    signals = read_signals(root, config.signal_files)
+    signals = read_signals(root, config.signal_files, history_before_ns=config.history_before_ns)
     ledger = Ledger(alert_settings.ledger_file())
     added = ledger.register(signals, [c.name for c in clients])
     context.log.info(
@@ -286,7 +288,14 @@ def evaluate_live_signals(
                 dg.RunRequest(
                     run_key=key,
                     run_config=dg.RunConfig(
-                        ops={"deliver_alerts": AlertRunConfig(signal_files=chunk)}
+                        ops={
+                            "deliver_alerts": AlertRunConfig(
+                                signal_files=chunk,
+                                history_before_ns=cursor.history_before_ns(
+                                    settings.config().lookback_s
+                                ),
+                            )
+                        }
                     ),
                     tags={
                         **RUN_TAGS,

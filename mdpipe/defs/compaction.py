@@ -26,7 +26,10 @@ from mdpipe.pipeline.compaction import compact_partition
 COMPACTION_TAG = "mdpipe/compaction_partition"
 
 
-@dg.op(description="Roll up the captured files of one day x market (every table).")
+@dg.op(
+    description="Roll up the captured files of one day x market (every table, the online "
+    "engine's live/signals files included)."
+)
 def compact_op(context: OpExecutionContext, lake: LakeResource) -> dg.Output[None]:
     part = part_of(context)
     stats = compact_partition(lake.get(), part.venue, part.symbol, part.date)

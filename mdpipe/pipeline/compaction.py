@@ -1,7 +1,8 @@
 """Compaction of one day x market: the roll-ups capture used to do, as a job of its own.
 
 Captures (one or many, each with its writer id in its file names) publish a file per flush:
-``cap-[<writer>-]YYYYMMDDTHH-<ns>.parquet``. This merges, per table of the partition, each
+``cap-[<writer>-]YYYYMMDDTHH-<ns>.parquet``, and their online engine a file per signal batch to
+``live/signals``: ``sig-[<writer>-]YYYYMMDDTHH-<ns>.parquet``. This merges, per table of the partition, each
 prefix's files of a roll period (an hour) into one roll-up (:meth:`mdpipe.lake.Lake.compact`)
 and deletes what an interrupted roll-up left covered. It is safe while captures write:
 
@@ -23,8 +24,12 @@ from pathlib import Path
 from mdpipe.lake import Lake, Partition
 
 HOUR_NS = 3600 * 1_000_000_000
-# the tables capture publishes sequence-named files to (live/signals has its own writer)
+# the tables capture publishes sequence-named files to
 CAPTURE_TABLES = ("trades", "book", "gaps", "bbo", "agg_trades", "mark")
+# ... and the online engine inside capture (`sig-...` files; posted signals, `api-<id>`, are not
+# sequence-named and stay one file each)
+SIGNALS_TABLE = "live/signals"
+ROLLUP_TABLES = (*CAPTURE_TABLES, SIGNALS_TABLE)
 
 
 @dataclass
@@ -47,7 +52,7 @@ def compact_partition(
     symbol: str,
     date: str,
     *,
-    tables: tuple[str, ...] = CAPTURE_TABLES,
+    tables: tuple[str, ...] = ROLLUP_TABLES,
     roll_period_ns: int = HOUR_NS,
     before_ns: int | None = None,
 ) -> CompactionStats:
@@ -70,4 +75,11 @@ def compact_partition(
     return stats
 
 
-__all__ = ["CAPTURE_TABLES", "HOUR_NS", "CompactionStats", "compact_partition"]
+__all__ = [
+    "CAPTURE_TABLES",
+    "HOUR_NS",
+    "ROLLUP_TABLES",
+    "SIGNALS_TABLE",
+    "CompactionStats",
+    "compact_partition",
+]

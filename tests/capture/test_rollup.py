@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import shutil
+import time
 from pathlib import Path
 
 import duckdb
@@ -343,3 +344,58 @@ def test_roll_period_must_divide_an_hour(tmp_path: Path) -> None:
             cap.roll_period_s = bad
     cap.roll_period_s = 0.5
     assert cap.roll_period_s == 0.5
+
+
+# ---- the online engine's live/signals files ----------------------------------------------------
+def _signals(i: int, n: int = 2) -> pl.DataFrame:
+    ts = HOURS[0] + i * 10**9
+    return pl.DataFrame({
+        "venue": [V] * n, "symbol": [SYM] * n, "ts_ns": [ts + k for k in range(n)],
+        "signal_id": [f"x{i:03d}{k}" for k in range(n)], "signal_type": ["drift"] * n,
+        "direction": [1] * n, "score": [1.5] * n, "recv_ts_ns": [ts] * n,
+    })  # fmt: skip
+
+
+def test_live_signal_files_are_sequence_named_and_rolled_up_by_the_capture_pass(
+    tmp_path: Path,
+) -> None:
+    from mdpipe.capture.config import CaptureConfig
+    from mdpipe.capture.live_signals import LiveSignals
+    from mdpipe.capture.publisher import Publisher
+    from mdpipe.capture.status import Status
+    from mdpipe.lake import JournalWriter
+
+    lake = Lake(tmp_path / "lake")
+    ls = LiveSignals(lake, V, warm_up=False)
+    ls.writer_id = "w1"
+    config = CaptureConfig(symbols=(SYM,), lake=str(lake.root))
+    pub = Publisher(config, lake, JournalWriter(lake.root, V), Status(V, [SYM]))
+    ls.on_file.append(pub.signal_file_published)
+    for i in range(4):
+        ls._publish(_signals(i))
+    files = lake.files("live/signals")
+    seqs = [parse_sequence_name(f.name) for f in files]
+    assert all(s is not None and s[0].startswith("sig-w1-") for s in seqs)
+    ns = [s[1] for s in seqs if s is not None]
+    assert len(ns) == 4 and ns == sorted(set(ns))  # one file per publish, increasing names
+    part = Partition("live/signals", V, SYM, "2024-08-09")
+    assert set(pub._dirty) == {part}
+    # the capture's pass once the period is over: one roll-up per prefix (an hour)
+    res = pub._compact_sync([part], cutoff=max(ns) + 1)
+    prefixes = {s[0] for s in seqs if s is not None}
+    assert res.compactions == {"live/signals": len(prefixes)} and res.errors == 0
+    assert all(parse_rollup_name(f.name) for f in lake.files("live/signals"))
+    assert lake.read("live/signals")["signal_id"].to_list() == [
+        f"x{i:03d}{k}" for i in range(4) for k in range(2)
+    ]
+    # a restarted engine names its files above every name already in the lake, even when its
+    # clock is behind them (here: a file named an hour ahead)
+    ahead = time.time_ns() + 3600 * 10**9
+    lake.publish(
+        "live/signals", V, SYM, "2024-08-09", _signals(8), name=f"sig-w1-X-{ahead}.parquet"
+    )
+    ls2 = LiveSignals(lake, V, warm_up=False)
+    ls2._publish(_signals(9))
+    newest = max(lake.files("live/signals"), key=lambda f: f.stat().st_mtime_ns)
+    seq = parse_sequence_name(newest.name)
+    assert seq is not None and seq[1] == ahead + 1
