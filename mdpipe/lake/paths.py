@@ -140,3 +140,13 @@ def covered_files(paths: Iterable[Path]) -> set[Path]:
                 out.add(p)
                 break
     return out
+
+
+MODELS_DIR = "models"
+
+
+def model_dir(root: Path, model_id: str) -> Path:
+    """`<lake>/models/<model_id>/`: a trained model's artefact and its metadata."""
+    if not SAFE_NAME.match(model_id) or model_id.startswith("."):
+        raise ValueError(f"unsafe model id {model_id!r}")
+    return Path(root) / MODELS_DIR / model_id
