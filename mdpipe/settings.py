@@ -5,6 +5,7 @@
     [backtest]    mdpipe.core.config.BacktestConfig            (costs, barriers, CV, thresholds)
     [alerts]      mdpipe.alerts.config.AlertConfig             (delivery policy, sensor lookback)
     [capture]     mdpipe.capture.config.CaptureConfig          (venue, symbols, intervals, ...)
+    [meta]        mdpipe.core.meta.MetaConfig                  (meta-model for meta_prob, alerts)
 
 Each section IS the validated dataclass named above: this module holds no copy of a field, a
 default or a range. It finds the file, merges the layers, converts text to each field's type,
@@ -46,6 +47,7 @@ from mdpipe.capture.config import CaptureConfig
 from mdpipe.core.config import BacktestConfig, settings_id
 from mdpipe.core.detectors.ensemble import DetectorConfig
 from mdpipe.core.features import FeatureConfig
+from mdpipe.core.meta import MetaConfig
 
 CONFIG_ENV = "MDPIPE_CONFIG"
 DEFAULT_FILE = "mdpipe.toml"
@@ -55,6 +57,7 @@ SECTIONS: dict[str, type] = {
     "backtest": BacktestConfig,
     "alerts": AlertConfig,
     "capture": CaptureConfig,
+    "meta": MetaConfig,
 }
 # sections whose values decide which signals are emitted (what settings_id hashes)
 SIGNAL_SECTIONS = ("features", "detectors")
@@ -214,6 +217,7 @@ class Settings:
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
     # validated `CaptureConfig` overrides; `capture_config()` adds the symbols and flags
     capture: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
     source: str | None = None  # the file these came from, if any

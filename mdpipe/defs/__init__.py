@@ -52,9 +52,10 @@ def core_defs(lake_path: str = "", settings: Settings | None = None) -> dg.Defin
     from mdpipe.defs.resources import LakeResource, pipeline_resources
     from mdpipe.defs.schedules import daily_pipeline_schedule, summary_schedule
     from mdpipe.defs.sensors import market_sensor, relabel_sensor
+    from mdpipe.defs.sweep import sweep_and_meta_model
 
     return dg.Definitions(
-        assets=[ticks, *PARTITIONED_ASSETS, evaluation_summary],
+        assets=[ticks, *PARTITIONED_ASSETS, evaluation_summary, sweep_and_meta_model],
         jobs=[pipeline_job, summary_job],
         schedules=[daily_pipeline_schedule, summary_schedule],
         sensors=[market_sensor, relabel_sensor],

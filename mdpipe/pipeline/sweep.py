@@ -228,7 +228,7 @@ def candidates(grid: Grid, base: Settings) -> list[Candidate]:
     else:
         picks = list(range(n))
     radices = [len(v) for _, v in grid.axes]
-    out = []
+    out: list[Candidate] = []
     for i in picks:
         rest, digits = i, []
         for r in reversed(radices):
@@ -237,7 +237,7 @@ def candidates(grid: Grid, base: Settings) -> list[Candidate]:
         digits.reverse()
         params = {f"{s}.{k}": vals[d] for ((s, k), vals), d in zip(grid.axes, digits, strict=True)}
         sections: dict[str, dict[str, Any]] = {}
-        for (s, k), vals in grid.axes:
+        for (s, k), _vals in grid.axes:
             sections.setdefault(s, {})[k] = params[f"{s}.{k}"]
         origin = f"{grid.source} candidate {i}"
         built = {
@@ -472,7 +472,7 @@ def run_sweep(
                 json.dumps(settings.section("backtest"), sort_keys=True),
                 *(p.label for p in parts),
             ]
-        ).encode()  # fmt: skip
+        ).encode()
     ).hexdigest()[:12]
     need_trades = any(c.backtest.barrier_price == "trade" for c in cands)
     bar_ns = round(opts.bar_seconds * 1e9)
@@ -638,6 +638,68 @@ def selected_labels(
     return out
 
 
+@dataclass
+class SweepOutcome:
+    result: SweepResult
+    report: Path | None
+    model_id: str | None
+    model_dir: Path | None
+    model_error: str | None
+
+
+def sweep_and_learn(
+    lake: Lake,
+    grid: Grid,
+    settings: Settings,
+    *,
+    market: str | None = None,
+    dates: Sequence[str] | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    train_model: bool = True,
+) -> SweepOutcome:
+    """What `mdpipe sweep` and the `sweep` asset do: the sweep, its report page (next to the
+    summary file), and a meta-model for the selected candidate trained on the selection days
+    (never the holdout) with its own page in the model folder."""
+    from mdpipe.core.report import render_model_report, render_sweep_report
+    from mdpipe.pipeline.models import train_and_publish, training_rows
+    from mdpipe.pipeline.reports import publish
+
+    res = run_sweep(lake, grid, settings, market=market, dates=dates, workers=workers,
+                    progress=progress)  # fmt: skip
+    out_dir = res.paths["summary"].parent
+    files = render_sweep_report(
+        res.sweeps, res.summary, title=f"mdpipe sweep {res.sweep_id}",
+        file_name=f"sweep-{res.sweep_id}.html",
+    )  # fmt: skip
+    files = {k if k.endswith(".html") else f"sweep-{res.sweep_id}-{k}": v for k, v in files.items()}
+    publish(files, out_dir)
+    report = out_dir / f"sweep-{res.sweep_id}.html"
+    model_id = mdir = err = None
+    if train_model and res.selected is not None:
+        cand = res.selected
+        sel = [p for p in sweep_parts(lake, market, dates)
+               if p.date in res.summary["selection_dates"][0].split(",")]  # fmt: skip
+        items = selected_labels(lake, cand, sel)
+        try:
+            model_id, mdir, model, meta = train_and_publish(
+                lake, items, settings_id=cand.settings_id, backtest=cand.backtest,
+                params=cand.params, seed=grid.options.seed,
+            )  # fmt: skip
+        except ValueError as e:  # too few labelled signals, or one outcome only
+            err = str(e)
+        else:
+            rows = training_rows(lake, items)
+            publish(
+                render_model_report(
+                    rows.y[model.oos_index], model.oos_prob, model.importance,
+                    meta["side_by_side_oos"], model.cv, title=f"mdpipe meta-model {model_id}",
+                ),
+                mdir,
+            )  # fmt: skip
+    return SweepOutcome(res, report, model_id, mdir, err)
+
+
 def grid_product(grid: Grid) -> list[dict[str, Any]]:
     """Every combination of the grid (small grids; for tests and docs)."""
     keys = [f"{s}.{k}" for (s, k), _ in grid.axes]
@@ -657,4 +719,5 @@ __all__ = [
     "load_grid",
     "parse_grid",
     "run_sweep",
+    "sweep_and_learn",
 ]
