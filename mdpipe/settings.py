@@ -242,7 +242,8 @@ class Settings:
         the run does not depend on what the code location discovered)."""
         return {
             "resources": {
-                s: {"config": self.section(s)} for s in ("features", "detectors", "backtest")
+                s: {"config": self.section(s)}
+                for s in ("features", "detectors", "backtest", "meta")
             }
         }
 

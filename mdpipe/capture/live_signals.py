@@ -53,6 +53,7 @@ class LiveSignals:
         export_alert_metrics: bool = True,
         warm_up: bool = True,
         clock: Callable[[], int] = time.time_ns,
+        meta_model: Any = None,
     ) -> None:
         from mdpipe.core.config import settings_id
         from mdpipe.core.detectors.ensemble import DetectorConfig
@@ -74,6 +75,9 @@ class LiveSignals:
         # the receive-time clock: live, receive stamps are the wall clock; a replay injects
         # its own so held events are released exactly as they would have been live
         self.clock = clock
+        # the pinned meta-model (`[meta] model_id`): fills `meta_prob` from the signal's own
+        # feature row, the same call the batch step makes
+        self.meta_model = meta_model
         self.engines: dict[str, Any] = {}
         self.metrics = SignalMetrics(registry) if registry is not None else None
         if registry is not None and export_alert_metrics:
@@ -107,7 +111,7 @@ class LiveSignals:
             )
             self._count_events(sym, res.features)
             if res.signals.height:
-                out.append(_with_receive_time(res.signals, res.features))
+                out.append(self._meta(_with_receive_time(res.signals, res.features), res.features))
         out.extend(self._poll_all(self.clock()))
         if self.metrics is not None and symbols:
             self.metrics.batch_seconds.labels(self.venue).observe(time.perf_counter() - t0)
@@ -148,8 +152,13 @@ class LiveSignals:
             self._count_events(sym, feats)
             if sigs:
                 df = pl.DataFrame([s.as_dict() for s in sigs])
-                out.append(_with_receive_time(df, feats, context=True))
+                out.append(self._meta(_with_receive_time(df, feats, context=True), feats))
         return out
+
+    def _meta(self, signals: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
+        from mdpipe.core.meta import with_meta_prob
+
+        return with_meta_prob(signals, features, self.meta_model)
 
     def _count_events(self, symbol: str, features: pl.DataFrame) -> None:
         n = features.height

@@ -102,6 +102,7 @@ SIGNAL_COLUMNS: tuple[str, ...] = (
     "threshold",
     "settings_id",
     *SIGNAL_CONTEXT,
+    "meta_prob",  # P(profit barrier) from the pinned meta-model (`core.meta`); null without one
 )
 _CONTEXT_IDX = np.array([FEATURE_NAMES.index(c) for c in SIGNAL_CONTEXT], dtype=np.int64)
 
@@ -400,6 +401,7 @@ def signals_frame(
     }
     for j, name in enumerate(SIGNAL_CONTEXT):
         data[name] = pl.Series(features[rows, _CONTEXT_IDX[j]], dtype=pl.Float64)
+    data["meta_prob"] = pl.Series([None] * len(types), dtype=pl.Float64)
     return pl.DataFrame(data)
 
 

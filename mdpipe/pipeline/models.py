@@ -23,11 +23,10 @@ import polars as pl
 from mdpipe.core.config import BacktestConfig
 from mdpipe.core.meta import META_FEATURES, MetaModel, meta_matrix, train_meta_model
 from mdpipe.lake import Lake, atomic_write_bytes
-from mdpipe.lake.paths import model_dir
+from mdpipe.lake.paths import MODEL_FILE, MODEL_METADATA_FILE, model_dir, read_model_bytes
 from mdpipe.pipeline.steps import Part, derived
 
-MODEL_FILE = "model.pkl"
-METADATA_FILE = "metadata.json"
+METADATA_FILE = MODEL_METADATA_FILE
 
 
 @dataclass
@@ -170,12 +169,7 @@ def train_and_publish(
 
 def load_model(lake: Lake, model_id: str) -> MetaModel:
     """The published model `model_id`; a clear error when it is not there."""
-    path = model_dir(lake.root, model_id) / MODEL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"model {model_id!r} not found: {path} does not exist (train one with `mdpipe sweep`)"
-        )
-    return MetaModel.from_bytes(path.read_bytes())
+    return MetaModel.from_bytes(read_model_bytes(lake.root, model_id))
 
 
 def load_metadata(lake: Lake, model_id: str) -> dict[str, Any]:
