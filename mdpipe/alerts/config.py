@@ -30,6 +30,9 @@ class AlertConfig(DeliveryPolicy):
                             publishes).
     initial_lookback_s      on its first tick the sensor picks up signals this young.
     timeout_s               seconds per request to a channel (`mdpipe alerts test`).
+    min_meta_prob           send only signals whose `meta_prob` (the `[meta] model_id` model's
+                            P(profit barrier)) is at least this; 0 sends every signal, and
+                            signals without a probability are sent only when it is 0.
     """
 
     lake: str = ""
@@ -38,6 +41,7 @@ class AlertConfig(DeliveryPolicy):
     lookback_s: float = 120.0
     initial_lookback_s: float = 900.0
     timeout_s: float = 10.0
+    min_meta_prob: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -46,6 +50,9 @@ class AlertConfig(DeliveryPolicy):
             ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
             if not (ok and v > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
+        p = self.min_meta_prob
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"min_meta_prob must be a probability in [0, 1], got {p!r}")
         if not self.dagster_ui_url.startswith(("http://", "https://")):
             raise ValueError(
                 f"dagster_ui_url must start with http:// or https://, got {self.dagster_ui_url!r}"

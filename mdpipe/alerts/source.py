@@ -104,8 +104,11 @@ def scan_new_files(
     return new, SignalCursor(wm, recent)
 
 
-def read_signals(lake_root: str | os.PathLike[str], files: Iterable[str]) -> list[AlertSignal]:
-    """Signals of the given files, oldest first, each signal_id once."""
+def read_signals(
+    lake_root: str | os.PathLike[str], files: Iterable[str], *, min_meta_prob: float = 0.0
+) -> list[AlertSignal]:
+    """Signals of the given files, oldest first, each signal_id once; with `min_meta_prob` > 0
+    only those whose `meta_prob` reaches it (a signal without one never does)."""
     root = Path(lake_root)
     frames = []
     for rel in files:
@@ -118,6 +121,10 @@ def read_signals(lake_root: str | os.PathLike[str], files: Iterable[str]) -> lis
         return []
     df = pl.concat(frames, how="diagonal_relaxed").unique("signal_id", keep="first")
     df = df.sort("ts_ns", "signal_id")
+    if min_meta_prob > 0:
+        if "meta_prob" not in df.columns:
+            return []
+        df = df.filter(pl.col("meta_prob").fill_null(-1.0) >= min_meta_prob)
     return [AlertSignal.from_row(r) for r in df.iter_rows(named=True)]
 
 

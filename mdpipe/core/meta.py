@@ -66,21 +66,16 @@ META_FEATURES: tuple[str, ...] = (
 
 @dataclass(frozen=True, kw_only=True)
 class MetaConfig:
-    """Meta-labelling: which trained model scores signals, and what alerts require of it.
+    """Meta-labelling: which trained model scores signals (alerts filter on its probability
+    with `[alerts] min_meta_prob`).
 
     model_id   the model under `<lake>/models/<model_id>/` that fills signals' `meta_prob`
                (batch and live); unset: no model, `meta_prob` is null.
-    min_prob   alerts are sent only for signals with `meta_prob >= min_prob` (0: every
-               signal; signals without a probability pass only when this is 0).
     """
 
     model_id: str | None = None
-    min_prob: float = 0.0
 
     def __post_init__(self) -> None:
-        ok = isinstance(self.min_prob, int | float) and not isinstance(self.min_prob, bool)
-        if not ok or not 0.0 <= float(self.min_prob) <= 1.0:
-            raise ValueError(f"min_prob must be a probability in [0, 1], got {self.min_prob!r}")
         if self.model_id is not None and not (
             self.model_id and all(c.isalnum() or c in "-_" for c in self.model_id)
         ):

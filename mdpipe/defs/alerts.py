@@ -192,7 +192,9 @@ def deliver_alerts(
             continue
         clients.append(client)
     root = alert_settings.lake_root()
-    signals = read_signals(root, config.signal_files)
+    signals = read_signals(
+        root, config.signal_files, min_meta_prob=alert_settings.config().min_meta_prob
+    )
     ledger = Ledger(alert_settings.ledger_file())
     added = ledger.register(signals, [c.name for c in clients])
     context.log.info(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 
 from mdpipe.capture.live_signals import LiveSignals
 from mdpipe.core.batch import compute_features_and_signals
@@ -58,3 +59,33 @@ def test_live_meta_prob_equals_batch(lake_with_recordings: Lake, tmp_path: Path)
     ).sort("signal_id")
     assert live["signal_id"].to_list() == batch["signal_id"].to_list()
     assert live["meta_prob"].to_list() == batch["meta_prob"].to_list()
+
+
+def test_alerts_read_only_signals_the_model_backs(tmp_path: Path) -> None:
+    from mdpipe.alerts.config import AlertConfig
+    from mdpipe.alerts.source import read_signals
+    from mdpipe.core.batch import empty_signals
+
+    base = empty_signals()
+    rows = pl.concat(
+        [
+            base.extend(base.clear(1)).with_columns(
+                signal_id=pl.lit(sid),
+                ts_ns=pl.lit(i, dtype=pl.Int64),
+                venue=pl.lit("binance"),
+                symbol=pl.lit(SYMBOL),
+                signal_type=pl.lit("drift"),
+                direction=pl.lit(1, dtype=pl.Int8),
+                score=pl.lit(1.0),
+                meta_prob=pl.lit(p, dtype=pl.Float64),
+            )
+            for i, (sid, p) in enumerate([("a", 0.9), ("b", 0.2), ("c", None)])
+        ]
+    )
+    lake = Lake(tmp_path)
+    f = lake.publish("live/signals", "binance", SYMBOL, "2024-08-09", rows, name="s.parquet")
+    rel = [str(f.relative_to(tmp_path))]
+    assert [s.signal_id for s in read_signals(tmp_path, rel)] == ["a", "b", "c"]
+    assert [s.signal_id for s in read_signals(tmp_path, rel, min_meta_prob=0.5)] == ["a"]
+    with pytest.raises(ValueError, match="min_meta_prob must be a probability"):
+        AlertConfig(min_meta_prob=2.0)
