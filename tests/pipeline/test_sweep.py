@@ -122,3 +122,18 @@ def test_grid_errors_name_the_file_section_and_key(tmp_path: Path) -> None:
     p.write_text("[backtest]\nfee_rate = [0.6]\n")
     with pytest.raises(SettingsError, match=r"g.toml candidate 0 \[backtest\] fee_rate"):
         candidates(load_grid(p), Settings())
+
+
+def test_cli_rejects_a_bad_grid_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mdpipe.cli import main
+
+    p = tmp_path / "bad.toml"
+    p.write_text("[detectors]\nburst_treshold = [2.0]\n")
+    rc = main(["sweep", "--grid", str(p), "--lake", str(tmp_path / "lake")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "bad.toml [detectors]: unknown key 'burst_treshold'" in " ".join(err.split())
+    # and the lake was not touched
+    assert not (tmp_path / "lake").exists()
