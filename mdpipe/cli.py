@@ -200,10 +200,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 # ---- mdpipe sweep -------------------------------------------------------------------------------
 
 
@@ -282,3 +278,7 @@ def register_sweep(sub: Any) -> None:
     p.add_argument("--no-model", action="store_true", help="skip the meta-model")
     add_settings_args(p)
     p.set_defaults(func=cmd_sweep)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

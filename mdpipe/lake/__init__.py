@@ -47,6 +47,7 @@ from mdpipe.lake.store import (
 from mdpipe.lake.tables import (
     GAP_KINDS,
     NS_PER_DAY,
+    RESULT_SCHEMAS,
     ROW_KEYS,
     SCHEMAS,
     TIME_COLUMNS,
@@ -67,6 +68,7 @@ __all__ = [
     "LAKE_ENV",
     "NS_PER_DAY",
     "ROW_GROUP_ROWS",
+    "RESULT_SCHEMAS",
     "ROW_KEYS",
     "SCHEMAS",
     "TIME_COLUMNS",

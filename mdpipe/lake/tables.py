@@ -159,7 +159,7 @@ def empty_frame(table: str) -> pl.DataFrame:
 
 def conform(table: str, df: pl.DataFrame) -> pl.DataFrame:
     """Cast to the table's schema, in its column order (extra columns kept after)."""
-    schema = SCHEMAS.get(table)
+    schema = SCHEMAS.get(table) or RESULT_SCHEMAS.get(table)
     if schema is None:
         return df
     missing = [c for c in schema if c not in df.columns]
@@ -169,10 +169,12 @@ def conform(table: str, df: pl.DataFrame) -> pl.DataFrame:
     return df.select([*(pl.col(c).cast(t) for c, t in schema.items()), *extra])
 
 
+# Result tables: rows are not events, so they have no time column and are not split by day.
 # Sweeps (`mdpipe sweep`, `mdpipe.pipeline.sweep`): one file per sweep, `sweep-<sweep_id>.parquet`,
 # in the market's partition of the sweep's last day. `derived/sweeps`: one row per candidate,
 # partition and CV fold (fold -1: pooled out of sample); `derived/sweep_summary`: one row per sweep.
-SCHEMAS["derived/sweeps"] = {
+RESULT_SCHEMAS: dict[str, dict[str, pl.DataType]] = {}
+RESULT_SCHEMAS["derived/sweeps"] = {
     "sweep_id": pl.String(),
     "candidate_id": pl.String(),
     "settings_id": pl.String(),
@@ -187,7 +189,7 @@ SCHEMAS["derived/sweeps"] = {
     "precision_oos": pl.Float64(),
     "hit_rate_oos": pl.Float64(),
 }
-SCHEMAS["derived/sweep_summary"] = {
+RESULT_SCHEMAS["derived/sweep_summary"] = {
     "sweep_id": pl.String(),
     "n_candidates": pl.Int64(),
     "selected_candidate_id": pl.String(),

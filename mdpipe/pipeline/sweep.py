@@ -517,9 +517,9 @@ def run_sweep(
 
 
 def _sweeps_frame(sweep_id: str, rows: list[dict[str, Any]]) -> pl.DataFrame:
-    from mdpipe.lake import SCHEMAS
+    from mdpipe.lake import RESULT_SCHEMAS
 
-    schema = SCHEMAS[SWEEPS_TABLE]
+    schema = RESULT_SCHEMAS[SWEEPS_TABLE]
     if not rows:
         return pl.DataFrame(schema=schema)
     return pl.DataFrame([{"sweep_id": sweep_id, **r} for r in rows], schema=schema)
@@ -551,7 +551,8 @@ def _select(
         "selected_candidate_id": selected.candidate_id if selected else None,
         "selected_params": selected.params_json if selected else None,
         "selected_settings_id": selected.settings_id if selected else None,
-        "selected_sharpe_oos": score[selected.candidate_id] if selected else math.nan,
+        # -inf: no candidate had a finite OOS Sharpe (the first one is then "selected")
+        "selected_sharpe_oos": _finite(score[selected.candidate_id]) if selected else math.nan,
         "selection_dates": ",".join(p.date for p in sel_parts),
         "holdout_dates": ",".join(p.date for p in hold_parts),
         "seed": opts.seed,
@@ -584,9 +585,13 @@ def _select(
     for k in ("holdout_n_signals", "holdout_sharpe", "holdout_net_pnl", "holdout_precision",
               "holdout_hit_rate"):  # fmt: skip
         out[k] = math.nan
-    from mdpipe.lake import SCHEMAS
+    from mdpipe.lake import RESULT_SCHEMAS
 
-    return pl.DataFrame([out], schema=SCHEMAS[SUMMARY_TABLE]), selected
+    return pl.DataFrame([out], schema=RESULT_SCHEMAS[SUMMARY_TABLE]), selected
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else math.nan
 
 
 def _holdout(
