@@ -62,7 +62,7 @@ def test_meta_matrix_signs_directional_features_by_side() -> None:
 @pytest.mark.parametrize("edge", [True, False])
 def test_model_finds_a_planted_edge_and_nothing_in_noise(edge: bool) -> None:
     rng = np.random.default_rng(5)
-    n = 900
+    n = 600
     sig, feats = _signals(n, rng)
     x = meta_matrix(sig, feats)
     i = META_FEATURES.index("trade_imbalance_5s_signed")

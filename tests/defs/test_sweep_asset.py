@@ -16,7 +16,7 @@ from tests.pipeline.synthetic import BASE_SETS, MARKET, write_market
 
 def test_sweep_asset_materialises_tables_and_a_model(tmp_path: Path) -> None:
     lake = Lake(tmp_path / "lake")
-    write_market(lake, edge=True, days=2, minutes=15, seed=4)
+    write_market(lake, edge=True, days=2, minutes=10, seed=4)
     grid = tmp_path / "grid.toml"
     grid.write_text(
         "[sweep]\ncscv_blocks = 4\nbar_seconds = 60\n[detectors]\ndrift_threshold = [2.0, 3.0]\n"
