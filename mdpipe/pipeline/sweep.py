@@ -36,7 +36,6 @@ candidate's bar Sharpe gives the Deflated Sharpe Ratio (`mdpipe.core.selection`)
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -703,14 +702,6 @@ def sweep_and_learn(
                 mdir,
             )  # fmt: skip
     return SweepOutcome(res, report, model_id, mdir, err)
-
-
-def grid_product(grid: Grid) -> list[dict[str, Any]]:
-    """Every combination of the grid (small grids; for tests and docs)."""
-    keys = [f"{s}.{k}" for (s, k), _ in grid.axes]
-    return [
-        dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(v for _, v in grid.axes))
-    ]
 
 
 __all__ = [
