@@ -196,7 +196,7 @@ def _plugins() -> list[Callable[[Any], None]]:
     from mdpipe.instance import register_cli as instance_cli
     from mdpipe.run import register_cli as run_cli
 
-    return [capture_cli, run_cli, alerts_cli, api_cli, instance_cli]
+    return [capture_cli, run_cli, alerts_cli, api_cli, instance_cli, register_sweep]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -206,6 +206,86 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LakeLocationError as e:  # any command given a lake it cannot use (s3://...)
         err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
+
+
+# ---- mdpipe sweep -------------------------------------------------------------------------------
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from mdpipe.pipeline.sweep import load_grid, sweep_and_learn
+    from mdpipe.settings import SettingsError, settings_from_args
+
+    try:
+        settings = settings_from_args(args)
+        grid = load_grid(args.grid)
+        if args.seed is not None or args.samples is not None:
+            import dataclasses
+
+            opts = dataclasses.replace(
+                grid.options,
+                **({"seed": args.seed} if args.seed is not None else {}),
+                **({"samples": args.samples} if args.samples is not None else {}),
+            )
+            grid = dataclasses.replace(grid, options=opts)
+    except (SettingsError, ValueError) as e:
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
+        return 2
+    lake = Lake.resolve(args.lake)
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err_console,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("candidates", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            out = sweep_and_learn(
+                lake, grid, settings, market=args.market, dates=args.date or None,
+                workers=args.workers, progress=progress, train_model=not args.no_model,
+            )  # fmt: skip
+        except ValueError as e:
+            err_console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
+            return 2
+    s = out.result.summary.row(0, named=True)
+    table = Table(title=f"sweep {out.result.sweep_id}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for k in ("n_candidates", "selected_candidate_id", "selected_params", "selected_sharpe_oos",
+              "pbo", "pbo_slope", "dsr", "psr", "sr_bar", "sr0", "selection_dates",
+              "holdout_dates", "holdout_n_signals", "holdout_sharpe", "holdout_net_pnl",
+              "holdout_precision"):  # fmt: skip
+        v = s[k]
+        table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
+    console.print(table)
+    console.print(f"tables: {out.result.paths['sweeps']}  {out.result.paths['summary']}")
+    console.print(f"report: {out.report}")
+    if out.model_id:
+        console.print(f"meta-model: {out.model_id} in {out.model_dir} (pin it with "
+                      f"--set meta.model_id={out.model_id})")  # fmt: skip
+    elif out.model_error:
+        console.print(f"meta-model not trained: {escape(out.model_error)}")
+    return 0
+
+
+def register_sweep(sub: Any) -> None:
+    from mdpipe.settings import add_settings_args
+
+    p = sub.add_parser("sweep", help="try a grid of settings honestly: CV, PBO, DSR, holdout")
+    p.add_argument("--grid", required=True, metavar="FILE", help="grid TOML ([sweep] options, "
+                   "[detectors]/[backtest] value lists)")  # fmt: skip
+    _lake_arg(p)
+    p.add_argument("--market", default=None, help="the market, e.g. binance:BTC-USDT")
+    p.add_argument("--date", action="append", default=None, help="a UTC day (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the random draws")
+    p.add_argument("--samples", type=int, default=None, help="N random draws from the grid")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: cores)")
+    p.add_argument("--no-model", action="store_true", help="skip the meta-model")
+    add_settings_args(p)
+    p.set_defaults(func=cmd_sweep)
 
 
 if __name__ == "__main__":

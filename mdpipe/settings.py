@@ -7,6 +7,7 @@
     [capture]     mdpipe.capture.config.CaptureConfig          (venue, symbols, intervals, ...)
     [cross_venue] mdpipe.core.crossvenue.CrossVenueConfig      (basis grid, lead-lag, detector)
     [api]         mdpipe.api.config.ApiConfig                  (`mdpipe serve`: bind, limits)
+    [meta]        mdpipe.core.meta.MetaConfig                  (meta-model for meta_prob, alerts)
 
 Each section IS the validated dataclass named above: this module holds no copy of a field, a
 default or a range. It finds the file, merges the layers, converts text to each field's type,
@@ -51,6 +52,7 @@ from mdpipe.core.config import BacktestConfig, settings_id
 from mdpipe.core.crossvenue import CrossVenueConfig
 from mdpipe.core.detectors.ensemble import DetectorConfig
 from mdpipe.core.features import FeatureConfig
+from mdpipe.core.meta import MetaConfig
 
 CONFIG_ENV = "MDPIPE_CONFIG"
 DEFAULT_FILE = "mdpipe.toml"
@@ -62,6 +64,7 @@ SECTIONS: dict[str, type] = {
     "capture": CaptureConfig,
     "cross_venue": CrossVenueConfig,
     "api": ApiConfig,
+    "meta": MetaConfig,
 }
 # sections whose values decide which signals are emitted (what settings_id hashes)
 SIGNAL_SECTIONS = ("features", "detectors")
@@ -221,6 +224,7 @@ class Settings:
     detectors: DetectorConfig = field(default_factory=DetectorConfig)
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
     # validated `CaptureConfig` overrides; `capture_config()` adds the symbols and flags
     capture: Mapping[str, Any] = field(default_factory=lambda: types.MappingProxyType({}))
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -254,7 +258,7 @@ class Settings:
         return {
             "resources": {
                 s: {"config": self.section(s)}
-                for s in ("features", "detectors", "backtest", "cross_venue")
+                for s in ("features", "detectors", "backtest", "cross_venue", "meta")
             }
         }
 

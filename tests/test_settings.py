@@ -142,7 +142,7 @@ def test_unknown_sections_and_keys_name_what_is_known(tmp_path: Path) -> None:
         load_settings(f, environ={})
     assert str(e.value) == (
         f"{f}: unknown section [detector] (did you mean 'detectors'?); the known sections are "
-        "[features], [detectors], [backtest], [alerts], [capture], [cross_venue], [api]"
+        "[features], [detectors], [backtest], [alerts], [capture], [cross_venue], [api], [meta]"
     )
     with pytest.raises(SettingsError, match=r"\$MDPIPE_DETECTORS_COOLDOWN: unknown key 'cooldown'"):
         load_settings(environ={"MDPIPE_DETECTORS_COOLDOWN": "5"})

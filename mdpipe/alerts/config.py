@@ -32,6 +32,9 @@ class AlertConfig(DeliveryPolicy):
     timeout_s               seconds per request to a channel (`mdpipe alerts test`).
     fast_path               capture and `mdpipe serve` hand each new signal straight to
                             delivery (same ledger; the sensor still delivers what they miss).
+    min_meta_prob           send only signals whose `meta_prob` (the `[meta] model_id` model's
+                            P(profit barrier)) is at least this; 0 sends every signal, and
+                            signals without a probability are sent only when it is 0.
     """
 
     lake: str = ""
@@ -41,6 +44,7 @@ class AlertConfig(DeliveryPolicy):
     initial_lookback_s: float = 900.0
     timeout_s: float = 10.0
     fast_path: bool = True
+    min_meta_prob: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,6 +53,9 @@ class AlertConfig(DeliveryPolicy):
             ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
             if not (ok and v > 0):
                 raise ValueError(f"{name} must be a positive number of seconds, got {v!r}")
+        p = self.min_meta_prob
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= p <= 1.0:
+            raise ValueError(f"min_meta_prob must be a probability in [0, 1], got {p!r}")
         if not self.dagster_ui_url.startswith(("http://", "https://")):
             raise ValueError(
                 f"dagster_ui_url must start with http:// or https://, got {self.dagster_ui_url!r}"

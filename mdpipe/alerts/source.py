@@ -141,11 +141,16 @@ def scan_new_files(
 
 
 def read_signals(
-    lake_root: str | os.PathLike[str], files: Iterable[str], *, history_before_ns: int = 0
+    lake_root: str | os.PathLike[str],
+    files: Iterable[str],
+    *,
+    history_before_ns: int = 0,
+    min_meta_prob: float = 0.0,
 ) -> list[AlertSignal]:
     """Signals of the given files, oldest first, each signal_id once. A file gone since it was
     listed (rolled up) is skipped; rows of a roll-up emitted before `history_before_ns` are
-    left out (see "Roll-ups" above)."""
+    left out (see "Roll-ups" above). With `min_meta_prob` > 0 only those whose `meta_prob`
+    reaches it (a signal without one never does)."""
     remote = is_remote(lake_root)
     lake = Lake(str(lake_root)) if remote else None  # s3://bucket/prefix
     root = cast(Path, lake.root) if lake is not None else Path(lake_root)
@@ -168,14 +173,18 @@ def read_signals(
                 pl.col("emitted_ns").is_null() | (pl.col("emitted_ns") >= history_before_ns)
             )
         frames.append(df)
-    return _signals(frames)
+    return _signals(frames, min_meta_prob)
 
 
-def _signals(frames: list[pl.DataFrame]) -> list[AlertSignal]:
+def _signals(frames: list[pl.DataFrame], min_meta_prob: float = 0.0) -> list[AlertSignal]:
     if not frames:
         return []
     df = pl.concat(frames, how="diagonal_relaxed").unique("signal_id", keep="first")
     df = df.sort("ts_ns", "signal_id")
+    if min_meta_prob > 0:
+        if "meta_prob" not in df.columns:
+            return []
+        df = df.filter(pl.col("meta_prob").fill_null(-1.0) >= min_meta_prob)
     return [AlertSignal.from_row(r) for r in df.iter_rows(named=True)]
 
 

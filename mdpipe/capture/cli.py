@@ -213,6 +213,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     cap = make_capture(config)
+    try:
+        meta_model = _pinned_model(cap.lake, settings)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: [meta] model_id: {exc}", file=sys.stderr)
+        return 2
     fast_path = None
     if not getattr(args, "no_live_signals", False):
         from mdpipe.capture.live_signals import attach_live_signals
@@ -222,6 +227,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
             feature_config=settings.features,
             detector_config=settings.detectors,
             cross_venue_config=settings.cross_venue,
+            meta_model=meta_model,
         )
         if ls is not None:
             fast_path = _attach_fast_path(cap, ls, settings)
@@ -340,3 +346,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LakeLocationError as exc:  # --lake / $MDPIPE_LAKE is a URL (s3://...)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _pinned_model(lake: Any, settings: Any) -> Any:
+    """The meta-model `[meta] model_id` pins, loaded once at start (None when unset); a
+    missing model is an error at start, not a silent null `meta_prob`."""
+    if settings.meta.model_id is None:
+        return None
+    from mdpipe.core.meta import MetaModel
+    from mdpipe.lake.paths import read_model_bytes
+
+    return MetaModel.from_bytes(read_model_bytes(lake.root, settings.meta.model_id))

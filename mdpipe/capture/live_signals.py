@@ -76,6 +76,7 @@ class LiveSignals:
         export_alert_metrics: bool = True,
         warm_up: bool = True,
         clock: Callable[[], int] = time.time_ns,
+        meta_model: Any = None,
     ) -> None:
         from mdpipe.core.config import settings_id
         from mdpipe.core.crossvenue import CrossVenueConfig
@@ -107,6 +108,9 @@ class LiveSignals:
         # the receive-time clock: live, receive stamps are the wall clock; a replay injects
         # its own so held events are released exactly as they would have been live
         self.clock = clock
+        # the pinned meta-model (`[meta] model_id`): fills `meta_prob` from the signal's own
+        # feature row, the same call the batch step makes
+        self.meta_model = meta_model
         # one engine per market; a multi-venue capture feeds every venue's batches here
         self.engines: dict[tuple[str, str], Any] = {}
         self.metrics = SignalMetrics(registry) if registry is not None else None
@@ -148,7 +152,7 @@ class LiveSignals:
             )
             self._count_events(venue, sym, res.features)
             if res.signals.height:
-                out.append(_with_receive_time(res.signals, res.features))
+                out.append(self._meta(_with_receive_time(res.signals, res.features), res.features))
             out.extend(self._forward(venue, sym, res.features))
         out.extend(self._poll_all(self.clock()))
         if self.metrics is not None and markets:
@@ -278,13 +282,18 @@ class LiveSignals:
             self._count_events(venue, sym, feats)
             if sigs:
                 df = pl.DataFrame([s.as_dict() for s in sigs])
-                out.append(_with_receive_time(df, feats, context=True))
+                out.append(self._meta(_with_receive_time(df, feats, context=True), feats))
             out.extend(self._forward(venue, sym, feats))
         for eng in self.cross.values():
             got = eng.poll(now_ns) if eng is not None else None
             if got is not None:
                 out.append(got)
         return out
+
+    def _meta(self, signals: pl.DataFrame, features: pl.DataFrame) -> pl.DataFrame:
+        from mdpipe.core.meta import with_meta_prob
+
+        return with_meta_prob(signals, features, self.meta_model)
 
     def _count_events(self, venue: str, symbol: str, features: pl.DataFrame) -> None:
         n = features.height

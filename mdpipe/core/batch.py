@@ -17,13 +17,29 @@ from numba import njit
 
 from mdpipe.core.book import book_apply_event
 from mdpipe.core.config import settings_id
-from mdpipe.core.detectors.ensemble import DetectorConfig
-from mdpipe.core.features import FeatureConfig, MicropriceModel, book_event_step, trade_add
+from mdpipe.core.detectors.ensemble import (
+    DET_INPUTS,
+    DETECTION,
+    N_DET_INPUTS,
+    N_TYPES,
+    DetectorConfig,
+    DetectorState,
+    detector_step,
+)
+from mdpipe.core.features import (
+    FEATURE_META,
+    FEATURE_NAMES,
+    N_FEATURES,
+    FeatureConfig,
+    MicropriceModel,
+    book_event_step,
+    trade_add,
+)
 from mdpipe.core.kernel import (
     FEATURE_COLUMNS,
-    FEATURE_NAMES,
     SIGNAL_COLUMNS,
     SIGNAL_CONTEXT,
+    SIGNAL_ROW,
     BookRows,
     MarketState,
     Outputs,
@@ -398,8 +414,88 @@ __all__ = [
     "batch_trade_rows",
     "compute_features_and_signals",
     "compute_trade_features_and_signals",
+    "detect_on_features",
     "empty_features",
     "empty_signals",
     "event_starts",
     "features_frame",
 ]
+
+
+# ---- detectors alone over computed features (sweeps) ----------------------------------------
+
+# What `detect_on_features` reads from a `features` frame.
+REDETECT_COLUMNS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        ("update_id", "ts_ns", "recv_ts_ns", "asof_ns", "is_snapshot", "is_warmup",
+         *DET_INPUTS, *SIGNAL_CONTEXT)
+    )
+)  # fmt: skip
+
+
+@njit(cache=True)
+def _detect_loop(
+    detector: DetectorState,
+    x_all: np.ndarray,
+    asof: np.ndarray,
+    warm: np.ndarray,
+    snap: np.ndarray,
+    emit_from: int,
+    signals: np.ndarray,
+    x: np.ndarray,
+    detection: np.ndarray,
+) -> int:
+    ns = 0
+    for i in range(x_all.shape[0]):
+        for j in range(x.shape[0]):
+            x[j] = x_all[i, j]
+        detector_step(detector, asof[i], x, warm[i], snap[i], detection)
+        if i >= emit_from:
+            ns = write_signals(detection, i - emit_from, signals, ns)
+    return ns
+
+
+def detect_on_features(
+    features: pl.DataFrame,
+    detector_config: DetectorConfig,
+    *,
+    settings_id: str,
+    venue: str,
+    symbol: str,
+    warmup: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """The detector ensemble alone, run over a partition's computed `features` rows (those of
+    `REDETECT_COLUMNS` suffice): the signals `compute_features_and_signals` would emit with
+    `detector_config`, because the detectors read nothing but these feature columns
+    (`kernel.finish_event`). `warmup` rows (e.g. the previous day's last minutes) are run
+    first without output. Sweeps use it to vary detector settings without recomputing
+    features."""
+    parts = [warmup, features] if warmup is not None and warmup.height else [features]
+    frame = pl.concat([p.select(REDETECT_COLUMNS) for p in parts]) if len(parts) > 1 else (
+        features.select(REDETECT_COLUMNS)
+    )  # fmt: skip
+    n = frame.height
+    emit_from = n - features.height
+    x_all = np.ascontiguousarray(frame.select(DET_INPUTS).to_numpy(), dtype=np.float64)
+    det = detector_config.new_state()
+    out = np.empty(3 * max(features.height, 1), SIGNAL_ROW)
+    ns = _detect_loop(
+        det, x_all, frame["asof_ns"].to_numpy().astype(np.int64),
+        frame["is_warmup"].to_numpy().astype(np.bool_),
+        frame["is_snapshot"].to_numpy().astype(np.bool_), emit_from, out,
+        np.empty(N_DET_INPUTS), np.zeros(N_TYPES, dtype=DETECTION),
+    )  # fmt: skip
+    sig = out[:ns].copy()
+    rows = sig["row"]
+    own = features.select(REDETECT_COLUMNS)
+    fired = own[rows] if ns else own.clear()
+    f = np.full((ns, N_FEATURES), np.nan)
+    for name in SIGNAL_CONTEXT:
+        f[:, FEATURE_NAMES.index(name)] = fired[name].to_numpy()
+    meta = np.zeros(ns, FEATURE_META)
+    meta["update_id"] = fired["update_id"].to_numpy()
+    meta["ts"] = fired["ts_ns"].to_numpy()
+    sig["row"] = np.arange(ns)
+    if ns == 0:
+        return empty_signals()
+    return signals_frame(venue, symbol, sig, f, meta, settings_id=settings_id)

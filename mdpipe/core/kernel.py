@@ -103,6 +103,7 @@ SIGNAL_COLUMNS: tuple[str, ...] = (
     "settings_id",
     "source",  # 'batch' | 'live' | 'api': which driver (or tool) produced the row
     *SIGNAL_CONTEXT,
+    "meta_prob",  # P(profit barrier) from the pinned meta-model (`core.meta`); null without one
 )
 _CONTEXT_IDX = np.array([FEATURE_NAMES.index(c) for c in SIGNAL_CONTEXT], dtype=np.int64)
 
@@ -403,6 +404,7 @@ def signals_frame(
     }
     for j, name in enumerate(SIGNAL_CONTEXT):
         data[name] = pl.Series(features[rows, _CONTEXT_IDX[j]], dtype=pl.Float64)
+    data["meta_prob"] = pl.Series([None] * len(types), dtype=pl.Float64)
     return pl.DataFrame(data)
 
 

@@ -671,3 +671,166 @@ def _summary_totals(full: pl.DataFrame) -> pl.DataFrame:
         )
         .sort("strategy", "sample")
     )
+
+
+# ---------------------------------------------------------------- sweeps and models
+
+
+def _page(title: str, body: str) -> bytes:
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>'
+        f"{html.escape(title)}</title><style>{CSS}</style></head><body><h1>"
+        f"{html.escape(title)}</h1>{body}</body></html>\n"
+    ).encode()
+
+
+def render_sweep_report(
+    sweeps: pl.DataFrame,
+    summary: pl.DataFrame,
+    *,
+    params: tuple[str, str] | None = None,
+    title: str = "mdpipe sweep",
+    file_name: str = "sweep.html",
+) -> dict[str, bytes]:
+    """A sweep's page: OOS Sharpe heat map over two parameters (the first two grid axes by
+    default), IS-vs-OOS scatter of the CSCV winners with the degradation line, the PBO logit
+    histogram, and the selected candidate's DSR and holdout figures."""
+    import json
+
+    s = summary.row(0, named=True)
+    pooled = sweeps.filter(pl.col("fold") == -1)
+    per = pooled.group_by("candidate_id", "params", maintain_order=True).agg(
+        pl.col("sharpe_oos").filter(pl.col("sharpe_oos").is_finite()).mean().alias("sharpe_oos"),
+        pl.col("sharpe_is").filter(pl.col("sharpe_is").is_finite()).mean().alias("sharpe_is"),
+        pl.col("net_pnl_oos").sum(),
+        pl.col("precision_oos").mean(),
+        pl.col("n_signals").sum(),
+    )
+    keys = list(json.loads(per["params"][0])) if per.height else []
+    px = params or ((keys[0], keys[1]) if len(keys) >= 2 else None)
+    files: dict[str, bytes] = {}
+    fig = _new_figure(6.5, 5)
+    ax = fig.add_subplot()
+    if px and per.height:
+        vals = [json.loads(p) for p in per["params"]]
+        xs = sorted({v[px[0]] for v in vals})
+        ys = sorted({v[px[1]] for v in vals})
+        grid = np.full((len(ys), len(xs)), np.nan)
+        cnt = np.zeros_like(grid)
+        for v, sh in zip(vals, per["sharpe_oos"].to_list(), strict=True):
+            if sh is None or not math.isfinite(sh):
+                continue
+            i, j = ys.index(v[px[1]]), xs.index(v[px[0]])
+            grid[i, j] = sh if cnt[i, j] == 0 else grid[i, j] + sh
+            cnt[i, j] += 1
+        grid = np.where(cnt > 0, grid / np.maximum(cnt, 1), np.nan)
+        im = ax.imshow(grid, origin="lower", aspect="auto", cmap="RdYlGn")
+        ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+        ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+        ax.set_xlabel(px[0])
+        ax.set_ylabel(px[1])
+        fig.colorbar(im, ax=ax, label="pooled OOS Sharpe (mean over other axes)")
+    else:
+        _no_data(ax, "two swept parameters")
+    files["sweep_heatmap.png"] = _png(fig)
+    fig = _new_figure(6.5, 5)
+    ax = fig.add_subplot()
+    x, y = np.asarray(s["pbo_is"] or []), np.asarray(s["pbo_oos"] or [])
+    if x.size:
+        ax.scatter(x, y, s=8, alpha=0.5)
+        if math.isfinite(s["pbo_slope"]):
+            xx = np.linspace(x.min(), x.max(), 2)
+            ax.plot(xx, s["pbo_intercept"] + s["pbo_slope"] * xx, color="C3",
+                    label=f"OOS = {s['pbo_intercept']:.3g} + {s['pbo_slope']:.3g} IS")  # fmt: skip
+            ax.legend()
+        ax.axhline(0, color="#888", lw=0.8)
+        ax.set_xlabel("IS Sharpe per bar of the IS winner")
+        ax.set_ylabel("its OOS Sharpe per bar")
+    else:
+        _no_data(ax, "CSCV splits")
+    files["sweep_is_oos.png"] = _png(fig)
+    fig = _new_figure(6.5, 4)
+    ax = fig.add_subplot()
+    lg = np.asarray(s["pbo_logits"] or [])
+    if lg.size:
+        ax.hist(lg, bins=30, color="C0")
+        ax.axvline(0, color="C3")
+        ax.set_xlabel("logit of the IS winner's OOS relative rank")
+        ax.set_title(f"PBO = {s['pbo']:.3f} over {lg.size} splits")
+    else:
+        _no_data(ax, "CSCV splits")
+    files["sweep_pbo_logits.png"] = _png(fig)
+    facts = pl.DataFrame(
+        {
+            "figure": [k for k in s if not isinstance(s[k], list)],
+            "value": [str(s[k]) for k in s if not isinstance(s[k], list)],
+        }
+    )
+    body = (
+        '<p class="note">Candidates are selected by mean pooled out-of-sample Sharpe over the '
+        "selection days. PBO: combinatorially symmetric cross-validation over per-bar returns "
+        "(Bailey, Borwein, López de Prado and Zhu 2017); DSR: the winner's per-bar Sharpe "
+        "deflated by the number of trials and their Sharpe variance (Bailey and López de Prado "
+        "2014). Holdout figures are the winner's on days selection never saw.</p>"
+        f"<h2>Selected candidate, DSR and holdout</h2>{html_table(facts)}"
+        f"<h2>OOS Sharpe heat map</h2>{_img('sweep_heatmap', files['sweep_heatmap.png'], 'pooled OOS Sharpe')}"
+        f"<h2>IS vs OOS</h2>{_img('sweep_is_oos', files['sweep_is_oos.png'], 'degradation')}"
+        f"<h2>PBO</h2>{_img('sweep_pbo_logits', files['sweep_pbo_logits.png'], 'logits')}"
+        f"<h2>Candidates</h2>{html_table(per.sort('sharpe_oos', descending=True, nulls_last=True))}"
+    )
+    files[file_name] = _page(title, body)
+    return files
+
+
+def render_model_report(
+    y: np.ndarray,
+    oos_prob: np.ndarray,
+    importance: dict[str, float],
+    side_by_side: dict[str, dict[str, float]],
+    cv: dict[str, Any],
+    *,
+    title: str = "mdpipe meta-model",
+    file_name: str = "model.html",
+) -> dict[str, bytes]:
+    """A meta-model's page: OOS ROC, calibration curve, MDA importance bars, and OOS precision
+    and returns of detector-only, meta-labelled, random and always-in side by side."""
+    from mdpipe.core.metrics import calibration_table, roc_curve
+
+    files: dict[str, bytes] = {}
+    fig = _new_figure(11, 4.5)
+    a1, a2 = fig.subplots(1, 2)
+    if y.size and y.any() and not y.all():
+        fpr, tpr, _ = roc_curve(oos_prob, y)
+        a1.plot(fpr, tpr)
+        a1.plot([0, 1], [0, 1], color="#888", ls="--")
+        a1.set_title(f"OOS ROC, AUC = {cv.get('oos_auc', math.nan):.3f}")
+        a1.set_xlabel("false positive rate")
+        a1.set_ylabel("true positive rate")
+        cal = calibration_table(oos_prob, y)
+        a2.plot(cal["mean_score"], cal["hit_rate"], marker="o")
+        a2.plot([0, 1], [0, 1], color="#888", ls="--")
+        a2.set_title("calibration (OOS)")
+        a2.set_xlabel("predicted probability")
+        a2.set_ylabel("profit-barrier rate")
+    else:
+        _no_data(a1, "OOS predictions")
+        _no_data(a2, "OOS predictions")
+    files["model_roc_calibration.png"] = _png(fig)
+    fig = _new_figure(8, 5)
+    ax = fig.add_subplot()
+    items = sorted(importance.items(), key=lambda kv: kv[1])
+    ax.barh([k for k, _ in items], [v for _, v in items])
+    ax.set_xlabel("MDA: OOS log-loss increase when permuted")
+    files["model_importance.png"] = _png(fig)
+    sbs = pl.DataFrame([{"strategy": k, **v} for k, v in side_by_side.items()])
+    body = (
+        '<p class="note">Out of sample under purged, embargoed k-fold; meta-labelled acts '
+        "when P(profit barrier) >= 0.5; random acts on as many signals, drawn at random; "
+        "always-in takes every grid point.</p>"
+        f"<h2>Side by side (OOS)</h2>{html_table(sbs)}"
+        f"<h2>ROC and calibration</h2>{_img('model_roc_calibration', files['model_roc_calibration.png'], 'ROC, calibration')}"
+        f"<h2>Importance</h2>{_img('model_importance', files['model_importance.png'], 'MDA')}"
+        f"<h2>CV</h2>{html_table(pl.DataFrame(cv.get('folds', [])))}"
+    )
+    files[file_name] = _page(title, body)
+    return files

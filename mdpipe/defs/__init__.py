@@ -54,9 +54,10 @@ def core_defs(lake_path: str = "", settings: Settings | None = None) -> dg.Defin
     from mdpipe.defs.resources import LakeResource, pipeline_resources
     from mdpipe.defs.schedules import daily_pipeline_schedule, summary_schedule
     from mdpipe.defs.sensors import market_sensor, relabel_sensor
+    from mdpipe.defs.sweep import sweep_and_meta_model
 
     return dg.Definitions(
-        assets=[ticks, *PARTITIONED_ASSETS, evaluation_summary, cross_venue],
+        assets=[ticks, *PARTITIONED_ASSETS, evaluation_summary, cross_venue, sweep_and_meta_model],
         jobs=[pipeline_job, summary_job, cross_venue_job, compaction_job, *celery_jobs()],
         schedules=[daily_pipeline_schedule, summary_schedule, compaction_schedule],
         sensors=[market_sensor, relabel_sensor],

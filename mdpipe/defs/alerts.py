@@ -194,7 +194,12 @@ def deliver_alerts(
             continue
         clients.append(client)
     root = alert_settings.lake_root()
-    signals = read_signals(root, config.signal_files, history_before_ns=config.history_before_ns)
+    signals = read_signals(
+        root,
+        config.signal_files,
+        history_before_ns=config.history_before_ns,
+        min_meta_prob=alert_settings.config().min_meta_prob,
+    )
     ledger = Ledger(alert_settings.ledger_file())
     added = ledger.register(signals, [c.name for c in clients])
     context.log.info(

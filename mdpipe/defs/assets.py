@@ -203,17 +203,23 @@ def features_and_signals(
     lake: LakeResource,
     features: SettingsResource,
     detectors: SettingsResource,
+    meta: SettingsResource,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     from mdpipe.core.config import settings_id
+    from mdpipe.pipeline.models import load_model
 
     part = part_of(context)
-    fcfg, dcfg = features.get(), detectors.get()
-    out = steps.features_step(lake.get(), part, feature_config=fcfg, detector_config=dcfg)
+    fcfg, dcfg, mcfg = features.get(), detectors.get(), meta.get()
+    model = load_model(lake.get(), mcfg.model_id) if mcfg.model_id else None
+    out = steps.features_step(
+        lake.get(), part, feature_config=fcfg, detector_config=dcfg, meta_model=model
+    )
     common: dict[str, Any] = {
         "duration_s": round(out.seconds, 3),
         "warmup_from": out.warmup_from or "none",
         # which settings produced this partition (every signal row carries the id too)
         "settings_id": settings_id(fcfg, dcfg),
+        "meta_model_id": mcfg.model_id or "none",
         "config": dg.MetadataValue.json(
             {"features": dataclasses.asdict(fcfg), "detectors": dataclasses.asdict(dcfg)}
         ),

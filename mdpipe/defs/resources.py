@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from mdpipe.settings import Settings
 
 # the settings sections the pipeline's assets take, by resource key
-PIPELINE_SECTIONS = ("features", "detectors", "backtest", "cross_venue")
+PIPELINE_SECTIONS = ("features", "detectors", "backtest", "cross_venue", "meta")
 _PY_TYPES: dict[str, Any] = {
     "float": float,
     "int": int,

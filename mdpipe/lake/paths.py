@@ -180,3 +180,27 @@ def covered_files(paths: Iterable[Path]) -> set[Path]:
                     out.add(p)
                     break
     return out
+
+
+MODELS_DIR = "models"
+
+
+def model_dir(root: Path, model_id: str) -> Path:
+    """`<lake>/models/<model_id>/`: a trained model's artefact and its metadata."""
+    if not SAFE_NAME.match(model_id) or model_id.startswith("."):
+        raise ValueError(f"unsafe model id {model_id!r}")
+    return Path(root) / MODELS_DIR / model_id
+
+
+MODEL_FILE = "model.pkl"
+MODEL_METADATA_FILE = "metadata.json"
+
+
+def read_model_bytes(root: Path, model_id: str) -> bytes:
+    """The artefact of model `model_id`; a clear error when it is not there."""
+    path = model_dir(root, model_id) / MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model {model_id!r} not found: {path} does not exist (train one with `mdpipe sweep`)"
+        )
+    return path.read_bytes()

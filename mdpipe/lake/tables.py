@@ -218,7 +218,7 @@ def with_added_columns(table: str, df: pl.DataFrame) -> pl.DataFrame:
 def conform(table: str, df: pl.DataFrame) -> pl.DataFrame:
     """Cast to the table's schema, in its column order (extra columns kept after); columns of
     :data:`ADDED_COLUMNS` a source lacks become nulls."""
-    schema = SCHEMAS.get(table)
+    schema = SCHEMAS.get(table) or RESULT_SCHEMAS.get(table)
     if schema is None:
         return df
     df = with_added_columns(table, df)
@@ -227,3 +227,60 @@ def conform(table: str, df: pl.DataFrame) -> pl.DataFrame:
         raise ValueError(f"{table}: missing columns {missing}")
     extra = [c for c in df.columns if c not in schema]
     return df.select([*(pl.col(c).cast(t) for c, t in schema.items()), *extra])
+
+
+# Result tables: rows are not events, so they have no time column and are not split by day.
+# Sweeps (`mdpipe sweep`, `mdpipe.pipeline.sweep`): one file per sweep, `sweep-<sweep_id>.parquet`,
+# in the market's partition of the sweep's last day. `derived/sweeps`: one row per candidate,
+# partition and CV fold (fold -1: pooled out of sample); `derived/sweep_summary`: one row per sweep.
+RESULT_SCHEMAS: dict[str, dict[str, pl.DataType]] = {}
+RESULT_SCHEMAS["derived/sweeps"] = {
+    "sweep_id": pl.String(),
+    "candidate_id": pl.String(),
+    "settings_id": pl.String(),
+    "params": pl.String(),  # JSON {"section.key": value}
+    "partition": pl.String(),
+    "fold": pl.Int64(),
+    "n_signals": pl.Int64(),
+    "n_signals_oos": pl.Int64(),
+    "sharpe_is": pl.Float64(),
+    "sharpe_oos": pl.Float64(),
+    "net_pnl_oos": pl.Float64(),
+    "precision_oos": pl.Float64(),
+    "hit_rate_oos": pl.Float64(),
+}
+RESULT_SCHEMAS["derived/sweep_summary"] = {
+    "sweep_id": pl.String(),
+    "n_candidates": pl.Int64(),
+    "selected_candidate_id": pl.String(),
+    "pbo": pl.Float64(),
+    "dsr": pl.Float64(),
+    "selected_params": pl.String(),
+    "selected_settings_id": pl.String(),
+    "selected_sharpe_oos": pl.Float64(),
+    "selection_dates": pl.String(),
+    "holdout_dates": pl.String(),
+    "seed": pl.Int64(),
+    "samples": pl.Int64(),
+    "n_bars": pl.Int64(),
+    "bar_seconds": pl.Float64(),
+    "pbo_slope": pl.Float64(),
+    "pbo_intercept": pl.Float64(),
+    "prob_oos_loss": pl.Float64(),
+    "n_splits": pl.Int64(),
+    "pbo_logits": pl.List(pl.Float64()),
+    "pbo_is": pl.List(pl.Float64()),
+    "pbo_oos": pl.List(pl.Float64()),
+    "psr": pl.Float64(),
+    "sr_bar": pl.Float64(),
+    "sr0": pl.Float64(),
+    "sr_variance": pl.Float64(),
+    "skew": pl.Float64(),
+    "kurtosis": pl.Float64(),
+    "n_trials": pl.Int64(),
+    "holdout_n_signals": pl.Float64(),
+    "holdout_sharpe": pl.Float64(),
+    "holdout_net_pnl": pl.Float64(),
+    "holdout_precision": pl.Float64(),
+    "holdout_hit_rate": pl.Float64(),
+}

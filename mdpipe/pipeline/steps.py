@@ -57,6 +57,7 @@ from mdpipe.pipeline.reports import write_report, write_summary_report
 if TYPE_CHECKING:
     from mdpipe.core.detectors.ensemble import DetectorConfig
     from mdpipe.core.features import FeatureConfig
+    from mdpipe.core.meta import MetaModel
 
 # Feature columns checked for finiteness after warm-up. `microprice` is excluded on purpose:
 # it is NaN by design unless a model fitted on an earlier partition is supplied.
@@ -392,6 +393,7 @@ def features_step(
     warmup_seconds: float = WARMUP_SECONDS,
     feature_config: FeatureConfig | None = None,
     detector_config: DetectorConfig | None = None,
+    meta_model: MetaModel | None = None,
 ) -> FeaturesOutput:
     """`features` and `signals` of a partition, written under derived/; warmed up on the last
     `warmup_seconds` of the previous day when the lake has it. The configs default to the
@@ -416,6 +418,10 @@ def features_step(
     else:
         features = empty_features(part.venue, part.symbol)
         signals = empty_signals()
+    if meta_model is not None:
+        from mdpipe.core.meta import with_meta_prob
+
+        signals = with_meta_prob(signals, features, meta_model)
     quality = tick_quality(lake, part, features)
     paths = {
         "features": lake.replace_partition(
