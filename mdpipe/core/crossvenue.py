@@ -740,6 +740,7 @@ def signals_frame(
     for c in ("imbalance_5", "wmid_drift_5s_bps", "trade_imbalance_5s", "volume_z_5s",
               "realized_vol_z", "vpin", "bocpd_cp_prob"):  # fmt: skip
         data[c] = pl.Series(nan, dtype=pl.Float64)
+    data["meta_prob"] = pl.Series([None] * n, dtype=pl.Float64)  # no meta-model for these
     data["leader_venue"] = pl.Series([m[0] for m in leaders], dtype=pl.String)
     data["leader_symbol"] = pl.Series([m[1] for m in leaders], dtype=pl.String)
     return pl.DataFrame(data)
