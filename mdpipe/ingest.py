@@ -243,7 +243,8 @@ def import_paths(
                 gaps.append(r.gaps)
             if r.offsets is not None:
                 offsets.append(r.offsets)
-        report.gaps = pl.concat(gaps) if gaps else None
+        # by market, each market's rows in stream order: the same frame whatever the grouping
+        report.gaps = pl.concat(gaps).sort("venue", "symbol", maintain_order=True) if gaps else None
         report.clock = _clock(offsets)
         sealed = sorted(
             (p for r in results for p in r.sealed),
