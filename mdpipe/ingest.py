@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -347,13 +348,15 @@ def _run_groups(
     if jobs <= 1 or len(groups) == 1:
         return [_import_group(g, lake, bar, task) for g in groups]
     lake_root = lake.url or str(lake.root)
+    # the forkserver keeps the environment it started with: hand the store's settings over
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["mdpipe.ingest"])
     size = [sum(s.path.stat().st_size for _, s in g) for g in groups]
     out: dict[int, _GroupResult] = {}
     with ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=ctx) as pool:
         futures = {
-            pool.submit(_import_group_in_worker, groups[gi], lake_root): gi
+            pool.submit(_import_group_in_worker, groups[gi], lake_root, aws): gi
             for gi in sorted(range(len(groups)), key=lambda gi: -size[gi])
         }
         try:
@@ -375,7 +378,10 @@ def _run_groups(
     return [out[gi] for gi in range(len(groups))]
 
 
-def _import_group_in_worker(group: Indexed, lake_root: str) -> _GroupResult:
+def _import_group_in_worker(group: Indexed, lake_root: str, aws: dict[str, str]) -> _GroupResult:
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        del os.environ[k]
+    os.environ.update(aws)
     return _import_group(group, Lake(lake_root), None, None)
 
 

@@ -170,3 +170,21 @@ def test_a_journal_of_several_markets_is_decoded_with_them(tmp_path: Path) -> No
     assert {"BTC/USDT", "ETH/USDT"} <= set(report.sync["binance"])
     eth_dates = {p.date for p in report.written if p.symbol == "ETH/USDT" and p.table == "trades"}
     assert eth_dates == {"2024-08-08", "2024-08-09"}
+
+
+def test_parallel_import_into_s3_equals_the_serial_local_one(
+    s3_lake_url: str, tmp_path: Path
+) -> None:
+    """Workers write to the object-store lake the parent process was pointed at (the AWS
+    variables are handed to them: the worker server may predate them), publishing once."""
+    from tests.lake.test_objstore import lake_frames
+
+    files = [*BTC_FILES, *ETH_FILES]
+    local = Lake(tmp_path / "lake")
+    serial = import_paths(files, local, jobs=1, catalog=False)
+    s3 = Lake(s3_lake_url)
+    parallel = import_paths(files, s3, jobs=2, catalog=False)
+    assert parallel.written == serial.written and parallel.sync == serial.sync
+    a, b = lake_frames(local), lake_frames(s3)
+    assert list(a) == list(b)
+    assert all(a[k].equals(b[k]) for k in a)
