@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +33,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     lake = Lake.resolve(args.lake)
     try:
-        report = import_paths(args.paths, lake, venue=args.venue, progress=sys.stderr.isatty())
+        report = import_paths(
+            args.paths, lake, venue=args.venue, progress=sys.stderr.isatty(), jobs=args.jobs
+        )
     except ImportError_ as e:
         err_console.print(f"[red]error:[/red] {e}")
         return 2
@@ -158,6 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--venue",
         default=None,
         help="force the venue (a registered ccxt id, e.g. binanceusdm) instead of detecting it",
+    )
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="worker processes decoding files of different markets in parallel "
+        "(default: the machine's cores; 1 = serial)",
     )
     _lake_arg(p)
     p.set_defaults(func=cmd_import)
@@ -290,3 +300,10 @@ def register_sweep(sub: Any) -> None:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return n

@@ -18,8 +18,11 @@ overlapping import or from capture) are not written again.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +127,7 @@ class _Sink:
         self.writers: dict[Partition, PartitionWriter] = {}
         self.gaps: list[pl.DataFrame] = []
         self.offsets: list[pl.DataFrame] = []  # venue, symbol, offset_ms
+        self.markets: set[tuple[str, str]] = set()  # (venue, symbol) of every row written
 
     def write(self, batch: Batch) -> None:
         for table, df in batch.tables.items():
@@ -139,6 +143,7 @@ class _Sink:
                     ).drop_nulls("offset_ms")
                 )
             for (venue, symbol), g in df.group_by("venue", "symbol", maintain_order=True):
+                self.markets.add((str(venue), str(symbol)))
                 for date, part in split_by_date(g, table).items():
                     key = Partition(table, str(venue), str(symbol), date)
                     w = self.writers.get(key)
@@ -146,33 +151,15 @@ class _Sink:
                         w = self.writers[key] = PartitionWriter(self.lake, key)
                     w.write(part)
 
-    def clock(self) -> dict[tuple[str, str], ClockOffset]:
-        if not self.offsets:
-            return {}
-        q = pl.col("offset_ms")
-        stats = (
-            pl.concat(self.offsets)
-            .group_by("venue", "symbol")
-            .agg(
-                rows=pl.len(),
-                median=q.median(),
-                p05=q.quantile(0.05, "nearest"),
-                p95=q.quantile(0.95, "nearest"),
-            )
-            .sort("venue", "symbol")
-        )
-        return {
-            (v, s): ClockOffset(n, float(m), float(lo), float(hi))
-            for v, s, n, m, lo, hi in stats.iter_rows()
-        }
-
-    def publish(self, name: str) -> dict[Partition, int]:
-        written = {}
+    def seal(self) -> list[tuple[Partition, Path, int]]:
+        """Every partition's temporary file finished, not published (see PartitionWriter.seal)."""
+        out = []
         for key, w in self.writers.items():
-            _, rows = w.publish(name, dedup=True)
-            written[key] = rows
+            done = w.seal()
+            if done is not None:
+                out.append((key, done[0], done[1]))
         self.writers.clear()
-        return written
+        return out
 
     def abort(self) -> None:
         for w in self.writers.values():
@@ -199,10 +186,18 @@ def import_paths(
     venue: str | None = None,
     progress: bool = False,
     catalog: bool = True,
+    jobs: int = 1,
 ) -> ImportReport:
     """Import recordings and dumps into ``lake``. Never raises for bad lines: they are reported
     in ``ImportReport.errors`` and the valid part is kept. A failure that aborts the import
-    leaves the lake exactly as it was."""
+    leaves the lake exactly as it was.
+
+    ``jobs`` > 1 decodes the files of different markets in that many worker processes: the files
+    are grouped by (venue, market) so that everything one market's state depends on (the
+    depth-id chain over ``..._20240808`` then ``..._20240809``) stays in one worker, in order.
+    Groups whose output turns out to share a market (a journal multiplexing several markets)
+    are merged and decoded again together, so the lake and the report always equal ``jobs=1``.
+    Workers only write hidden temporary files; this process publishes them all at the end."""
     t0 = time.perf_counter()
     report = ImportReport()
     files = _expand(paths)
@@ -217,25 +212,211 @@ def import_paths(
             str(s.path),
         )
     )
+    indexed = list(enumerate(sources))
+    groups = [indexed] if jobs <= 1 else _market_groups(indexed)
+    bar = _progress(progress)
+    results: list[_GroupResult] = []
+    try:
+        task = (
+            bar.add_task("importing", total=sum(s.path.stat().st_size for s in sources))
+            if bar
+            else None
+        )
+        results = _run_groups(groups, lake, jobs, bar, task)
+        groups, results = _merge_overlaps(groups, results, lake, jobs, bar, task)
+        failed = [r.failure for r in results if r.failure is not None]
+        if failed:
+            raise min(failed, key=lambda f: f[0])[1]
+        digest = hashlib.sha256()
+        for _, d in sorted(pair for r in results for pair in r.digests):
+            digest.update(d.encode())
+        name = f"import-{digest.hexdigest()[:20]}.parquet"
+        gaps, offsets = [], []
+        for r in results:
+            report.errors.extend(r.errors)
+            for k, v in r.counts.items():
+                report.counts[k] = report.counts.get(k, 0) + v
+            for vname, stats in r.sync.items():
+                report.sync.setdefault(vname, {}).update(stats)
+            report.lines += r.lines
+            report.bytes_read += r.bytes_read
+            if r.gaps is not None:
+                gaps.append(r.gaps)
+            if r.offsets is not None:
+                offsets.append(r.offsets)
+        # by market, each market's rows in stream order: the same frame whatever the grouping
+        report.gaps = pl.concat(gaps).sort("venue", "symbol", maintain_order=True) if gaps else None
+        report.clock = _clock(offsets)
+        sealed = sorted(
+            (p for r in results for p in r.sealed),
+            key=lambda t: (t[0].table, t[0].venue, t[0].symbol, t[0].date),
+        )
+        while sealed:
+            part, tmp, rows = sealed[0]
+            _, report.written[part] = PartitionWriter.sealed(lake, part, tmp, rows).publish(
+                name, dedup=True
+            )
+            sealed.pop(0)
+        results = []
+    except BaseException:
+        _abort(results)
+        raise
+    finally:
+        if bar:
+            bar.stop()
+    report.errors.sort(key=lambda e: (e.source, e.line))
+    if catalog and report.written:
+        lake.build_catalog()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+Indexed = list[tuple[int, _Source]]  # sources with their position in the serial order
+
+
+@dataclass
+class _GroupResult:
+    """What one worker hands back: sealed temporary files (not yet published) and the report's
+    parts. ``failure``: the position of the file that aborted the group, and why."""
+
+    sealed: list[tuple[Partition, Path, int]] = field(default_factory=list)
+    digests: list[tuple[int, str]] = field(default_factory=list)  # per source position
+    errors: list[LineError] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    sync: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)
+    gaps: pl.DataFrame | None = None
+    offsets: pl.DataFrame | None = None
+    lines: int = 0
+    bytes_read: int = 0
+    markets: set[tuple[str, str]] = field(default_factory=set)  # (venue, symbol) written
+    failure: tuple[int, Exception] | None = None
+
+
+def _market_groups(indexed: Indexed) -> list[Indexed]:
+    """Files grouped by (venue, the market of their first stream), each in serial order."""
+    groups: dict[tuple[str, str], Indexed] = {}
+    for i, s in indexed:
+        key = ("" if s.venue is None else s.venue.name, s.symbol_hint or str(s.path))
+        groups.setdefault(key, []).append((i, s))
+    return list(groups.values())
+
+
+def _merge_overlaps(
+    groups: list[Indexed],
+    results: list[_GroupResult],
+    lake: Lake,
+    jobs: int,
+    bar: Progress | None,
+    task: TaskID | None,
+) -> tuple[list[Indexed], list[_GroupResult]]:
+    """Groups that wrote the same market are merged and decoded again as one serial stream."""
+    while True:
+        owner: dict[tuple[str, str], int] = {}
+        parent = list(range(len(groups)))
+
+        for gi, r in enumerate(results):
+            for m in r.markets:
+                if m in owner:
+                    parent[_root(parent, gi)] = _root(parent, owner[m])
+                else:
+                    owner[m] = gi
+        merged: dict[int, list[int]] = {}
+        for gi in range(len(groups)):
+            merged.setdefault(_root(parent, gi), []).append(gi)
+        redo = [g for g in merged.values() if len(g) > 1]
+        if not redo:
+            return groups, results
+        keep = [gi for g in merged.values() if len(g) == 1 for gi in g]
+        _abort([results[gi] for g in redo for gi in g])
+        new_groups = [sorted(pair for gi in g for pair in groups[gi]) for g in redo]
+        again = _run_groups(new_groups, lake, jobs, None, None)
+        groups = [groups[gi] for gi in keep] + new_groups
+        results = [results[gi] for gi in keep] + again
+
+
+def _root(parent: list[int], i: int) -> int:
+    while parent[i] != i:
+        i = parent[i]
+    return i
+
+
+def _run_groups(
+    groups: list[Indexed], lake: Lake, jobs: int, bar: Progress | None, task: TaskID | None
+) -> list[_GroupResult]:
+    """Each group decoded by :func:`_import_group`: here for one group or ``jobs`` <= 1, else
+    in a pool of ``jobs`` worker processes (largest groups first)."""
+    if jobs <= 1 or len(groups) == 1:
+        return [_import_group(g, lake, bar, task) for g in groups]
+    lake_root = lake.url or str(lake.root)
+    # the forkserver keeps the environment it started with: hand the store's settings over
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["mdpipe.ingest"])
+    size = [sum(s.path.stat().st_size for _, s in g) for g in groups]
+    out: dict[int, _GroupResult] = {}
+    with ProcessPoolExecutor(max_workers=min(jobs, len(groups)), mp_context=ctx) as pool:
+        futures = {
+            pool.submit(_import_group_in_worker, groups[gi], lake_root, aws): gi
+            for gi in sorted(range(len(groups)), key=lambda gi: -size[gi])
+        }
+        try:
+            for fut in as_completed(futures):
+                gi = futures[fut]
+                out[gi] = fut.result()
+                if bar and task is not None:
+                    bar.update(task, advance=size[gi])
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            _abort(
+                [
+                    f.result()
+                    for f in futures
+                    if f.done() and not f.cancelled() and not f.exception()
+                ]
+            )
+            raise
+    return [out[gi] for gi in range(len(groups))]
+
+
+def _import_group_in_worker(group: Indexed, lake_root: str, aws: dict[str, str]) -> _GroupResult:
+    for k in [k for k in os.environ if k.startswith("AWS_")]:
+        del os.environ[k]
+    os.environ.update(aws)
+    return _import_group(group, Lake(lake_root), None, None)
+
+
+def _abort(results: Sequence[_GroupResult]) -> None:
+    for r in results:
+        for _, tmp, _ in r.sealed:
+            Path(tmp).unlink(missing_ok=True)
+        r.sealed = []
+
+
+def _import_group(
+    group: Indexed, lake: Lake, bar: Progress | None, task: TaskID | None
+) -> _GroupResult:
+    """Decode ``group``'s files in order into sealed (unpublished) partition files. A file that
+    cannot be imported at all ends the group: its temporary files are removed and the failure
+    returned (raised by the caller, so the lake stays as it was)."""
+    res = _GroupResult()
     normalizers: dict[str, Normalizer] = {}
     sink = _Sink(lake)
-    digest = hashlib.sha256()
-    total_bytes = sum(s.path.stat().st_size for s in sources)
-    bar = _progress(progress)
+    pos = -1
     try:
-        task = bar.add_task("importing", total=total_bytes) if bar else None
-        for src in sources:
+        for pos, src in group:
             vname = "" if src.venue is None else src.venue.name
-            digest.update(f"{src.path.name}|{src.kind}|{vname}".encode())
+            digest = hashlib.sha256(f"{src.path.name}|{src.kind}|{vname}".encode())
+            res.digests.append((pos, ""))
             if src.path.stat().st_size == 0:
-                report.errors.append(
+                res.errors.append(
                     LineError(
                         str(src.path), 1, "empty file: expected '<receive time> <JSON>' lines"
                     )
                 )
+                res.digests[-1] = (pos, digest.hexdigest())
                 continue
             if src.venue is None:
-                report.errors.append(
+                res.errors.append(
                     LineError(
                         str(src.path),
                         1,
@@ -243,6 +424,7 @@ def import_paths(
                         f"{', '.join(venues.names())}); choose one with --venue",
                     )
                 )
+                res.digests[-1] = (pos, digest.hexdigest())
                 continue
             if src.dump is not None:
                 data = src.path.read_bytes()
@@ -251,9 +433,9 @@ def import_paths(
                     b = src.venue.read_dump(src.path, data, src.dump)
                 except ValueError as e:
                     raise ImportError_(str(e)) from e
-                report.errors.extend(b.errors)
+                res.errors.extend(b.errors)
                 sink.write(b)
-                _merge_counts(report, b)
+                _merge_counts(res.counts, b)
             else:
                 norm = normalizers.get(vname)
                 if norm is None:
@@ -269,41 +451,62 @@ def import_paths(
                             src.symbol_hint,
                         )
                     )
-                    report.errors.extend(b.errors)
-                    _merge_counts(report, b)
+                    res.errors.extend(b.errors)
+                    _merge_counts(res.counts, b)
                     sink.write(b)
-                report.errors.extend(
+                res.errors.extend(
                     LineError(p.source, p.line, p.message, p.content) for p in reader.problems
                 )
-                report.lines += reader.lines
-            report.bytes_read += src.path.stat().st_size
+                res.lines += reader.lines
+            res.digests[-1] = (pos, digest.hexdigest())
+            res.bytes_read += src.path.stat().st_size
             if bar and task is not None:
-                bar.update(task, completed=report.bytes_read)
+                bar.update(task, completed=res.bytes_read)
         for v, norm in normalizers.items():
-            report.sync[v] = norm.sync_stats()
+            res.sync[v] = norm.sync_stats()
+            res.markets.update((v, sym) for sym in res.sync[v])
             b = norm.finish()
-            _merge_counts(report, b)
+            _merge_counts(res.counts, b)
             sink.write(b)
-        name = f"import-{digest.hexdigest()[:20]}.parquet"
-        report.gaps = pl.concat(sink.gaps) if sink.gaps else None
-        report.clock = sink.clock()
-        report.written = sink.publish(name)
+        res.gaps = pl.concat(sink.gaps) if sink.gaps else None
+        res.offsets = pl.concat(sink.offsets) if sink.offsets else None
+        res.markets.update(sink.markets)
+        res.sealed = sink.seal()
+    except Exception as e:
+        sink.abort()
+        res.sealed = []
+        res.failure = (pos, e)
     except BaseException:
         sink.abort()
         raise
-    finally:
-        if bar:
-            bar.stop()
-    report.errors.sort(key=lambda e: (e.source, e.line))
-    if catalog and report.written:
-        lake.build_catalog()
-    report.seconds = time.perf_counter() - t0
-    return report
+    return res
 
 
-def _merge_counts(report: ImportReport, b: Batch) -> None:
+def _clock(offsets: list[pl.DataFrame]) -> dict[tuple[str, str], ClockOffset]:
+    """Receive-minus-exchange stats per (venue, symbol) over every clock table row."""
+    if not offsets:
+        return {}
+    q = pl.col("offset_ms")
+    stats = (
+        pl.concat(offsets)
+        .group_by("venue", "symbol")
+        .agg(
+            rows=pl.len(),
+            median=q.median(),
+            p05=q.quantile(0.05, "nearest"),
+            p95=q.quantile(0.95, "nearest"),
+        )
+        .sort("venue", "symbol")
+    )
+    return {
+        (v, s): ClockOffset(n, float(m), float(lo), float(hi))
+        for v, s, n, m, lo, hi in stats.iter_rows()
+    }
+
+
+def _merge_counts(counts: dict[str, int], b: Batch) -> None:
     for k, v in b.counts.items():
-        report.counts[k] = report.counts.get(k, 0) + v
+        counts[k] = counts.get(k, 0) + v
 
 
 def _on_raw(

@@ -556,9 +556,7 @@ def _subdirs(d: Path, prefix: str, exact: str | None) -> list[os.DirEntry[str]]:
             return [
                 e
                 for e in it
-                if e.name.startswith(prefix)
-                and (exact is None or e.name == exact)
-                and e.is_dir()
+                if e.name.startswith(prefix) and (exact is None or e.name == exact) and e.is_dir()
             ]
     except (FileNotFoundError, NotADirectoryError):
         return []
@@ -638,14 +636,38 @@ class PartitionWriter:
             self._writer.close()
         self.tmp.unlink(missing_ok=True)
 
+    def seal(self) -> tuple[Path, int] | None:
+        """Finish the hidden temporary file without publishing it: ``(tmp, rows)``, or None when
+        nothing was written. Another process (an import's parent) publishes it later through
+        :meth:`sealed` + :meth:`publish`, or drops it with :func:`Path.unlink`."""
+        self._flush()
+        if self._writer is None:
+            return None
+        self._writer.close()
+        return self.tmp, self.rows
+
+    @classmethod
+    def sealed(cls, lake: Lake, part: Partition, tmp: Path, rows: int) -> PartitionWriter:
+        """A writer for a temporary file :meth:`seal` finished (possibly in another process)."""
+        w = cls.__new__(cls)
+        w.lake, w.part = lake, part
+        w.dir = lake.partition_dir(part.table, part.venue, part.symbol, part.date)
+        w.tmp = Path(tmp)
+        w._writer, w._buffer, w._buffered, w.rows, w.schema = None, [], 0, rows, None
+        w._sealed = True
+        return w
+
+    _sealed = False
+
     def publish(self, name: str, dedup: bool = True) -> tuple[Path | None, int]:
         """Publish under ``name``; rows already present in the partition's other files are
         dropped first (by the table's row key), so overlapping inputs never duplicate rows.
         Returns the path (None when nothing new) and the number of rows published."""
         self._flush()
-        if self._writer is None:
+        if self._writer is None and not self._sealed:
             return None, 0
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
         final = self.dir / name
         keys = ROW_KEYS.get(self.part.table)
         others = (
