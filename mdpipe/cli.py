@@ -298,12 +298,12 @@ def register_sweep(sub: Any) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def _positive_int(text: str) -> int:
     n = int(text)
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return n
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
