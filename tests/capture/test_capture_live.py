@@ -128,7 +128,16 @@ def test_sequence_gap_resyncs_only_that_symbol_while_others_and_trades_flow(
 def test_dropped_connection_reconnects_and_resyncs(tmp_path: Path, abort: bool) -> None:
     async def inject(sim: ExchangeSim, cap: Capture) -> None:
         await wait_pos(sim, 10_000)
-        await sim.fault("drop", abort=abort)
+        rec = await sim.fault("drop", abort=abort)
+        # at most 500 events (diffs of both books start their resync) are replayed until both
+        # books fetched their resync snapshot: the events after it are there to check the
+        # resynced books, whatever the machine's load
+        await hold_until(
+            sim,
+            cap,
+            int(rec["at_event"]) + 500,
+            lambda: all(cap.status.snapshots.value(s) >= 2 for s in ("BTC/USDT", "ETH/USDT")),
+        )
 
     run = asyncio.run(run_capture(tmp_path, limit_events=18_000, steps=[inject]))
     assert run.stats["reconnects"] == {"closed": 1}

@@ -279,7 +279,9 @@ def test_capture_rolls_each_period_into_one_file_while_streaming(tmp_path: Path)
 def test_restart_finishes_an_interrupted_rollup_and_rolls_up_the_previous_run(
     tmp_path: Path,
 ) -> None:
-    roll_s = 1.0
+    # 3 s periods: with flushes every 0.2 s some period holds several files even when a loaded
+    # machine stretches flushes to a second apart (1 s periods then held one file each)
+    roll_s = 3.0
     roll_ns = int(roll_s * 1e9)
 
     # run 1 keeps every flush's file (roll-up off), as if it had stopped within its hour
