@@ -36,6 +36,18 @@ class SimThread:
     def finished(self) -> bool:
         return self.sim is not None and self.sim.finished.is_set()
 
+    def wait_finished(self, timeout: float) -> bool:
+        """Block until the replay has finished (True) or `timeout` seconds passed (False): woken
+        by the simulator's own event, so a watcher loop reacts the moment it happens."""
+        assert self.sim is not None
+        fut = asyncio.run_coroutine_threadsafe(self.sim.finished.wait(), self.loop)
+        try:
+            fut.result(timeout)
+            return True
+        except TimeoutError:
+            fut.cancel()
+            return False
+
     def stop(self) -> None:
         if self.sim is not None:
             asyncio.run_coroutine_threadsafe(self.sim.stop(), self.loop).result(30)

@@ -182,7 +182,7 @@ def test_real_prometheus_scrapes_capture_and_serve_and_runs_every_dashboard_quer
                     "symbol": "BTC/USDT"})  # fmt: skip
                 assert r.status_code == 201, r.text
                 posted += 1
-            time.sleep(0.5)
+            st.wait_finished(0.5)  # the replay's end wakes it; the slice bounds the checks above
         # wait until Prometheus holds what the replay fed (a condition, bounded by a deadline)
         missing: list[str] = list(FED)
         while missing:
